@@ -1,0 +1,349 @@
+"""The one protocol every broker backend speaks.
+
+Rules this module keeps:
+
+- A backend is chosen by URL scheme (see ``hare_py.transport.open_connection``).
+  ``Backend.connect`` is an async context manager: the connection lives exactly
+  as long as the ``async with`` block, and its background work runs in a task
+  group owned by that block.
+- Every operation is a coroutine that either completes or raises a
+  ``hare_py.errors`` exception: ``ConnectionLost`` when the channel or connection
+  is gone, ``BrokerError`` when the broker refused the operation (the channel is
+  then closed, as AMQP does), ``ConnectFailed`` when a connection cannot be made.
+  No backend-specific exception escapes a backend.
+- Callbacks (deliveries, returns, consumer cancels) are plain functions called
+  on the event loop's thread, in broker order. They must not block; they hand
+  the event on (for example ``MemoryObjectSendStream.send_nowait``).
+- Close events carry a ``CloseReason``; ``wait_closed`` returns it and never
+  raises.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Literal, TypeAlias
+
+from .url import BrokerURL
+
+__all__ = [
+    "EXCHANGE_TYPES",
+    "Backend",
+    "Channel",
+    "CloseReason",
+    "ConnectOptions",
+    "Delivery",
+    "ExchangeType",
+    "OnCancel",
+    "OnDelivery",
+    "OnReturn",
+    "Properties",
+    "QueueInfo",
+    "ReturnedMessage",
+    "TLSOptions",
+    "TransportConnection",
+]
+
+ExchangeType: TypeAlias = Literal["direct", "topic", "fanout", "headers"]
+EXCHANGE_TYPES: frozenset[str] = frozenset({"direct", "topic", "fanout", "headers"})
+
+# AMQP reply codes used across backends.
+REPLY_SUCCESS = 200
+CONNECTION_FORCED = 320
+NO_ROUTE = 312
+ACCESS_REFUSED = 403
+NOT_FOUND = 404
+RESOURCE_LOCKED = 405
+PRECONDITION_FAILED = 406
+CHANNEL_ERROR = 504
+NOT_ALLOWED = 530
+
+
+@dataclass(frozen=True, slots=True)
+class Properties:
+    """AMQP 0-9-1 basic properties. ``None`` means absent on the wire."""
+
+    content_type: str | None = None
+    content_encoding: str | None = None
+    headers: Mapping[str, Any] | None = None
+    delivery_mode: int | None = None  # 1 transient, 2 persistent
+    priority: int | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    expiration: str | None = None  # milliseconds, as a decimal string (AMQP)
+    message_id: str | None = None
+    timestamp: datetime | None = None
+    type: str | None = None
+    user_id: str | None = None
+    app_id: str | None = None
+
+
+EMPTY_PROPERTIES = Properties()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message delivered to a consumer."""
+
+    body: bytes
+    properties: Properties
+    exchange: str
+    routing_key: str
+    delivery_tag: int
+    consumer_tag: str
+    redelivered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnedMessage:
+    """A mandatory message that the broker could not route (``basic.return``)."""
+
+    body: bytes
+    properties: Properties
+    exchange: str
+    routing_key: str
+    reply_code: int
+    reply_text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseReason:
+    """Why a channel, consumer or connection closed.
+
+    ``by`` says who closed it: ``"client"`` (we asked), ``"broker"`` (a
+    ``channel.close``/``connection.close``/``basic.cancel`` from the broker, with
+    its reply code and text), ``"connection"`` (a channel closed because its
+    connection did) or ``"network"`` (the socket failed or heartbeats stopped).
+    """
+
+    code: int
+    text: str
+    by: Literal["client", "broker", "connection", "network"]
+
+    @property
+    def is_normal(self) -> bool:
+        """True for a close we asked for with 200 REPLY_SUCCESS."""
+        return self.by == "client" and self.code in (0, REPLY_SUCCESS)
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text} (by {self.by})" if self.code else f"{self.text} (by {self.by})"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """The result of ``queue.declare``: the (possibly server-chosen) name and counts."""
+
+    name: str
+    message_count: int = 0
+    consumer_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TLSOptions:
+    """TLS for ``amqps://``: verification is on unless ``verify=False``."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True
+    server_hostname: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOptions:
+    """Connection settings shared by all backends."""
+
+    heartbeat: float = 30.0  # seconds; 0 disables
+    name: str | None = None  # client-provided connection name, shown by the broker
+    connect_timeout: float = 10.0
+    tls: TLSOptions | None = None
+    client_properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+OnDelivery: TypeAlias = Callable[[Delivery], None]
+OnReturn: TypeAlias = Callable[[ReturnedMessage], None]
+OnCancel: TypeAlias = Callable[[str, CloseReason], None]
+
+
+class Channel(ABC):
+    """An open AMQP channel. Use from the event loop that opened it."""
+
+    @property
+    @abstractmethod
+    def number(self) -> int:
+        """The channel number on its connection."""
+
+    @property
+    @abstractmethod
+    def close_reason(self) -> CloseReason | None:
+        """``None`` while open; why it closed afterwards."""
+
+    @property
+    def is_open(self) -> bool:
+        return self.close_reason is None
+
+    @abstractmethod
+    async def wait_closed(self) -> CloseReason:
+        """Wait until the channel closes, for any reason; never raises."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the channel (200 REPLY_SUCCESS). Idempotent; never raises."""
+
+    @abstractmethod
+    async def exchange_declare(
+        self,
+        exchange: str,
+        exchange_type: ExchangeType = "direct",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+    @abstractmethod
+    async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None: ...
+
+    @abstractmethod
+    async def queue_declare(
+        self,
+        queue: str = "",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> QueueInfo:
+        """Declare a queue; ``queue=""`` asks the broker for a name (``amq.gen-...``)."""
+
+    @abstractmethod
+    async def queue_delete(
+        self, queue: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
+        """Delete a queue; returns the number of messages it held."""
+
+    @abstractmethod
+    async def queue_bind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+    @abstractmethod
+    async def queue_unbind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+    @abstractmethod
+    async def queue_purge(self, queue: str) -> int:
+        """Remove every ready message; returns how many."""
+
+    @abstractmethod
+    async def basic_qos(self, prefetch_count: int, *, global_: bool = False) -> None: ...
+
+    @abstractmethod
+    async def basic_consume(
+        self,
+        queue: str,
+        on_delivery: OnDelivery,
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        consumer_tag: str = "",
+        arguments: Mapping[str, Any] | None = None,
+        on_cancel: OnCancel | None = None,
+    ) -> str:
+        """Start a consumer; returns its tag.
+
+        ``on_cancel(tag, reason)`` is called if the broker cancels the consumer
+        (for example because its queue was deleted), not after ``basic_cancel``.
+        """
+
+    @abstractmethod
+    async def basic_cancel(self, consumer_tag: str) -> None: ...
+
+    @abstractmethod
+    async def basic_publish(
+        self,
+        body: bytes,
+        *,
+        exchange: str = "",
+        routing_key: str = "",
+        properties: Properties = EMPTY_PROPERTIES,
+        mandatory: bool = False,
+    ) -> None:
+        """Publish a message.
+
+        Without publisher confirms this returns once the message is handed to
+        the connection; a publish the broker refuses (missing exchange) closes
+        the channel afterwards. With confirms it returns once the broker acked
+        and raises ``BrokerError`` on a nack or ``ConnectionLost`` if the channel
+        closed first. An unroutable mandatory message is reported through the
+        channel's ``on_return`` before its confirm.
+        """
+
+    @abstractmethod
+    async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None: ...
+
+    @abstractmethod
+    async def basic_nack(
+        self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True
+    ) -> None: ...
+
+    @abstractmethod
+    async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> None: ...
+
+
+class TransportConnection(ABC):
+    """An open connection to one broker."""
+
+    @property
+    @abstractmethod
+    def close_reason(self) -> CloseReason | None:
+        """``None`` while open; why it closed afterwards."""
+
+    @property
+    def is_open(self) -> bool:
+        return self.close_reason is None
+
+    @abstractmethod
+    async def open_channel(
+        self, *, on_return: OnReturn | None = None, publisher_confirms: bool = False
+    ) -> Channel:
+        """Open a channel. ``on_return`` receives this channel's returned messages."""
+
+    @abstractmethod
+    async def wait_closed(self) -> CloseReason:
+        """Wait until the connection closes, for any reason; never raises."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the connection and every channel on it. Idempotent; never raises."""
+
+
+class Backend(ABC):
+    """A way to reach a broker, chosen by URL scheme."""
+
+    schemes: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def connect(
+        self, url: BrokerURL, options: ConnectOptions
+    ) -> AbstractAsyncContextManager[TransportConnection]:
+        """Connect; the connection is closed when the ``async with`` block exits.
+
+        Raises ``ConnectFailed`` when the broker cannot be reached or refuses the
+        login.
+        """

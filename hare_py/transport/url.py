@@ -1,0 +1,108 @@
+"""Broker URLs, parsed once and never printed with their password."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from ..errors import ConfigError
+
+__all__ = ["KNOWN_SCHEMES", "BrokerURL", "parse_url"]
+
+KNOWN_SCHEMES: dict[str, int] = {"amqp": 5672, "amqps": 5671, "sandbox": 0}
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerURL:
+    """A parsed broker URL. ``str()`` and ``repr()`` hide the password."""
+
+    scheme: str
+    host: str
+    port: int
+    username: str
+    password: str = field(repr=False)
+    vhost: str
+    query: tuple[tuple[str, str], ...] = ()
+
+    def param(self, name: str, default: str | None = None) -> str | None:
+        """The query parameter ``name`` (last one wins)."""
+        found = default
+        for key, value in self.query:
+            if key == name:
+                found = value
+        return found
+
+    def with_secret(self) -> str:
+        """The full URL, password included: for handing to a client library only."""
+        return self._render(self.password)
+
+    def _render(self, password: str) -> str:
+        if self.scheme == "sandbox":
+            return f"sandbox://{self.host}"
+        auth = ""
+        if self.username or password:
+            auth = quote(self.username, safe="")
+            if password:
+                auth += ":" + quote(password, safe="")
+            auth += "@"
+        vhost = "/" + quote(self.vhost, safe="") if self.vhost != "/" else "/"
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in self.query)
+        return f"{self.scheme}://{auth}{self.host}:{self.port}{vhost}" + (
+            f"?{query}" if query else ""
+        )
+
+    def __str__(self) -> str:
+        return self._render("***" if self.password else "")
+
+    def __repr__(self) -> str:
+        return f"BrokerURL({str(self)!r})"
+
+
+def parse_url(url: str | BrokerURL) -> BrokerURL:
+    """Parse ``amqp://``, ``amqps://`` or ``sandbox://`` URLs; ``ConfigError`` otherwise."""
+    if isinstance(url, BrokerURL):
+        return url
+    if not isinstance(url, str):
+        raise ConfigError(f"broker URL must be a string, got {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"malformed broker URL {_redact(url)!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in KNOWN_SCHEMES:
+        known = ", ".join(f"{s}://" for s in KNOWN_SCHEMES)
+        raise ConfigError(
+            f"unknown URL scheme {scheme + '://' if scheme else '(none)'!r} in "
+            f"{_redact(url)!r}; expected one of {known}"
+        )
+    if scheme == "sandbox":
+        name = (parts.netloc or parts.path.lstrip("/")).strip()
+        if not name:
+            raise ConfigError(f"sandbox URL {url!r} needs a broker name: sandbox://NAME")
+        return BrokerURL("sandbox", name, 0, "", "", "/")
+    if not parts.hostname:
+        raise ConfigError(f"broker URL {_redact(url)!r} has no host")
+    path = parts.path
+    vhost = unquote(path[1:]) if len(path) > 1 else "/"
+    return BrokerURL(
+        scheme=scheme,
+        host=parts.hostname,
+        port=port or KNOWN_SCHEMES[scheme],
+        username=unquote(parts.username) if parts.username is not None else "guest",
+        password=unquote(parts.password) if parts.password is not None else "guest",
+        vhost=vhost,
+        query=tuple(parse_qsl(parts.query, keep_blank_values=True)),
+    )
+
+
+def _redact(url: str) -> str:
+    """Hide the password of a URL that may not parse."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    auth, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = auth.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in auth else url
