@@ -34,7 +34,7 @@ class BrokerURL:
 
     def with_secret(self) -> str:
         """The full URL, password included: for handing to a client library only."""
-        return self._render(self.password)
+        return self._render(quote(self.password, safe=""))
 
     def _render(self, password: str) -> str:
         if self.scheme == "sandbox":
@@ -43,7 +43,7 @@ class BrokerURL:
         if self.username or password:
             auth = quote(self.username, safe="")
             if password:
-                auth += ":" + quote(password, safe="")
+                auth += ":" + password
             auth += "@"
         vhost = "/" + quote(self.vhost, safe="") if self.vhost != "/" else "/"
         query = "&".join(f"{k}={quote(v, safe='')}" for k, v in self.query)
