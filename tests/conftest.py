@@ -2,10 +2,54 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from typing import NoReturn
+
 import pytest
+from rabbitmq import ExternalRabbitMQ, RabbitMQNode, RabbitMQUnavailable
 
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Run each ``@pytest.mark.anyio`` test on both anyio backends."""
     return str(request.param)
+
+
+# --- A real RabbitMQ broker (tests marked ``rabbitmq``) ---------------------
+#
+# The ``rabbitmq`` fixture starts a private node on first use (see
+# tests/rabbitmq.py) and stops it at the end of the session. HARE_TEST_AMQP_URL
+# points the tests at a broker run elsewhere instead. Without a broker the
+# tests are skipped, except in CI (env CI set), where they fail: CI must never
+# pass by skipping them.
+
+
+def _no_broker(reason: str) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(f"no RabbitMQ broker in CI: {reason}", pytrace=False)
+    pytest.skip(f"no RabbitMQ broker: {reason}")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitMQNode | ExternalRabbitMQ]:
+    """The session's RabbitMQ broker, with ``.url`` and ``.ctl(...)``."""
+    external = os.environ.get("HARE_TEST_AMQP_URL")
+    if external:
+        yield ExternalRabbitMQ(external, os.environ.get("HARE_TEST_RABBITMQCTL"))
+        return
+    try:
+        node = RabbitMQNode()
+        node.start()
+    except RabbitMQUnavailable as exc:
+        _no_broker(str(exc))
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(rabbitmq: RabbitMQNode | ExternalRabbitMQ) -> str:
+    """The AMQP URL of the session's RabbitMQ broker (password included)."""
+    return rabbitmq.url

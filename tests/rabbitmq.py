@@ -1,0 +1,374 @@
+"""A private RabbitMQ node for the test run.
+
+``RabbitMQNode`` starts ``rabbitmq-server`` (already installed; see
+``.ci/install-rabbitmq.sh``) so that it never meets a system broker:
+
+- it listens on 127.0.0.1 only, on a free AMQP port, with its own Erlang
+  distribution port and its own ``epmd`` port (``ERL_EPMD_PORT``);
+- its node name, Erlang cookie, config, data and log files live in a temporary
+  directory owned by the test run; ``HOME`` points there so that ``rabbitmqctl``
+  finds the cookie;
+- every plugin is off, which keeps start-up to a few seconds;
+- ``stop()`` ends the node, its process group and its ``epmd`` and removes the
+  directory; it runs on normal exit, on failure and on KeyboardInterrupt (the
+  pytest fixture's finalizer), and once more at interpreter exit as a backstop.
+
+``ExternalRabbitMQ`` stands in for it when ``HARE_TEST_AMQP_URL`` names a broker
+that someone else runs; ``rabbitmqctl`` then comes from ``HARE_TEST_RABBITMQCTL``
+(a command line such as ``docker exec rabbit rabbitmqctl``) or is unavailable.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ExternalRabbitMQ",
+    "RabbitMQError",
+    "RabbitMQNode",
+    "RabbitMQUnavailable",
+    "find_rabbitmq_server",
+]
+
+# The Debian package's /usr/sbin scripts re-run themselves as the ``rabbitmq``
+# user with its HOME and /var paths; the scripts in /usr/lib/rabbitmq/bin do not.
+_SCRIPT_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/local/lib/rabbitmq/bin")
+_AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
+
+
+class RabbitMQUnavailable(RuntimeError):
+    """No broker can be had: ``rabbitmq-server`` is missing or did not start."""
+
+
+class RabbitMQError(RuntimeError):
+    """A ``rabbitmqctl`` command failed or is not available."""
+
+
+def find_rabbitmq_server() -> tuple[Path, Path]:
+    """Paths of ``rabbitmq-server`` and ``rabbitmqctl``; ``RabbitMQUnavailable`` if absent."""
+    override = os.environ.get("HARE_TEST_RABBITMQ_BIN")  # a directory holding both
+    dirs = [override] if override else [*_SCRIPT_DIRS]
+    for directory in dirs:
+        server, ctl = Path(directory, "rabbitmq-server"), Path(directory, "rabbitmqctl")
+        if server.is_file() and ctl.is_file():
+            return server, ctl
+    server_path, ctl_path = shutil.which("rabbitmq-server"), shutil.which("rabbitmqctl")
+    if not override and server_path and ctl_path:
+        return Path(server_path), Path(ctl_path)
+    raise RabbitMQUnavailable(
+        "rabbitmq-server is not installed (run .ci/install-rabbitmq.sh, or set "
+        "HARE_TEST_AMQP_URL to use a running broker)"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _speaks_amqp(port: int, timeout: float = 1.0) -> bool:
+    """True once the port answers the AMQP 0-9-1 header with a method frame."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(_AMQP_HEADER)
+            return sock.recv(1) == b"\x01"  # frame type 1: connection.start
+    except OSError:
+        return False
+
+
+class RabbitMQNode:
+    """A RabbitMQ node private to this test run; see the module docstring."""
+
+    def __init__(self, *, start_timeout: float | None = None, ctl_timeout: float = 30.0) -> None:
+        self.server_script, self.ctl_script = find_rabbitmq_server()
+        self.start_timeout = start_timeout or float(
+            os.environ.get("HARE_TEST_RABBITMQ_START_TIMEOUT", "90")
+        )
+        self.ctl_timeout = ctl_timeout
+        self.amqp_port = 0
+        self.dist_port = 0
+        self.epmd_port = 0
+        self.node_name = f"hare-test-{os.getpid()}-{secrets.token_hex(3)}@localhost"
+        self.username = "guest"
+        self.password = "guest"
+        self.directory: Path | None = None
+        self.start_seconds: float | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._env: dict[str, str] = {}
+
+    @property
+    def url(self) -> str:
+        return f"amqp://{self.username}:{self.password}@127.0.0.1:{self.amqp_port}/"
+
+    @property
+    def log_file(self) -> Path:
+        assert self.directory is not None
+        return self.directory / "log" / f"{self.node_name}.log"
+
+    def __enter__(self) -> RabbitMQNode:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the node and wait until it speaks AMQP; ``RabbitMQUnavailable`` if it cannot."""
+        if self._process is not None:
+            return
+        began = time.monotonic()
+        self.directory = Path(tempfile.mkdtemp(prefix="hare-rabbitmq-"))
+        self.amqp_port, self.dist_port, self.epmd_port = _free_port(), _free_port(), _free_port()
+        self._env = self._environment()
+        self._write_files()
+        atexit.register(self.stop)
+        try:
+            with open(self.directory / "server.out", "wb") as out:
+                # A session of its own, so that stop() can signal the whole tree.
+                self._process = subprocess.Popen(
+                    [str(self.server_script)],
+                    cwd=self.directory,
+                    env=self._env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            self._wait_for_amqp(began + self.start_timeout)
+        except BaseException:
+            self.stop(keep_directory_for_error=True)
+            raise
+        self.start_seconds = time.monotonic() - began
+
+    def _environment(self) -> dict[str, str]:
+        assert self.directory is not None
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RABBITMQ_", "ERL_", "ERLANG_")) and k != "HOME"
+        }
+        d = self.directory
+        return base | {
+            "HOME": str(d),
+            "RABBITMQ_NODENAME": self.node_name,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.amqp_port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            # An absent env file keeps /etc/rabbitmq/rabbitmq-env.conf out.
+            "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_PID_FILE": str(d / "rabbitmq.pid"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        }
+
+    def _write_files(self) -> None:
+        assert self.directory is not None
+        d = self.directory
+        cookie = d / ".erlang.cookie"
+        cookie.write_text(secrets.token_hex(16))
+        cookie.chmod(0o400)  # Erlang refuses a cookie that others can read
+        (d / "enabled_plugins").write_text("[].\n")
+        (d / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}\n"
+            # A test machine's small /tmp must not block publishers.
+            "disk_free_limit.absolute = 1MB\n"
+        )
+
+    def _wait_for_amqp(self, deadline: float) -> None:
+        while True:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise RabbitMQUnavailable(
+                    f"rabbitmq-server exited with status {self._process.returncode} "
+                    f"during start-up\n{self.log_tail()}"
+                )
+            if _speaks_amqp(self.amqp_port):
+                return
+            if time.monotonic() > deadline:
+                raise RabbitMQUnavailable(
+                    f"rabbitmq-server did not accept AMQP on 127.0.0.1:{self.amqp_port} "
+                    f"within {self.start_timeout:g} s\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the broker's log and console output, for error messages."""
+        if self.directory is None:
+            return ""
+        parts = []
+        for path in (self.log_file, self.directory / "server.out"):
+            with contextlib.suppress(OSError):
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {path} (last {len(text)} lines) ---\n" + "\n".join(text))
+        return "\n".join(parts) or f"(no broker log in {self.directory})"
+
+    def ctl(self, *args: str, timeout: float | None = None) -> str:
+        """Run ``rabbitmqctl ARGS`` against this node; its stdout, or ``RabbitMQError``."""
+        if self._process is None:
+            raise RabbitMQError("the RabbitMQ node is not running")
+        command = [str(self.ctl_script), "-n", self.node_name, *args]
+        return _run_ctl(command, self._env, timeout or self.ctl_timeout)
+
+    def stop_app(self) -> None:
+        """Stop the RabbitMQ application (connections drop, the Erlang node stays)."""
+        self.ctl("stop_app")
+
+    def start_app(self) -> None:
+        """Start the application again and wait until it accepts AMQP."""
+        self.ctl("start_app")
+        self._wait_for_amqp(time.monotonic() + self.start_timeout)
+
+    def close_all_connections(self, reason: str = "closed by the test") -> None:
+        """Make the broker close every client connection (``320 CONNECTION_FORCED``)."""
+        self.ctl("close_all_connections", reason)
+
+    def connections(self) -> list[dict[str, Any]]:
+        """``list_connections`` as dicts: pid, name, client_properties, timeout, user."""
+        return _list_connections(self.ctl)
+
+    def close_connection(self, connection_name: str, reason: str = "closed by the test") -> None:
+        """Close the connection(s) whose client-provided name is ``connection_name``."""
+        _close_named(self.ctl, connection_name, reason)
+
+    def stop(self, *, keep_directory_for_error: bool = False) -> None:
+        """Stop the node and everything it started; idempotent."""
+        process, self._process = self._process, None
+        if process is not None:
+            _stop_process_group(process)
+        if self.epmd_port:
+            # epmd daemonizes out of our process group; ask it to exit.
+            epmd = shutil.which("epmd") or "epmd"
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(
+                    [epmd, "-port", str(self.epmd_port), "-kill"],
+                    env=self._env,
+                    capture_output=True,
+                    timeout=10,
+                    check=False,
+                )
+        keep = keep_directory_for_error or os.environ.get("HARE_TEST_RABBITMQ_KEEP")
+        if self.directory is not None and not keep:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        atexit.unregister(self.stop)
+
+
+def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (RabbitMQ stops gracefully), then SIGKILL the whole session."""
+    for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        # The wrapper script is gone; make sure beam (same group) is too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return
+
+
+def _run_ctl(command: list[str], env: dict[str, str] | None, timeout: float) -> str:
+    try:
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise RabbitMQError(f"{shlex.join(command)} timed out after {timeout:g} s") from None
+    except OSError as exc:
+        raise RabbitMQError(f"cannot run {shlex.join(command)}: {exc}") from None
+    if done.returncode != 0:
+        raise RabbitMQError(
+            f"{shlex.join(command)} failed with status {done.returncode}:\n"
+            f"{done.stderr.strip() or done.stdout.strip()}"
+        )
+    return done.stdout
+
+
+def _list_connections(ctl: Any) -> list[dict[str, Any]]:
+    out = ctl(
+        "list_connections",
+        "pid",
+        "name",
+        "user",
+        "timeout",
+        "client_properties",
+        "--formatter",
+        "json",
+        "--quiet",
+    )
+    rows = json.loads(out or "[]")
+    for row in rows:
+        # The json formatter renders a field table as [name, type, value] triples.
+        props = row.get("client_properties")
+        if isinstance(props, list):
+            row["client_properties"] = {item[0]: item[2] for item in props if len(item) == 3}
+    return list(rows)
+
+
+def _close_named(ctl: Any, connection_name: str, reason: str) -> None:
+    pids = [
+        row["pid"]
+        for row in _list_connections(ctl)
+        if row.get("client_properties", {}).get("connection_name") == connection_name
+    ]
+    if not pids:
+        raise RabbitMQError(f"no connection named {connection_name!r} on the broker")
+    for pid in pids:
+        ctl("close_connection", pid, reason)
+
+
+class ExternalRabbitMQ:
+    """A broker run by someone else (``HARE_TEST_AMQP_URL``); nothing is started or stopped."""
+
+    def __init__(self, url: str, ctl_command: str | None = None, ctl_timeout: float = 30.0) -> None:
+        self.url = url
+        self.ctl_command = shlex.split(ctl_command) if ctl_command else None
+        self.ctl_timeout = ctl_timeout
+
+    def ctl(self, *args: str, timeout: float | None = None) -> str:
+        if self.ctl_command is None:
+            raise RabbitMQError(
+                "rabbitmqctl is unavailable for the external broker in HARE_TEST_AMQP_URL; "
+                "set HARE_TEST_RABBITMQCTL to a command line that reaches it, for example "
+                "'docker exec rabbitmq rabbitmqctl'"
+            )
+        return _run_ctl([*self.ctl_command, *args], None, timeout or self.ctl_timeout)
+
+    def stop_app(self) -> None:
+        self.ctl("stop_app")
+
+    def start_app(self) -> None:
+        self.ctl("start_app")
+        self.ctl("await_startup")
+
+    def close_all_connections(self, reason: str = "closed by the test") -> None:
+        self.ctl("close_all_connections", reason)
+
+    def connections(self) -> list[dict[str, Any]]:
+        return _list_connections(self.ctl)
+
+    def close_connection(self, connection_name: str, reason: str = "closed by the test") -> None:
+        _close_named(self.ctl, connection_name, reason)
+
+    def stop(self) -> None:
+        """Nothing to stop: the broker is not ours."""
