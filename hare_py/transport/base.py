@@ -129,7 +129,8 @@ class CloseReason:
         return self.by == "client" and self.code in (0, REPLY_SUCCESS)
 
     def __str__(self) -> str:
-        return f"{self.code} {self.text} (by {self.by})" if self.code else f"{self.text} (by {self.by})"
+        code = f"{self.code} " if self.code else ""
+        return f"{code}{self.text} (by {self.by})"
 
 
 @dataclass(frozen=True, slots=True)

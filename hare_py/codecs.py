@@ -1,0 +1,68 @@
+"""Payload codecs: bytes by default, JSON on request, your own through ``Codec``.
+
+Nothing here ever unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import ConfigError
+
+__all__ = ["BYTES", "JSON", "BytesCodec", "Codec", "JSONCodec"]
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """Turns payloads into message bodies and back."""
+
+    content_type: str | None
+
+    def check(self, payload: Any) -> None:
+        """Raise ``ConfigError`` at once for a payload this codec cannot encode."""
+
+    def encode(self, payload: Any) -> bytes: ...
+
+    def decode(self, body: bytes, content_type: str | None) -> Any: ...
+
+
+class BytesCodec:
+    """Payloads are bytes, sent as they are."""
+
+    content_type: str | None = None
+
+    def check(self, payload: Any) -> None:
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise ConfigError(
+                f"payload must be bytes without a codec, got {type(payload).__name__} "
+                f"{payload!r:.60}; encode it or start the client with codec=JSON"
+            )
+
+    def encode(self, payload: Any) -> bytes:
+        return payload if type(payload) is bytes else bytes(payload)
+
+    def decode(self, body: bytes, content_type: str | None) -> Any:
+        return body
+
+
+class JSONCodec:
+    """Payloads are JSON values (``content_type: application/json``)."""
+
+    content_type: str | None = "application/json"
+
+    def check(self, payload: Any) -> None:
+        self.encode(payload)
+
+    def encode(self, payload: Any) -> bytes:
+        try:
+            return json.dumps(payload, separators=(",", ":")).encode()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"payload {payload!r:.60} is not JSON-serialisable: {exc}") from None
+
+    def decode(self, body: bytes, content_type: str | None) -> Any:
+        return json.loads(body)
+
+
+BYTES = BytesCodec()
+JSON = JSONCodec()

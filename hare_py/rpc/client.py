@@ -1,0 +1,624 @@
+"""RPCClient: Hare.RPC.Client as an anyio actor.
+
+Every time a channel opens (first start and every reconnect) the client
+declares its request exchange (unless it is the default exchange ``""``) and a
+fresh exclusive, server-named reply queue, consumes it without acks and calls
+``handle_connected``. Requests go through ``handle_request`` (pass, rewrite,
+answer locally or stop), replies through ``handle_response``, deadlines
+through ``handle_timeout`` and broker returns through ``handle_return``.
+
+Failure rules: a request in flight when its channel dies fails at once with
+``ConnectionLost`` (an ``idempotent`` one is republished on the next channel
+within its deadline); a request made while disconnected waits for the next
+channel within its deadline; no caller waits past its deadline (plus
+``deadline_grace`` if the actor is busy in a slow callback).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any, Generic, Self, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ..actor.actor import Actor, check_timeout
+from ..actor.backoff import Backoff
+from ..actor.caller import Caller
+from ..actor.connection import Connection
+from ..actor.results import NoReply, Reply
+from ..actor.runner import ActorRunner
+from ..codecs import BYTES, Codec
+from ..errors import (
+    BrokerError,
+    ConfigError,
+    ConnectionLost,
+    HareError,
+    RemoteError,
+    RequestTimeout,
+    Unroutable,
+)
+from ..transport.base import (
+    EXCHANGE_TYPES,
+    Channel,
+    CloseReason,
+    Delivery,
+    Properties,
+    ReturnedMessage,
+    TransportConnection,
+)
+from ..transport.url import BrokerURL
+from .calls import CallTable
+from .messages import ConnectedMeta, Forward, Request, Response, Returned
+
+__all__ = ["RPCClient"]
+
+S = TypeVar("S")
+
+
+class _Request:
+    __slots__ = ("caller",)
+
+    def __init__(self, caller: Caller) -> None:
+        self.caller = caller
+
+
+class _ChannelUp:
+    __slots__ = ("channel", "meta")
+
+    def __init__(self, channel: Channel, meta: ConnectedMeta) -> None:
+        self.channel = channel
+        self.meta = meta
+
+
+class _ChannelDown:
+    __slots__ = ("channel", "reason")
+
+    def __init__(self, channel: Channel, reason: CloseReason) -> None:
+        self.channel = channel
+        self.reason = reason
+
+
+_GAVE_UP = object()
+
+
+class RPCClient(Actor[S], Generic[S]):
+    """Subclass it, override the callbacks you need, and ``start()`` it.
+
+    Callbacks, on top of ``Actor``'s ``init``/``handle_call``/``handle_cast``/
+    ``handle_info``/``terminate``:
+
+    - ``handle_connected(meta, state)`` -> ``NoReply`` or ``Stop``; runs on every
+      channel open, after the reply queue is consumed.
+    - ``handle_request(request, caller, state)`` -> ``Forward(state)`` to send it,
+      ``Forward(state, request.replace(...))`` to send a rewritten one,
+      ``Reply(value, state)`` to answer locally, ``NoReply(state)`` to answer
+      later with ``reply(caller, value)``, ``Stop(reason, state, reply=...)``.
+    - ``handle_response(response, caller, state)`` -> ``Reply``, ``NoReply`` or
+      ``Stop``. Default: the caller gets ``response.payload``.
+    - ``handle_timeout(caller, state)``: default, the caller gets ``RequestTimeout``.
+    - ``handle_return(returned, caller, state)``: default, ``Unroutable``.
+    """
+
+    #: Extra time a caller waits past its deadline for the actor to run
+    #: ``handle_timeout``, in case the actor is busy in a slow callback.
+    deadline_grace: float = 0.1
+
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        exchange: str = "",
+        exchange_type: str = "direct",
+        exchange_durable: bool = False,
+        timeout: float = 5.0,
+        max_in_flight: int = 10_000,
+        mandatory: bool = True,
+        request_ttl: bool = True,
+        codec: Codec | None = None,
+        backoff: Backoff | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        if not isinstance(exchange, str):
+            raise ConfigError(f"exchange must be a string, got {exchange!r}")
+        if exchange_type not in EXCHANGE_TYPES:
+            raise ConfigError(
+                f"unknown exchange type {exchange_type!r}; expected one of "
+                f"{', '.join(sorted(EXCHANGE_TYPES))}"
+            )
+        if exchange == "" and exchange_type != "direct":
+            raise ConfigError(
+                f"the default exchange '' is a direct exchange, not {exchange_type!r}; "
+                "name an exchange to use another type"
+            )
+        if (
+            isinstance(max_in_flight, bool)
+            or not isinstance(max_in_flight, int)
+            or max_in_flight < 1
+        ):
+            raise ConfigError(f"max_in_flight must be an integer >= 1, got {max_in_flight!r}")
+        if codec is not None and not isinstance(codec, Codec):
+            raise ConfigError(f"codec {codec!r} lacks check/encode/decode/content_type")
+        self.connection = connection
+        self.exchange = exchange
+        self.exchange_type = exchange_type
+        self.exchange_durable = exchange_durable
+        self.timeout = check_timeout(timeout)
+        self.max_in_flight = max_in_flight
+        self.mandatory = mandatory
+        self.request_ttl = request_ttl
+        self.codec: Codec = codec or BYTES
+        self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
+        self._slots = anyio.Semaphore(max_in_flight)
+        self._calls = CallTable()
+        self._channel: Channel | None = None
+        self._last_channel: Channel | None = None
+        self._reply_queue: str | None = None
+        self._connects = 0
+        self.last_error: BaseException | None = None
+        self._handlers.update(
+            {
+                _Request: self._on_request,
+                Delivery: self._on_delivery,
+                ReturnedMessage: self._on_returned,
+                _ChannelUp: self._on_channel_up,
+                _ChannelDown: self._on_channel_down,
+            }
+        )
+        self._log = self._log.bind(exchange=exchange)
+
+    @classmethod
+    def start(
+        cls,
+        conn: Connection | str | BrokerURL | Sequence[str | BrokerURL],
+        *,
+        exchange: str = "",
+        exchange_type: str = "direct",
+        exchange_durable: bool = False,
+        arg: Any = None,
+        timeout: float = 5.0,
+        max_restarts: int = 3,
+        within: float = 5.0,
+        max_in_flight: int = 10_000,
+        mandatory: bool = True,
+        request_ttl: bool = True,
+        codec: Codec | None = None,
+        backoff: Backoff | None = None,
+        restart_backoff: Backoff | None = None,
+        name: str | None = None,
+    ) -> ActorRunner[Self]:
+        """Run a client under its own supervisor: ``async with Cls.start(conn) as client``.
+
+        ``conn`` is a ``Connection`` (shared, left open) or broker URL(s) (a
+        connection is opened and closed with the block). The block is entered
+        once ``init(arg)`` has run; the broker may still be unreachable.
+        ``timeout`` is the default request deadline in seconds (``math.inf``
+        for none). ``max_restarts`` crashes within ``within`` seconds are
+        restarted (with ``restart_backoff``); one more raises
+        ``RestartIntensityExceeded`` out of the block. ``backoff`` paces
+        channel re-opening after failures.
+        """
+        owned = None if isinstance(conn, Connection) else Connection(conn)
+        client = cls(
+            owned or conn,  # type: ignore[arg-type]
+            exchange=exchange,
+            exchange_type=exchange_type,
+            exchange_durable=exchange_durable,
+            timeout=timeout,
+            max_in_flight=max_in_flight,
+            mandatory=mandatory,
+            request_ttl=request_ttl,
+            codec=codec,
+            backoff=backoff,
+            name=name,
+        )
+        return ActorRunner(
+            client,
+            arg,
+            owned_connection=owned,
+            max_restarts=max_restarts,
+            within=within,
+            backoff=restart_backoff,
+        )
+
+    # -- callbacks ---------------------------------------------------------------
+
+    async def handle_connected(self, meta: ConnectedMeta, state: S) -> Any:
+        """The channel is open and the reply queue consumed. Default: go on."""
+        return NoReply(state)
+
+    async def handle_request(self, request: Request, caller: Caller, state: S) -> Any:
+        """Decide what to do with a request. Default: send it unchanged."""
+        return Forward(state)
+
+    async def handle_response(self, response: Response, caller: Caller, state: S) -> Any:
+        """Decide what the caller gets for a reply. Default: its payload."""
+        return Reply(response.payload, state)
+
+    async def handle_timeout(self, caller: Caller, state: S) -> Any:
+        """The caller's deadline passed. Default: it gets ``RequestTimeout``."""
+        return Reply(self._timeout_error(caller), state)
+
+    async def handle_return(self, returned: Returned, caller: Caller, state: S) -> Any:
+        """The broker returned the request as unroutable. Default: ``Unroutable``."""
+        return Reply(
+            Unroutable(
+                returned.exchange, returned.routing_key, returned.reply_code, returned.reply_text
+            ),
+            state,
+        )
+
+    # -- API -----------------------------------------------------------------------
+
+    @property
+    def reply_queue(self) -> str | None:
+        """The reply queue in use now (``None`` while no channel is open)."""
+        return self._reply_queue
+
+    @property
+    def connected(self) -> bool:
+        """True while a channel with a consumed reply queue is open."""
+        return self._channel is not None
+
+    @property
+    def pending(self) -> int:
+        """Requests this client is answering now (queued, in flight or held)."""
+        return len(self._calls)
+
+    async def request(
+        self,
+        payload: Any,
+        routing_key: str = "",
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, Any] | None = None,
+        idempotent: bool = False,
+    ) -> Any:
+        """Send ``payload`` and wait for the reply (decoded by the codec).
+
+        Raises ``RequestTimeout`` when ``timeout`` (default: the client's)
+        passes, ``Unroutable`` when no queue is bound for ``routing_key``,
+        ``ConnectionLost`` when the channel dies while the request is in
+        flight (unless ``idempotent=True``: then it is sent again after the
+        reconnect), ``ClientStopped``/``ClientCrashed`` when the client ends,
+        and any exception a callback chose as the reply.
+        """
+        self.codec.check(payload)
+        if not isinstance(routing_key, str):
+            raise ConfigError(f"routing_key must be a string, got {routing_key!r}")
+        if headers is not None and not isinstance(headers, Mapping):
+            raise ConfigError(f"headers must be a mapping, got {headers!r}")
+        seconds = self.timeout if timeout is None else check_timeout(timeout)
+        now = anyio.current_time()
+        deadline = now + seconds
+        request = Request(
+            payload,
+            routing_key,
+            headers if headers is not None else {},
+            secrets.token_urlsafe(16),
+            deadline,
+            idempotent,
+        )
+        caller = Caller(deadline, request)
+        slots = self._slots
+        try:
+            slots.acquire_nowait()
+        except anyio.WouldBlock:
+            with anyio.CancelScope(deadline=deadline):
+                await slots.acquire()
+            if anyio.current_time() >= deadline:
+                raise RequestTimeout(
+                    f"request to {routing_key!r} waited {seconds:g} s for one of "
+                    f"max_in_flight={self.max_in_flight} slots"
+                ) from None
+        try:
+            self._post(_Request(caller))
+            with anyio.CancelScope(deadline=deadline + self.deadline_grace):
+                try:
+                    await caller._wait()
+                finally:
+                    if not caller.done:
+                        self._forget(caller)
+                        caller._resolve(_GAVE_UP)
+        finally:
+            slots.release()
+            self._log_request(caller, now)
+        value = caller._value
+        if value is _GAVE_UP:
+            raise self._timeout_error(caller)
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    # -- runtime -------------------------------------------------------------------
+
+    def _log_request(self, caller: Caller, started: float) -> None:
+        value = caller._value
+        outcome = (
+            "ok"
+            if not isinstance(value, BaseException) and value is not _GAVE_UP
+            else "timeout"
+            if value is _GAVE_UP
+            else type(value).__name__
+        )
+        request = caller.request
+        self._log.debug(
+            "rpc.request",
+            outcome=outcome,
+            duration_ms=round((anyio.current_time() - started) * 1000, 3),
+            routing_key=request.routing_key,
+            correlation_id=request.correlation_id,
+        )
+
+    def _timeout_error(self, caller: Caller) -> RequestTimeout:
+        request = caller.request
+        where = f"request to {request.routing_key!r}" if request is not None else "call"
+        if self._channel is None:
+            last = f" (last error: {self.last_error})" if self.last_error else ""
+            return RequestTimeout(f"{where} timed out waiting for a channel to the broker{last}")
+        return RequestTimeout(f"{where} got no reply before its deadline")
+
+    def _forget(self, caller: Caller) -> None:
+        super()._forget(caller)
+        self._calls.remove(caller)
+
+    def _hold(self, caller: Caller) -> None:
+        if caller.request is not None and caller.deadline > anyio.current_time():
+            self._calls.hold(caller)
+        else:
+            super()._hold(caller)
+
+    def _fail_held(self, error: Any) -> None:
+        super()._fail_held(error)
+        for call in self._calls.clear():
+            call.caller._resolve(error())
+
+    def _next_deadline(self) -> float:
+        return self._calls.next_deadline()
+
+    async def _on_timers(self, now: float) -> None:
+        for call in self._calls.expire(now):
+            if not call.caller.done:
+                result = await self.handle_timeout(call.caller, self._state)
+                self._apply(result, "handle_timeout", call.caller)
+
+    async def _on_start(self, tg: TaskGroup) -> None:
+        self._calls = CallTable()
+        self._channel = self._last_channel = None
+        self._reply_queue = None
+        tg.start_soon(self._keep_channel)
+
+    async def _on_request(self, message: _Request) -> None:
+        caller = message.caller
+        if caller.done:
+            return
+        result = await self.handle_request(caller.request, caller, self._state)
+        if type(result) is not Forward:
+            self._apply(result, "handle_request", caller)
+            return
+        self._state = result.state
+        if result.request is not None:
+            if not isinstance(result.request, Request):
+                raise TypeError(
+                    f"{type(self).__name__}.handle_request returned Forward with "
+                    f"{result.request!r}; expected a Request"
+                )
+            caller.request = result.request
+        self._calls.add(caller, caller.request)
+        if self._channel is not None:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Publish queued calls, oldest first, while a channel is open."""
+        while self._channel is not None:
+            call = self._calls.next_queued()
+            if call is None:
+                return
+            await self._publish(self._channel, call)
+
+    async def _publish(self, channel: Channel, call: Any) -> None:
+        request: Request = call.request
+        caller: Caller = call.caller
+        try:
+            body = self.codec.encode(request.payload)
+        except Exception as exc:
+            self._forget(caller)
+            caller._resolve(exc)
+            return
+        if not self._calls.sent(call):
+            self._forget(caller)
+            caller._resolve(
+                ConfigError(f"correlation id {request.correlation_id!r} is already in flight")
+            )
+            return
+        expiration = None
+        if self.request_ttl and request.deadline != float("inf"):
+            left = request.deadline - anyio.current_time()
+            expiration = str(max(1, int(left * 1000)))
+        properties = Properties(
+            content_type=self.codec.content_type,
+            headers=request.headers or None,
+            correlation_id=request.correlation_id,
+            reply_to=self._reply_queue,
+            expiration=expiration,
+        )
+        try:
+            await channel.basic_publish(
+                body,
+                exchange=self.exchange,
+                routing_key=request.routing_key,
+                properties=properties,
+                mandatory=self.mandatory,
+            )
+        except ConnectionLost as exc:
+            # Nothing reached the broker: wait for the next channel.
+            self._calls.unsend(call)
+            if self._channel is channel:
+                self._channel = None
+            self.last_error = exc
+        except BrokerError as exc:
+            self._forget(caller)
+            caller._resolve(exc)
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        cid = delivery.properties.correlation_id
+        call = self._calls.pop_reply(cid) if cid else None
+        if call is None:
+            self._log.info(
+                "rpc.reply_dropped",
+                correlation_id=cid,
+                reason="unknown or late correlation id" if cid else "no correlation id",
+            )
+            return
+        caller = call.caller
+        if caller.done:
+            return
+        try:
+            payload = self.codec.decode(delivery.body, delivery.properties.content_type)
+        except Exception as exc:
+            self._log.warning("rpc.reply_undecodable", correlation_id=cid, error=repr(exc))
+            caller._resolve(
+                exc
+                if isinstance(exc, HareError)
+                else RemoteError("UndecodableReply", f"{self.codec!r} could not decode: {exc}")
+            )
+            return
+        response = Response(
+            payload,
+            delivery.properties.headers or {},
+            call.request.correlation_id,
+            delivery.properties.content_type,
+        )
+        result = await self.handle_response(response, caller, self._state)
+        self._apply(result, "handle_response", caller)
+
+    async def _on_returned(self, returned: ReturnedMessage) -> None:
+        cid = returned.properties.correlation_id
+        call = self._calls.pop_reply(cid) if cid else None
+        if call is None or call.caller.done:
+            self._log.info("rpc.return_dropped", correlation_id=cid)
+            return
+        info = Returned(
+            call.request,
+            returned.exchange,
+            returned.routing_key,
+            returned.reply_code,
+            returned.reply_text,
+        )
+        result = await self.handle_return(info, call.caller, self._state)
+        self._apply(result, "handle_return", call.caller)
+
+    async def _on_channel_up(self, message: _ChannelUp) -> None:
+        self._channel = self._last_channel = message.channel
+        self._reply_queue = message.meta.reply_queue
+        self.last_error = None
+        result = await self.handle_connected(message.meta, self._state)
+        self._apply(result, "handle_connected")
+        await self._flush()
+
+    async def _on_channel_down(self, message: _ChannelDown) -> None:
+        if message.channel is not self._last_channel:
+            return
+        self._channel = self._last_channel = None
+        self._reply_queue = None
+        reason = message.reason
+        lost = self._calls.lose_channel()
+        for call in lost:
+            call.caller._resolve(
+                ConnectionLost(
+                    f"channel closed while the request was in flight: {reason}", code=reason.code
+                )
+            )
+        self._log.warning(
+            "rpc.channel_lost", reason=str(reason), failed=len(lost), waiting=len(self._calls)
+        )
+
+    # -- the channel keeper: opens channels, reports them to the actor -----------------
+
+    async def _keep_channel(self) -> None:
+        failures = 0
+        channel: Channel | None = None
+        try:
+            while True:
+                conn = await self.connection.wait_connected()
+                watch = _ConsumerWatch()
+                try:
+                    channel, meta = await self._setup_channel(conn, watch.on_cancel)
+                except (ConnectionLost, BrokerError) as exc:
+                    self.last_error = exc
+                    self._log.warning("rpc.channel_setup_failed", error=str(exc))
+                    await anyio.sleep(self.backoff.delay(failures))
+                    failures += 1
+                    continue
+                failures = 0
+                self._log.info(
+                    "rpc.channel_opened", reply_queue=meta.reply_queue, connects=meta.connects
+                )
+                self._send.send_nowait(_ChannelUp(channel, meta))
+                reason = await watch.first_close(channel)
+                self._log.warning("rpc.channel_closed", reason=str(reason))
+                self._send.send_nowait(_ChannelDown(channel, reason))
+                channel = None
+        finally:
+            if channel is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                    await channel.close()
+
+    async def _setup_channel(
+        self, conn: TransportConnection, on_cancel: Any
+    ) -> tuple[Channel, ConnectedMeta]:
+        channel = await conn.open_channel(on_return=self._send.send_nowait)
+        try:
+            if self.exchange:
+                await channel.exchange_declare(
+                    self.exchange,
+                    self.exchange_type,  # type: ignore[arg-type]
+                    durable=self.exchange_durable,
+                    passive=self.exchange.startswith("amq."),
+                )
+            queue = await channel.queue_declare("", exclusive=True, auto_delete=True)
+            await channel.basic_consume(
+                queue.name, self._send.send_nowait, no_ack=True, on_cancel=on_cancel
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                await channel.close()
+            raise
+        self._connects += 1
+        return channel, ConnectedMeta(queue.name, self.exchange, self._connects)
+
+
+class _ConsumerWatch:
+    """Notices the broker cancelling the reply consumer (its queue was deleted)."""
+
+    def __init__(self) -> None:
+        self.gone = anyio.Event()
+        self.reason: CloseReason | None = None
+
+    def on_cancel(self, tag: str, reason: CloseReason) -> None:
+        self.reason = reason
+        self.gone.set()
+
+    async def first_close(self, channel: Channel) -> CloseReason:
+        """Wait until the channel closes or the reply consumer is cancelled.
+
+        A cancelled consumer means the reply queue is gone: close the channel
+        so that a fresh one, with a fresh reply queue, replaces it.
+        """
+        async with anyio.create_task_group() as tg:
+
+            async def watch_consumer() -> None:
+                await self.gone.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch_consumer)
+            reason = await channel.wait_closed()
+            tg.cancel_scope.cancel()
+            return reason
+        await channel.close()
+        assert self.reason is not None
+        return CloseReason(
+            self.reason.code, f"reply consumer cancelled: {self.reason.text}", "broker"
+        )
