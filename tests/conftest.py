@@ -53,3 +53,16 @@ def rabbitmq() -> Iterator[RabbitMQNode | ExternalRabbitMQ]:
 def rabbitmq_url(rabbitmq: RabbitMQNode | ExternalRabbitMQ) -> str:
     """The AMQP URL of the session's RabbitMQ broker (password included)."""
     return rabbitmq.url
+
+
+@pytest.fixture(params=["asyncio", "trio-mockclock"])
+def fast_clock_backend(request: pytest.FixtureRequest) -> object:
+    """asyncio with real time, and trio with a mock clock that jumps over idle waits.
+
+    Use it to override ``anyio_backend`` in modules whose tests wait on timers.
+    """
+    if request.param == "asyncio":
+        return "asyncio"
+    from trio.testing import MockClock
+
+    return ("trio", {"clock": MockClock(autojump_threshold=0)})

@@ -21,13 +21,12 @@ class Caller:
     answered at most once: later answers are ignored.
     """
 
-    __slots__ = ("_event", "_value", "deadline", "id", "request", "started_at")
+    __slots__ = ("_event", "_value", "deadline", "id", "request")
 
     def __init__(self, deadline: float = math.inf, request: Any = None) -> None:
         self.id = next(_ids)
         self.deadline = deadline
         self.request = request
-        self.started_at = anyio.current_time()
         self._event: anyio.Event | None = None
         self._value: Any = _UNSET
 

@@ -205,7 +205,9 @@ class Supervisor:
         error: BaseException | None = None
         child.running = True
         try:
-            with anyio.CancelScope() as scope:
+            # Shielded: only the supervisor stops a child, in reverse start order,
+            # even when the supervisor itself is being cancelled.
+            with anyio.CancelScope(shield=True) as scope:
                 child.scope = scope
                 try:
                     reason = await child.spec.start(task_status=status)
