@@ -1,0 +1,36 @@
+"""Test helpers: ``SandboxBroker``, an in-memory broker with a backdoor.
+
+with SandboxBroker() as broker:
+    async with Connection(broker.url) as conn:
+        ...
+    broker.ops("basic_publish")          # what was done
+    broker.kill_connection(1)            # what goes wrong next
+"""
+
+from __future__ import annotations
+
+from ..transport.sandbox import (
+    BindingInfo,
+    ChannelInfo,
+    ConnectionInfo,
+    ConsumerInfo,
+    ExchangeInfo,
+    Fault,
+    Op,
+    QueueDetails,
+    SandboxBroker,
+    SandboxMessage,
+)
+
+__all__ = [
+    "BindingInfo",
+    "ChannelInfo",
+    "ConnectionInfo",
+    "ConsumerInfo",
+    "ExchangeInfo",
+    "Fault",
+    "Op",
+    "QueueDetails",
+    "SandboxBroker",
+    "SandboxMessage",
+]

@@ -1,0 +1,338 @@
+"""``SandboxBroker``: a named in-memory broker with a backdoor for tests.
+
+Brokers register themselves in a process-wide registry so that a
+``sandbox://NAME`` URL reaches them. Backdoor methods are synchronous; their
+effects reach connections asynchronously, as a real broker's would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, Literal
+
+from ...errors import ConfigError, ConnectFailed
+from ..base import CONNECTION_FORCED, EMPTY_PROPERTIES, CloseReason, Properties
+from ._faults import Fault, FaultAction
+from ._model import CANCEL_TEXT, BrokerModel
+from ._state import Event
+from ._views import (
+    BindingInfo,
+    ChannelInfo,
+    ConnectionInfo,
+    ConsumerInfo,
+    ExchangeInfo,
+    Op,
+    QueueDetails,
+    SandboxMessage,
+)
+
+__all__ = ["SandboxBroker", "lookup_broker"]
+
+_registry: dict[str, SandboxBroker] = {}
+_names = itertools.count(1)
+
+FORCED_TEXT = "CONNECTION_FORCED - closed by the sandbox backdoor"
+SHUTDOWN_TEXT = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+Script = Exception | None
+
+
+def lookup_broker(name: str) -> SandboxBroker:
+    """The registered broker called ``name``; ``ConnectFailed`` if there is none."""
+    broker = _registry.get(name)
+    if broker is None:
+        known = ", ".join(sorted(_registry)) or "none"
+        raise ConnectFailed(
+            f"no sandbox broker named {name!r} (registered: {known}); create one with "
+            "hare_py.testing.SandboxBroker() and connect to its .url"
+        )
+    return broker
+
+
+class SandboxBroker:
+    """An in-memory AMQP 0-9-1 broker reachable at ``sandbox://NAME``.
+
+    Use it as a context manager (or call ``close()``) to unregister it.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        if name is None:
+            name = f"broker-{next(_names)}-{secrets.token_hex(3)}"
+        if name in _registry:
+            raise ConfigError(f"a sandbox broker named {name!r} is already registered")
+        self.name = name
+        self._model = BrokerModel(self._route_event)
+        self._sinks: dict[int, Callable[[Event], None]] = {}
+        self._connect_script: deque[Script] = deque()
+        self._channel_script: deque[Script] = deque()
+        self._down = False
+        _registry[name] = self
+
+    def __repr__(self) -> str:
+        return f"SandboxBroker({self.name!r})"
+
+    @property
+    def url(self) -> str:
+        """The URL that reaches this broker: ``sandbox://NAME``."""
+        return f"sandbox://{self.name}"
+
+    def close(self) -> None:
+        """Unregister the broker and force-close its connections."""
+        self.kill_all_connections(text="CONNECTION_FORCED - sandbox broker closed")
+        if _registry.get(self.name) is self:
+            del _registry[self.name]
+
+    def __enter__(self) -> SandboxBroker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- used by the backend -----------------------------------------------------
+
+    @property
+    def model(self) -> BrokerModel:
+        return self._model
+
+    def _route_event(self, connection: int, event: Event) -> None:
+        sink = self._sinks.get(connection)
+        if sink is not None:
+            sink(event)
+
+    def accept_connection(self, name: str | None, sink: Callable[[Event], None]) -> int:
+        """Open a connection for the backend, or raise ``ConnectFailed``."""
+        scripted = self._connect_script.popleft() if self._connect_script else None
+        failure = scripted
+        if failure is None and self._down:
+            failure = ConnectFailed(f"sandbox broker {self.name!r} is down: connection refused")
+        if failure is not None:
+            self._model.record(Op("connect", None, None, {"name": name}, failure))
+            raise failure
+        connection = self._model.open_connection(name)
+        self._sinks[connection] = sink
+        return connection
+
+    def detach(self, connection: int) -> None:
+        """Stop routing events to a connection that has gone."""
+        self._sinks.pop(connection, None)
+
+    def accept_channel(self, connection: int, confirms: bool) -> tuple[int, int]:
+        """Open a channel for the backend, or raise the scripted error."""
+        scripted = self._channel_script.popleft() if self._channel_script else None
+        if scripted is not None:
+            args = {"publisher_confirms": confirms}
+            self._model.record(Op("open_channel", connection, None, args, scripted))
+            raise scripted
+        return self._model.open_channel(connection, confirms)
+
+    # -- history -----------------------------------------------------------------
+
+    @property
+    def history(self) -> list[Op]:
+        """Every recorded operation, oldest first."""
+        return list(self._model.history)
+
+    def ops(self, name: str | None = None, **args: Any) -> list[Op]:
+        """Recorded operations named ``name`` whose arguments include ``args``."""
+        return [
+            op
+            for op in self._model.history
+            if (name is None or op.name == name)
+            and all(k in op.args and op.args[k] == v for k, v in args.items())
+        ]
+
+    def clear_history(self) -> None:
+        """Forget the recorded operations."""
+        self._model.history.clear()
+
+    # -- introspection -------------------------------------------------------------
+
+    @property
+    def connections(self) -> dict[int, ConnectionInfo]:
+        """Open connections by id."""
+        return self._model.connection_infos()
+
+    @property
+    def channels(self) -> dict[int, ChannelInfo]:
+        """Open channels by id."""
+        return self._model.channel_infos()
+
+    @property
+    def queues(self) -> dict[str, QueueDetails]:
+        """Queues by name, with counts, consumers and exclusive owner."""
+        return self._model.queue_details()
+
+    @property
+    def exchanges(self) -> dict[str, ExchangeInfo]:
+        """Exchanges by name, the default exchange ``""`` included."""
+        return self._model.exchange_infos()
+
+    @property
+    def bindings(self) -> list[BindingInfo]:
+        """Every queue binding."""
+        return self._model.binding_infos()
+
+    def consumers(self, queue: str) -> list[ConsumerInfo]:
+        """The consumers of ``queue``, in delivery order."""
+        return self._model.consumer_infos(queue)
+
+    def messages(self, queue: str) -> list[SandboxMessage]:
+        """The ready (not delivered) messages of ``queue``."""
+        return self._model.messages(queue)
+
+    # -- scripted results ---------------------------------------------------------------
+
+    def script_connect(self, *results: Script) -> None:
+        """Queue results for the next connects: an exception to raise, or None to succeed."""
+        self._connect_script.extend(results)
+
+    def script_channel_open(self, *results: Script) -> None:
+        """Queue results for the next channel opens: an exception to raise, or None."""
+        self._channel_script.extend(results)
+
+    # -- outages and kills ----------------------------------------------------------------
+
+    @property
+    def is_up(self) -> bool:
+        """False between ``down()`` and ``up()``."""
+        return not self._down
+
+    def down(
+        self,
+        *,
+        code: int = CONNECTION_FORCED,
+        text: str = SHUTDOWN_TEXT,
+        by: Literal["broker", "network"] = "broker",
+    ) -> None:
+        """Stop the broker: kill every connection, refuse connects, lose transient state."""
+        self._down = True
+        self._model.record(Op("down", args={"code": code, "text": text, "by": by}))
+        self.kill_all_connections(code=code, text=text, by=by)
+        self._model.restart()
+
+    def up(self) -> None:
+        """Start the broker again after ``down()``."""
+        self._down = False
+        self._model.record(Op("up"))
+
+    def kill_channel(
+        self, channel_id: int, code: int = CONNECTION_FORCED, text: str = FORCED_TEXT
+    ) -> None:
+        """Close a channel from the broker side with ``code`` and ``text``."""
+        if channel_id not in self._model.channels:
+            raise ConfigError(f"no channel {channel_id} on {self!r}")
+        self._model.close_channel(channel_id, CloseReason(code, text, "broker"))
+
+    def kill_connection(
+        self,
+        connection_id: int,
+        code: int = CONNECTION_FORCED,
+        text: str = FORCED_TEXT,
+        *,
+        by: Literal["broker", "network"] = "broker",
+    ) -> None:
+        """Close a connection from the broker side (``by="network"``: as if the socket died)."""
+        if connection_id not in self._model.connections:
+            raise ConfigError(f"no connection {connection_id} on {self!r}")
+        self._model.close_connection(connection_id, CloseReason(code, text, by))
+
+    def kill_all_connections(
+        self,
+        code: int = CONNECTION_FORCED,
+        text: str = FORCED_TEXT,
+        *,
+        by: Literal["broker", "network"] = "broker",
+    ) -> None:
+        """Close every open connection from the broker side."""
+        for connection in list(self._model.connection_infos()):
+            self.kill_connection(connection, code, text, by=by)
+
+    def cancel_consumer(self, tag: str) -> None:
+        """Cancel a consumer from the broker side; its ``on_cancel`` is called."""
+        if not self._model.cancel_consumer(tag, CloseReason(0, CANCEL_TEXT, "broker")):
+            raise ConfigError(f"no consumer {tag!r} on {self!r}")
+
+    def delete_queue(self, name: str) -> int:
+        """Delete a queue like ``rabbitmqctl delete_queue``: consumers are cancelled."""
+        self._model.record(Op("backdoor_delete_queue", args={"queue": name}))
+        return self._model.delete_queue(name)
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties = EMPTY_PROPERTIES,
+    ) -> None:
+        """Publish a message from outside any connection (``BrokerError`` if no exchange)."""
+        self._model.basic_publish(
+            None, body, exchange=exchange, routing_key=routing_key, properties=properties
+        )
+
+    # -- delivery faults ---------------------------------------------------------------------
+
+    def _fault(
+        self,
+        action: FaultAction,
+        queue: str | None,
+        match: Callable[[SandboxMessage], bool] | None,
+        times: int | None,
+        delay: float = 0.0,
+    ) -> Fault:
+        if times is not None and times < 1:
+            raise ConfigError(f"times must be at least 1 (or None for always), got {times}")
+        return self._model.faults.add(Fault(action, queue, match, times, delay))
+
+    def drop(
+        self,
+        *,
+        queue: str | None = None,
+        match: Callable[[SandboxMessage], bool] | None = None,
+        times: int | None = None,
+    ) -> Fault:
+        """Drop matching deliveries (``times`` of them, or until ``fault.remove()``)."""
+        return self._fault("drop", queue, match, times)
+
+    def delay(
+        self,
+        seconds: float,
+        *,
+        queue: str | None = None,
+        match: Callable[[SandboxMessage], bool] | None = None,
+        times: int | None = None,
+    ) -> Fault:
+        """Deliver matching messages ``seconds`` late; other deliveries overtake them."""
+        if seconds < 0:
+            raise ConfigError(f"delay must not be negative, got {seconds}")
+        return self._fault("delay", queue, match, times, seconds)
+
+    def duplicate(
+        self,
+        *,
+        queue: str | None = None,
+        match: Callable[[SandboxMessage], bool] | None = None,
+        times: int | None = None,
+    ) -> Fault:
+        """Deliver matching messages twice (each copy with its own delivery tag)."""
+        return self._fault("duplicate", queue, match, times)
+
+    @property
+    def faults(self) -> list[Fault]:
+        """The active delivery faults."""
+        return list(self._model.faults)
+
+    def clear_faults(self, faults: Iterable[Fault] | None = None) -> None:
+        """Remove the given faults, or all of them."""
+        if faults is None:
+            self._model.faults.clear()
+        else:
+            for fault in faults:
+                fault.remove()
