@@ -114,6 +114,7 @@ class Actor(Generic[S]):
         self._status = "new"
         self._stop_reason: Any = None
         self._held: set[Caller] = set()  # callers given NoReply, answered later by reply()
+        self._current: Any = None  # the message being handled
         self._log = log.bind(actor=self.name)
         self._handlers: dict[type, Any] = {
             _Call: self._on_call,
@@ -314,7 +315,12 @@ class Actor(Generic[S]):
         self._held.add(caller)
 
     def _fail_held(self, error: Any) -> None:
-        """Answer every caller this incarnation held with ``error()``."""
+        """Answer every caller this incarnation held with ``error()``, and the
+        caller of the message being handled when it ended."""
+        current, self._current = self._current, None
+        caller = getattr(current, "caller", None)
+        if isinstance(caller, Caller):
+            caller._resolve(error())
         held, self._held = self._held, set()
         for caller in held:
             caller._resolve(error())
@@ -348,6 +354,7 @@ class Actor(Generic[S]):
                         if message is None:
                             await self._on_timers(current_time())
                             continue
+                self._current = message
                 await handlers[type(message)](message)
                 if self._next_deadline() <= current_time():
                     await self._on_timers(current_time())
