@@ -336,18 +336,18 @@ class RPCClient(Actor[S], Generic[S]):
 
     def _log_request(self, caller: Caller, started: float) -> None:
         value = caller._value
-        outcome = (
-            "ok"
-            if not isinstance(value, BaseException) and value is not _GAVE_UP
-            else "timeout"
-            if value is _GAVE_UP
-            else type(value).__name__
-        )
+        now = anyio.current_time()
+        if value is _GAVE_UP:
+            outcome = "timeout" if now >= caller.deadline else "cancelled"
+        elif isinstance(value, BaseException):
+            outcome = type(value).__name__
+        else:
+            outcome = "ok"
         request = caller.request
         self._log.debug(
             "rpc.request",
             outcome=outcome,
-            duration_ms=round((anyio.current_time() - started) * 1000, 3),
+            duration_ms=round((now - started) * 1000, 3),
             routing_key=request.routing_key,
             correlation_id=request.correlation_id,
         )

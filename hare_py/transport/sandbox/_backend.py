@@ -82,16 +82,20 @@ async def _connect(url: BrokerURL, options: ConnectOptions) -> AsyncIterator[Tra
     broker = lookup_broker(url.host)
     body_error: BaseException | None = None
     async with anyio.create_task_group() as tg:
-        conn = SandboxConnection(broker, tg, options.name)
+        # Errors are re-raised below, outside the task group, so that they are
+        # not wrapped in an ExceptionGroup.
         try:
-            yield conn
-        except BaseException as exc:
-            # Re-raised below, outside the task group, so that an error in the
-            # body is not wrapped in an ExceptionGroup.
+            conn = SandboxConnection(broker, tg, options.name)
+        except Exception as exc:  # ConnectFailed, or whatever a test scripted
             body_error = exc
-        finally:
-            conn._shutdown()
-            tg.cancel_scope.cancel()
+        else:
+            try:
+                yield conn
+            except BaseException as exc:
+                body_error = exc
+            finally:
+                conn._shutdown()
+                tg.cancel_scope.cancel()
     if body_error is not None:
         raise body_error
 
