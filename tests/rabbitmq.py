@@ -326,15 +326,19 @@ def _list_connections(ctl: Any) -> list[dict[str, Any]]:
 
 
 def _close_named(ctl: Any, connection_name: str, reason: str) -> None:
-    pids = [
-        row["pid"]
+    names = {
+        row["name"]
         for row in _list_connections(ctl)
         if row.get("client_properties", {}).get("connection_name") == connection_name
-    ]
-    if not pids:
+    }
+    if not names:
         raise RabbitMQError(f"no connection named {connection_name!r} on the broker")
-    for pid in pids:
-        ctl("close_connection", pid, reason)
+    # close_connection wants the pid as the table formatter prints it
+    # (<node.1.2.3>), not as the json one does (#PID<1.2.3>).
+    for line in ctl("list_connections", "pid", "name", "--silent").splitlines():
+        pid, _, name = line.partition("\t")
+        if name in names:
+            ctl("close_connection", pid, reason)
 
 
 class ExternalRabbitMQ:

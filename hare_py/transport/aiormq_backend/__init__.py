@@ -1,0 +1,41 @@
+"""AMQP 0-9-1 on asyncio through aiormq: the backend for ``amqp://`` and ``amqps://``.
+
+aiormq runs on asyncio only; ``hare_py.transport.backend_for`` refuses these
+schemes on trio with a ``ConfigError`` (an anyio-native AMQP backend is a
+separate piece of work).
+
+Exceptions are translated at this boundary (``_errors``):
+
+    aiormq / pamqp / OS                      hare_py
+    ChannelNotFoundEntity (404), ...         BrokerError(code, text): the broker's channel.close
+    DeliveryError (basic.nack)               BrokerError(0, "basic.nack ...")
+    ChannelInvalidStateError                 ConnectionLost(text, code of the channel's close)
+    ConnectionClosed (320 forced, ...)       ConnectionLost(text, code=...)
+    AMQPConnectionError, OSError, EOF        ConnectionLost (ConnectFailed while connecting)
+    refused / DNS / TLS / timeout at connect ConnectFailed
+    ProbableAuthenticationError (login)      ConnectFailed(code=403)
+    pamqp ValueError (bad property values)   ConfigError
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import ClassVar
+
+from ..base import Backend, ConnectOptions, TransportConnection
+from ..url import BrokerURL
+from ._channel import AiormqChannel
+from ._connection import AiormqConnection, connect
+
+__all__ = ["AiormqBackend", "AiormqChannel", "AiormqConnection"]
+
+
+class AiormqBackend(Backend):
+    """Connects ``amqp://`` and ``amqps://`` URLs through aiormq (asyncio only)."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("amqp", "amqps")
+
+    def connect(
+        self, url: BrokerURL, options: ConnectOptions
+    ) -> AbstractAsyncContextManager[TransportConnection]:
+        return connect(url, options)

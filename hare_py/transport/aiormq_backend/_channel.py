@@ -1,0 +1,432 @@
+"""A hare_py ``Channel`` over an aiormq channel.
+
+Rules this module keeps:
+
+- Deliveries, returns and consumer cancels reach the user's callbacks from the
+  channel's frame reader, synchronously and in broker order (``_RawChannel``
+  overrides the aiormq hooks that would otherwise spawn a task per delivery or
+  drop returns that have no publisher confirm to attach to).
+- Publishing adds nothing to the message (aiormq's ``basic_publish`` would set
+  a random ``message_id``) and, without confirms, waits only for the write.
+- Every failure is translated by ``_errors`` here, with the channel's close
+  reason when it is known; the close reason is settled once, by the first
+  cause seen: our own close, the broker's ``channel.close``, the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+from aiormq import Channel as AiormqChannelBase
+from aiormq.abc import ChannelFrame, DeliveredMessage
+from aiormq.exceptions import ChannelClosed
+from pamqp import commands as spec
+from pamqp.header import ContentHeader
+
+from ...errors import BrokerError, ConnectionLost
+from ..base import (
+    CHANNEL_ERROR,
+    EMPTY_PROPERTIES,
+    REPLY_SUCCESS,
+    Channel,
+    CloseReason,
+    ExchangeType,
+    OnCancel,
+    OnDelivery,
+    OnReturn,
+    Properties,
+    QueueInfo,
+)
+from ._convert import to_delivery, to_pamqp, to_returned
+from ._errors import operation_error
+
+if TYPE_CHECKING:
+    from ._connection import AiormqConnection
+
+__all__ = ["AiormqChannel"]
+
+log = structlog.get_logger("hare_py.transport.aiormq")
+
+# Bounds our own channel.close handshake; the channel is gone for us either way.
+CLOSE_TIMEOUT = 10.0
+
+
+class _RawChannel(AiormqChannelBase):
+    """aiormq's channel with hare_py's callbacks wired into its frame reader."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hare_deliveries: dict[str, Callable[[DeliveredMessage], None]] = {}
+        self.hare_on_return: Callable[[DeliveredMessage], None] | None = None
+        self.hare_on_broker_close: Callable[[int, str], None] | None = None
+        self.hare_publish_lock = asyncio.Lock()
+
+    async def _read_message(
+        self, frame: spec.Basic.Deliver | spec.Basic.Return
+    ) -> DeliveredMessage:
+        header = await self._get_frame()
+        if not isinstance(header, ContentHeader):
+            raise ValueError(f"expected a content header after {frame.name}, got {header!r}")
+        return await self._read_content(frame, header)
+
+    async def _on_deliver_frame(self, frame: spec.Basic.Deliver) -> None:
+        message = await self._read_message(frame)
+        callback = self.hare_deliveries.get(frame.consumer_tag or "")
+        if callback is not None:
+            callback(message)
+
+    async def _on_return_frame(self, frame: spec.Basic.Return) -> None:
+        message = await self._read_message(frame)
+        if self.hare_on_return is not None:
+            self.hare_on_return(message)
+
+    async def _on_close_frame(self, frame: spec.Channel.Close) -> None:
+        if self.hare_on_broker_close is not None:
+            self.hare_on_broker_close(frame.reply_code or 0, frame.reply_text or "")
+        await super()._on_close_frame(frame)
+
+    async def hare_publish(
+        self,
+        body: bytes,
+        exchange: str,
+        routing_key: str,
+        properties: spec.Basic.Properties,
+        mandatory: bool,
+    ) -> asyncio.Future[Any]:
+        """Queue the publish for the writer; returns the write's and confirm's futures.
+
+        The publish lock keeps delivery tags in write order without waiting
+        behind the RPC lock, which aiormq holds for a whole round trip.
+        """
+        frames: list[Any] = [
+            spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory),
+            ContentHeader(properties=properties, body_size=len(body)),
+            *self._split_body(body),
+        ]
+        async with self.hare_publish_lock:
+            if self.is_closed:
+                raise ConnectionLost("the channel is closed")
+            self.delivery_tag += 1
+            tag = self.delivery_tag
+            confirmation: asyncio.Future[Any] | None = None
+            if self.publisher_confirms:
+                confirmation = self.create_future()
+                self.confirmations[tag] = confirmation
+            written = self.create_future()
+            try:
+                await self.write_queue.put(
+                    ChannelFrame.marshall(
+                        channel_number=self.number, frames=frames, drain_future=written
+                    )
+                )
+            except BaseException:
+                # The broker never saw it: give its sequence number back.
+                self.delivery_tag -= 1
+                self.confirmations.pop(tag, None)
+                if confirmation is not None:
+                    confirmation.cancel()
+                written.cancel()
+                raise
+        return confirmation if confirmation is not None else written
+
+
+class AiormqChannel(Channel):
+    """A ``Channel`` backed by one aiormq channel; see the module docstring."""
+
+    def __init__(
+        self,
+        raw: _RawChannel,
+        connection: AiormqConnection,
+        on_return: OnReturn | None,
+    ) -> None:
+        self._raw = raw
+        self._connection = connection
+        self._on_return = on_return
+        self._close_reason: CloseReason | None = None
+        self._closed = anyio.Event()
+        self._cancel_callbacks: dict[str, OnCancel] = {}
+        raw.hare_on_return = self._returned if on_return is not None else None
+        raw.hare_on_broker_close = self._broker_closed
+        raw.on_consumer_cancel_callbacks.add(self._consumer_cancelled)
+        raw.closing.add_done_callback(self._raw_closed)
+
+    def __repr__(self) -> str:
+        state = "open" if self._close_reason is None else f"closed: {self._close_reason}"
+        return f"<AiormqChannel #{self.number} {state}>"
+
+    @property
+    def number(self) -> int:
+        return self._raw.number
+
+    @property
+    def close_reason(self) -> CloseReason | None:
+        return self._close_reason
+
+    # -- close events ------------------------------------------------------
+
+    def _settle(self, reason: CloseReason) -> None:
+        if self._close_reason is None:
+            self._close_reason = reason
+            self._closed.set()
+            log.debug("channel closed", channel=self.number, reason=str(reason))
+
+    def _broker_closed(self, code: int, text: str) -> None:
+        self._settle(CloseReason(code, text, "broker"))
+
+    def _raw_closed(self, _: asyncio.Future[Any]) -> None:
+        if self._close_reason is not None:
+            return
+        connection_reason = self._connection.settle_if_closed()
+        if connection_reason is not None:
+            self._settle(CloseReason(connection_reason.code, connection_reason.text, "connection"))
+        else:
+            # aiormq closes a channel itself after an operation was cancelled
+            # mid-call, so that a late reply cannot be taken for another's.
+            self._settle(CloseReason(CHANNEL_ERROR, "closed after a cancelled operation", "client"))
+
+    async def wait_closed(self) -> CloseReason:
+        await self._closed.wait()
+        assert self._close_reason is not None
+        return self._close_reason
+
+    async def close(self) -> None:
+        if self._close_reason is not None:
+            return
+        self._settle(CloseReason(REPLY_SUCCESS, "closed by the client", "client"))
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await self._raw.close(ChannelClosed(REPLY_SUCCESS, "closed by the client"))
+            except Exception as exc:  # never raises: the channel is gone for us
+                log.debug("channel close failed", channel=self.number, error=repr(exc))
+
+    # -- callbacks from the frame reader -------------------------------------
+
+    def _returned(self, message: DeliveredMessage) -> None:
+        frame = message.delivery
+        if self._on_return is None or not isinstance(frame, spec.Basic.Return):
+            return
+        returned = to_returned(frame, message.header.properties, message.body)
+        try:
+            self._on_return(returned)
+        except Exception:
+            log.exception("on_return callback failed", channel=self.number)
+
+    def _consumer_cancelled(self, frame: spec.Basic.Cancel) -> None:
+        tag = frame.consumer_tag or ""
+        self._raw.hare_deliveries.pop(tag, None)
+        callback = self._cancel_callbacks.pop(tag, None)
+        if callback is None:
+            return
+        reason = CloseReason(0, "basic.cancel: the broker cancelled the consumer", "broker")
+        try:
+            callback(tag, reason)
+        except Exception:
+            log.exception("on_cancel callback failed", channel=self.number, consumer_tag=tag)
+
+    # -- operations ----------------------------------------------------------
+
+    @asynccontextmanager
+    async def _translate(self) -> AsyncIterator[None]:
+        """Raise the hare_py error for anything aiormq raises; see ``_errors``."""
+        if self._close_reason is not None:
+            reason = self._close_reason
+            raise ConnectionLost(f"channel {self.number} is closed: {reason}", code=reason.code)
+        try:
+            yield
+        except BaseException as exc:
+            error = operation_error(exc, self._close_reason)
+            if error is None or error is exc:
+                raise
+            raise error from exc
+
+    async def exchange_declare(
+        self,
+        exchange: str,
+        exchange_type: ExchangeType = "direct",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        async with self._translate():
+            await self._raw.exchange_declare(
+                exchange,
+                exchange_type=exchange_type,
+                passive=passive,
+                durable=durable,
+                auto_delete=auto_delete,
+                internal=internal,
+                arguments=dict(arguments) if arguments else None,
+            )
+
+    async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
+        async with self._translate():
+            await self._raw.exchange_delete(exchange, if_unused=if_unused)
+
+    async def queue_declare(
+        self,
+        queue: str = "",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> QueueInfo:
+        async with self._translate():
+            ok = await self._raw.queue_declare(
+                queue,
+                passive=passive,
+                durable=durable,
+                exclusive=exclusive,
+                auto_delete=auto_delete,
+                arguments=dict(arguments) if arguments else None,
+            )
+        return QueueInfo(ok.queue or queue, ok.message_count or 0, ok.consumer_count or 0)
+
+    async def queue_delete(
+        self, queue: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
+        async with self._translate():
+            ok = await self._raw.queue_delete(queue, if_unused=if_unused, if_empty=if_empty)
+        return ok.message_count or 0
+
+    async def queue_bind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        async with self._translate():
+            await self._raw.queue_bind(
+                queue, exchange, routing_key, arguments=dict(arguments) if arguments else None
+            )
+
+    async def queue_unbind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        async with self._translate():
+            await self._raw.queue_unbind(
+                queue, exchange, routing_key, arguments=dict(arguments) if arguments else None
+            )
+
+    async def queue_purge(self, queue: str) -> int:
+        async with self._translate():
+            ok = await self._raw.queue_purge(queue)
+        return ok.message_count or 0
+
+    async def basic_qos(self, prefetch_count: int, *, global_: bool = False) -> None:
+        async with self._translate():
+            await self._raw.basic_qos(prefetch_count=prefetch_count, global_=global_)
+
+    async def basic_consume(
+        self,
+        queue: str,
+        on_delivery: OnDelivery,
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        consumer_tag: str = "",
+        arguments: Mapping[str, Any] | None = None,
+        on_cancel: OnCancel | None = None,
+    ) -> str:
+        tag = consumer_tag or f"hare.ctag-{self.number}.{uuid.uuid4().hex}"
+
+        def deliver(message: DeliveredMessage) -> None:
+            frame = message.delivery
+            if not isinstance(frame, spec.Basic.Deliver):
+                return
+            try:
+                on_delivery(to_delivery(frame, message.header.properties, message.body))
+            except Exception:
+                log.exception("on_delivery callback failed", channel=self.number, consumer_tag=tag)
+
+        async def unused(_: DeliveredMessage) -> None:
+            """aiormq wants a consumer callback; ``deliver`` is called instead."""
+
+        async with self._translate():
+            if tag in self._raw.hare_deliveries:
+                raise BrokerError(530, f"NOT_ALLOWED - attempt to reuse consumer tag '{tag}'")
+            # Registered before basic.consume goes out: deliveries can follow
+            # consume-ok in the same read.
+            self._raw.hare_deliveries[tag] = deliver
+            if on_cancel is not None:
+                self._cancel_callbacks[tag] = on_cancel
+            try:
+                await self._raw.basic_consume(
+                    queue,
+                    unused,
+                    no_ack=no_ack,
+                    exclusive=exclusive,
+                    consumer_tag=tag,
+                    arguments=dict(arguments) if arguments else None,
+                )
+            except BaseException:
+                self._raw.hare_deliveries.pop(tag, None)
+                self._cancel_callbacks.pop(tag, None)
+                raise
+        return tag
+
+    async def basic_cancel(self, consumer_tag: str) -> None:
+        self._cancel_callbacks.pop(consumer_tag, None)
+        async with self._translate():
+            await self._raw.basic_cancel(consumer_tag)
+        # Deliveries already on the wire before cancel-ok are still handed on.
+        self._raw.hare_deliveries.pop(consumer_tag, None)
+
+    async def basic_publish(
+        self,
+        body: bytes,
+        *,
+        exchange: str = "",
+        routing_key: str = "",
+        properties: Properties = EMPTY_PROPERTIES,
+        mandatory: bool = False,
+    ) -> None:
+        wire = to_pamqp(properties)
+        async with self._translate():
+            if len(routing_key.encode()) > 255:
+                raise ValueError("routing key longer than 255 bytes")
+            pending = await self._raw.hare_publish(
+                bytes(body), exchange, routing_key, wire, mandatory
+            )
+            try:
+                await pending
+            except BaseException as exc:
+                reason = self._close_reason
+                # A confirm cut short by a channel close is a lost channel,
+                # whatever closed it (a publish to a missing exchange closes it with 404).
+                if reason is not None and not isinstance(exc, asyncio.CancelledError):
+                    raise ConnectionLost(
+                        f"channel {self.number} closed before the broker confirmed the "
+                        f"message: {reason}",
+                        code=reason.code,
+                    ) from exc
+                raise
+
+    async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
+        async with self._translate():
+            await self._raw.basic_ack(delivery_tag, multiple=multiple, wait=False)
+
+    async def basic_nack(
+        self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True
+    ) -> None:
+        async with self._translate():
+            await self._raw.basic_nack(delivery_tag, multiple=multiple, requeue=requeue, wait=False)
+
+    async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> None:
+        async with self._translate():
+            await self._raw.basic_reject(delivery_tag, requeue=requeue, wait=False)

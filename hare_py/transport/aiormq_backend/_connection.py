@@ -1,0 +1,259 @@
+"""A hare_py ``TransportConnection`` over an aiormq connection.
+
+Rules this module keeps:
+
+- The URL with its password goes to aiormq and nowhere else; everything we
+  log or raise names the redacted ``str(url)``.
+- A failed connect raises ``ConnectFailed`` built outside the ``except`` block
+  and scrubbed (``_errors.scrub``), so neither its text nor its cause chain can
+  carry the password.
+- The close reason is settled once: ours (``close``), the broker's
+  ``connection.close``, or the network (socket error, missed heartbeats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiormq
+import anyio
+import structlog
+from aiormq import exceptions as ax
+
+from ...errors import BrokerError, ConfigError, ConnectionLost, HareError
+from ..base import (
+    REPLY_SUCCESS,
+    Channel,
+    CloseReason,
+    ConnectOptions,
+    OnReturn,
+    TLSOptions,
+    TransportConnection,
+)
+from ..url import BrokerURL
+from ._channel import AiormqChannel, _RawChannel
+from ._errors import NOT_ALLOWED, connect_error, operation_error, reply_of, scrub
+
+__all__ = ["AiormqConnection", "connect"]
+
+log = structlog.get_logger("hare_py.transport.aiormq")
+
+# Bounds our connection.close handshake (aiormq waits 2 s for close-ok itself).
+CLOSE_TIMEOUT = 10.0
+# aiormq reads these query parameters; we pass none of the user's others on.
+_PASSED_PARAMS = ("auth",)
+
+
+def heartbeat_seconds(url: BrokerURL, options: ConnectOptions) -> int:
+    """Whole seconds for connection.tune-ok: the URL's ``heartbeat=`` wins over the options."""
+    raw = url.param("heartbeat")
+    try:
+        value = float(raw) if raw is not None else float(options.heartbeat)
+    except ValueError:
+        raise ConfigError(f"heartbeat={raw!r} in {url} is not a number of seconds") from None
+    if not 0 <= value < 65536 or math.isnan(value):
+        raise ConfigError(f"heartbeat must be 0 (off) to 65535 seconds, got {value:g}")
+    return 0 if value == 0 else max(1, math.ceil(value))
+
+
+def tls_context(
+    url: BrokerURL, options: ConnectOptions
+) -> tuple[ssl.SSLContext | None, str | None]:
+    """The SSL context (verifying by default) and server_hostname for ``amqps://``."""
+    if url.scheme != "amqps":
+        if options.tls is not None:
+            raise ConfigError(f"TLS options were given for {url}; use an amqps:// URL")
+        return None, None
+    tls = options.tls or TLSOptions()
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except OSError as exc:  # ssl.SSLError included
+        raise ConfigError(f"cannot load the TLS certificates or key: {exc}") from None
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context, tls.server_hostname
+
+
+class AiormqConnection(TransportConnection):
+    """A ``TransportConnection`` backed by one aiormq connection."""
+
+    def __init__(self, raw: aiormq.Connection, where: str) -> None:
+        self._raw = raw
+        self._where = where
+        self._close_reason: CloseReason | None = None
+        self._closed = anyio.Event()
+        raw.closing.add_done_callback(lambda _: self.settle_if_closed())
+
+    def __repr__(self) -> str:
+        state = "open" if self._close_reason is None else f"closed: {self._close_reason}"
+        return f"<AiormqConnection {self._where} {state}>"
+
+    @property
+    def close_reason(self) -> CloseReason | None:
+        return self._close_reason
+
+    @property
+    def heartbeat(self) -> int:
+        """The heartbeat interval in seconds agreed with the broker (0: off)."""
+        return int(self._raw.connection_tune.heartbeat or 0)
+
+    @property
+    def server_properties(self) -> dict[str, Any]:
+        """What the broker said about itself in connection.start (product, version, ...)."""
+        return dict(self._raw.server_properties)
+
+    # -- close events ------------------------------------------------------
+
+    def _settle(self, reason: CloseReason) -> None:
+        if self._close_reason is None:
+            self._close_reason = reason
+            self._closed.set()
+            level = log.info if reason.is_normal else log.warning
+            level("connection closed", url=self._where, reason=str(reason))
+
+    def settle_if_closed(self) -> CloseReason | None:
+        """The close reason if the aiormq connection has closed (settling it now)."""
+        if self._close_reason is None and self._raw.is_closed:
+            self._settle(self._reason_from_raw())
+        return self._close_reason
+
+    def _reason_from_raw(self) -> CloseReason:
+        closing = self._raw.closing
+        exc = None if closing.cancelled() else closing.exception()
+        if exc is not None:
+            reply = reply_of(exc)
+            if reply is not None:
+                return CloseReason(reply[0], reply[1], "broker")
+        if self._raw.is_connection_was_stuck:
+            return CloseReason(0, "missed heartbeats: the broker went silent", "network")
+        if isinstance(exc, (ax.AMQPConnectionError, OSError)) and exc.args:
+            return CloseReason(0, str(exc.args[-1]), "network")
+        return CloseReason(0, "connection lost", "network")
+
+    async def wait_closed(self) -> CloseReason:
+        await self._closed.wait()
+        assert self._close_reason is not None
+        return self._close_reason
+
+    async def close(self) -> None:
+        if self._close_reason is not None and self._raw.is_closed:
+            return
+        self._settle(CloseReason(REPLY_SUCCESS, "closed by the client", "client"))
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await self._raw.close(ax.ConnectionClosed(REPLY_SUCCESS, "closed by the client"))
+            except Exception as exc:  # never raises: the connection is gone for us
+                log.debug("connection close failed", url=self._where, error=repr(exc))
+
+    # -- channels ----------------------------------------------------------
+
+    async def open_channel(
+        self, *, on_return: OnReturn | None = None, publisher_confirms: bool = False
+    ) -> Channel:
+        reason = self.settle_if_closed()
+        if reason is not None:
+            raise ConnectionLost(f"the connection is closed: {reason}", code=reason.code)
+        try:
+            raw = await self._new_raw_channel(publisher_confirms)
+        except HareError:
+            raise
+        except BaseException as exc:
+            error = operation_error(exc, self.settle_if_closed())
+            if error is None:
+                raise
+            raise error from exc
+        return AiormqChannel(raw, self, on_return)
+
+    async def _new_raw_channel(self, publisher_confirms: bool) -> _RawChannel:
+        """``aiormq.Connection.channel`` with our channel class; numbers up to channel_max."""
+        conn = self._raw
+        limit = conn.connection_tune.channel_max or 65535
+        async with conn.last_channel_lock:
+            start = conn.last_channel
+            number = next(
+                (
+                    n
+                    for n in (*range(start + 1, limit + 1), *range(1, start + 1))
+                    if n not in conn.channels
+                ),
+                None,
+            )
+            if number is None:
+                raise BrokerError(NOT_ALLOWED, f"NOT_ALLOWED - all {limit} channels are in use")
+            conn.last_channel = number
+            channel = _RawChannel(
+                conn,
+                number,
+                publisher_confirms=publisher_confirms,
+                frame_buffer=conn.FRAME_BUFFER_SIZE,
+                on_return_raises=False,
+            )
+            conn.channels[number] = channel
+        await channel.open()
+        return channel
+
+
+@asynccontextmanager
+async def connect(url: BrokerURL, options: ConnectOptions) -> AsyncIterator[AiormqConnection]:
+    """Connect to ``url``; the connection closes when the block exits."""
+    connection = await _open(url, options)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def _open(url: BrokerURL, options: ConnectOptions) -> AiormqConnection:
+    where = str(url)
+    heartbeat = heartbeat_seconds(url, options)
+    context, server_hostname = tls_context(url, options)
+    properties: dict[str, Any] = dict(options.client_properties)
+    name = options.name or url.param("name")
+    if name:
+        properties["connection_name"] = name
+    query = [("heartbeat", str(heartbeat))]
+    query += [(k, v) for k, v in url.query if k in _PASSED_PARAMS]
+    extra: dict[str, Any] = {"server_hostname": server_hostname} if server_hostname else {}
+    raw = aiormq.Connection(
+        dataclasses.replace(url, query=tuple(query)).with_secret(),
+        context=context,
+        client_properties=properties,
+        **extra,
+    )
+    error: HareError | None = None
+    try:
+        with anyio.fail_after(options.connect_timeout):
+            await raw.connect()
+    except Exception as exc:
+        error = connect_error(exc, where)
+        if isinstance(exc, TimeoutError):
+            error = connect_error(exc, f"{where} (within {options.connect_timeout:g} s)")
+        cause: BaseException | None = exc
+    except BaseException:
+        await _discard(raw)
+        raise
+    if error is not None:
+        # Raised here, outside the except block, so that no __context__
+        # links back to aiormq's exception and its URL.
+        await _discard(raw)
+        raise scrub(error, cause, url.password)
+    connection = AiormqConnection(raw, where)
+    log.info("connected", url=where, name=name, heartbeat=connection.heartbeat)
+    return connection
+
+
+async def _discard(raw: aiormq.Connection) -> None:
+    with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+        try:
+            await raw.close(ax.ConnectionClosed(0, "connect failed"))
+        except (Exception, asyncio.CancelledError) as exc:
+            log.debug("discarding a failed connection failed", error=type(exc).__name__)

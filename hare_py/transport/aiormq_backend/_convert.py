@@ -1,0 +1,89 @@
+"""``Properties`` <-> pamqp ``Basic.Properties``: all 13 basic properties.
+
+pamqp names ``type`` ``message_type``; AMQP timestamps have whole seconds, so a
+timestamp comes back as an aware UTC datetime without its microseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pamqp.commands import Basic
+
+from ...errors import ConfigError
+from ..base import Delivery, Properties, ReturnedMessage
+
+__all__ = ["to_delivery", "to_pamqp", "to_properties", "to_returned"]
+
+
+def to_pamqp(properties: Properties) -> Basic.Properties:
+    """The wire form of ``properties``; ``ConfigError`` for values AMQP cannot carry."""
+    try:
+        return Basic.Properties(
+            content_type=properties.content_type,
+            content_encoding=properties.content_encoding,
+            headers=dict(properties.headers) if properties.headers is not None else None,
+            delivery_mode=properties.delivery_mode,
+            priority=properties.priority,
+            correlation_id=properties.correlation_id,
+            reply_to=properties.reply_to,
+            expiration=properties.expiration,
+            message_id=properties.message_id,
+            timestamp=properties.timestamp,
+            message_type=properties.type,
+            user_id=properties.user_id,
+            app_id=properties.app_id,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid message properties: {exc}") from None
+
+
+def _plain(value: Any) -> Any:
+    """Field tables as plain dicts and lists, all the way down."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_properties(wire: Basic.Properties) -> Properties:
+    return Properties(
+        content_type=wire.content_type,
+        content_encoding=wire.content_encoding,
+        headers=_plain(wire.headers) if wire.headers is not None else None,
+        delivery_mode=wire.delivery_mode,
+        priority=wire.priority,
+        correlation_id=wire.correlation_id,
+        reply_to=wire.reply_to,
+        expiration=wire.expiration,
+        message_id=wire.message_id,
+        timestamp=wire.timestamp,
+        type=wire.message_type,
+        user_id=wire.user_id,
+        app_id=wire.app_id,
+    )
+
+
+def to_delivery(frame: Basic.Deliver, wire: Basic.Properties, body: bytes) -> Delivery:
+    return Delivery(
+        body=body,
+        properties=to_properties(wire),
+        exchange=frame.exchange,
+        routing_key=frame.routing_key or "",
+        delivery_tag=frame.delivery_tag or 0,
+        consumer_tag=frame.consumer_tag or "",
+        redelivered=bool(frame.redelivered),
+    )
+
+
+def to_returned(frame: Basic.Return, wire: Basic.Properties, body: bytes) -> ReturnedMessage:
+    return ReturnedMessage(
+        body=body,
+        properties=to_properties(wire),
+        exchange=frame.exchange,
+        routing_key=frame.routing_key or "",
+        reply_code=frame.reply_code or 0,
+        reply_text=frame.reply_text,
+    )

@@ -1,0 +1,425 @@
+"""The aiormq backend against a real RabbitMQ broker (the ``rabbitmq`` fixture)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+from rabbitmq import ExternalRabbitMQ, RabbitMQNode
+
+from hare_py.errors import BrokerError, ConnectFailed, ConnectionLost, HareError
+from hare_py.transport import parse_url
+from hare_py.transport.aiormq_backend import AiormqBackend, AiormqConnection
+from hare_py.transport.base import (
+    Channel,
+    CloseReason,
+    ConnectOptions,
+    Delivery,
+    Properties,
+    ReturnedMessage,
+)
+
+Broker = RabbitMQNode | ExternalRabbitMQ
+
+# aiormq runs on asyncio only; the trio AMQP backend is a separate issue.
+pytestmark = [
+    pytest.mark.rabbitmq,
+    pytest.mark.anyio,
+    pytest.mark.parametrize("anyio_backend", ["asyncio"]),
+]
+
+
+def unique(prefix: str) -> str:
+    return f"hare-test.{prefix}.{secrets.token_hex(4)}"
+
+
+@asynccontextmanager
+async def connected(url: str, **options: Any) -> AsyncIterator[AiormqConnection]:
+    async with AiormqBackend().connect(parse_url(url), ConnectOptions(**options)) as conn:
+        assert isinstance(conn, AiormqConnection)
+        yield conn
+
+
+async def consume_into(
+    channel: Channel, queue: str, **kwargs: Any
+) -> tuple[str, anyio.abc.ObjectReceiveStream[Delivery]]:
+    send, receive = anyio.create_memory_object_stream[Delivery](100)
+    tag = await channel.basic_consume(queue, send.send_nowait, **kwargs)
+    return tag, receive
+
+
+async def test_connect_publish_consume_close(rabbitmq_url: str) -> None:
+    """A message published to a queue reaches its consumer; close() is a normal client close."""
+    with anyio.fail_after(10):
+        async with connected(rabbitmq_url) as conn:
+            channel = await conn.open_channel()
+            queue = await channel.queue_declare("", exclusive=True)
+            assert queue.name.startswith("amq.gen-")
+            _, deliveries = await consume_into(channel, queue.name, no_ack=True)
+            await channel.basic_publish(b"hello", routing_key=queue.name)
+            delivery = await deliveries.receive()
+            assert (delivery.body, delivery.routing_key, delivery.exchange) == (
+                b"hello",
+                queue.name,
+                "",
+            )
+            assert delivery.properties == Properties()  # nothing added on the way
+            await channel.close()
+            assert channel.close_reason == CloseReason(200, "closed by the client", "client")
+            assert conn.is_open
+        assert conn.close_reason is not None
+        assert conn.close_reason.is_normal
+        assert await conn.wait_closed() == conn.close_reason
+
+
+async def test_connection_name_is_visible_to_the_broker(rabbitmq: Broker) -> None:
+    """options.name arrives as the connection_name client property."""
+    name = unique("named")
+    with anyio.fail_after(30):
+        async with connected(rabbitmq.url, name=name, client_properties={"team": "hare"}):
+            rows = await anyio.to_thread.run_sync(rabbitmq.connections)
+    [row] = [r for r in rows if r["client_properties"].get("connection_name") == name]
+    assert row["client_properties"]["team"] == "hare"
+
+
+async def test_heartbeat_is_negotiated_from_options_and_url(rabbitmq: Broker) -> None:
+    """The broker uses the heartbeat from the options, or from the URL's heartbeat= over them."""
+    from_options, from_url = unique("hb-options"), unique("hb-url")
+    with anyio.fail_after(30):
+        async with (
+            connected(rabbitmq.url, name=from_options, heartbeat=7) as a,
+            connected(rabbitmq.url + "?heartbeat=11", name=from_url, heartbeat=7) as b,
+        ):
+            assert (a.heartbeat, b.heartbeat) == (7, 11)
+            rows = await anyio.to_thread.run_sync(rabbitmq.connections)
+    timeouts = {r["client_properties"].get("connection_name"): r["timeout"] for r in rows}
+    assert (timeouts[from_options], timeouts[from_url]) == (7, 11)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in seen:
+        seen.append(link)
+        link = link.__cause__ or link.__context__
+    return seen
+
+
+async def test_wrong_password_fails_without_leaking_it(
+    rabbitmq_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused login raises ConnectFailed(403); its text, chain and logs hold no password."""
+    password = "not-the-password-" + secrets.token_hex(8)
+    url = parse_url(rabbitmq_url)
+    bad = url.with_secret().replace(f":{url.password}@", f":{password}@")
+    caplog.set_level(logging.DEBUG)
+    with (
+        structlog.testing.capture_logs() as events,
+        anyio.fail_after(10),
+        pytest.raises(ConnectFailed) as info,
+    ):
+        async with connected(bad):
+            pass
+    assert info.value.code == 403
+    for exc in _chain(info.value):
+        assert password not in str(exc)
+        assert password not in repr(exc)
+        assert all(password not in str(arg) for arg in exc.args)
+    assert password not in caplog.text
+    assert password not in repr(events)
+    assert password not in repr(parse_url(bad))
+    assert password not in str(parse_url(bad))
+
+
+async def test_connect_to_a_closed_port_fails_fast() -> None:
+    """Nothing listening: ConnectFailed at once, not after the connect timeout."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    with anyio.fail_after(5), pytest.raises(ConnectFailed) as info:
+        async with connected(f"amqp://guest:guest@127.0.0.1:{port}/", connect_timeout=30):
+            pass
+    assert time.monotonic() - started < 2
+    assert "refused" in str(info.value).lower()
+
+
+async def test_connect_timeout_bounds_a_silent_peer() -> None:
+    """A peer that accepts TCP but never speaks AMQP fails with ConnectFailed at the timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        started = time.monotonic()
+        with anyio.fail_after(5), pytest.raises(ConnectFailed, match="in time"):
+            async with connected(f"amqp://guest:guest@127.0.0.1:{port}/", connect_timeout=0.5):
+                pass
+        assert time.monotonic() - started < 3
+
+
+async def test_publish_to_a_deleted_exchange_closes_the_channel_with_404(rabbitmq_url: str) -> None:
+    """The broker's channel.close surfaces as CloseReason(404, by broker); later calls raise."""
+    exchange = unique("gone")
+    with anyio.fail_after(10):
+        async with connected(rabbitmq_url) as conn:
+            channel = await conn.open_channel()
+            await channel.exchange_declare(exchange, "direct", auto_delete=False)
+            await channel.exchange_delete(exchange)
+            await channel.basic_publish(b"x", exchange=exchange, routing_key="k")
+            reason = await channel.wait_closed()
+            assert (reason.code, reason.by) == (404, "broker")
+            assert exchange in reason.text
+            assert channel.close_reason == reason
+            assert not channel.is_open
+            with pytest.raises(ConnectionLost) as info:
+                await channel.queue_declare("", exclusive=True)
+            assert info.value.code == 404
+            assert conn.is_open  # only the channel died
+            other = await conn.open_channel()
+            await other.queue_declare("", exclusive=True)
+
+
+async def test_a_refused_operation_raises_broker_error(rabbitmq_url: str) -> None:
+    """A passive declare of a missing queue raises BrokerError(404) and closes the channel."""
+    with anyio.fail_after(10):
+        async with connected(rabbitmq_url) as conn:
+            channel = await conn.open_channel()
+            with pytest.raises(BrokerError) as info:
+                await channel.queue_declare(unique("missing"), passive=True)
+            assert info.value.code == 404
+            assert (await channel.wait_closed()).code == 404
+
+
+async def test_exclusive_queue_of_another_connection_is_locked(rabbitmq_url: str) -> None:
+    """Using another connection's exclusive queue raises BrokerError(405 RESOURCE_LOCKED)."""
+    with anyio.fail_after(10):
+        async with connected(rabbitmq_url) as a, connected(rabbitmq_url) as b:
+            queue = await (await a.open_channel()).queue_declare("", exclusive=True)
+            with pytest.raises(BrokerError) as info:
+                await (await b.open_channel()).queue_declare(queue.name, passive=True)
+            assert info.value.code == 405
+
+
+async def test_deleting_the_queue_cancels_the_consumer(rabbitmq: Broker) -> None:
+    """rabbitmqctl delete_queue makes the broker send basic.cancel: on_cancel gets the tag."""
+    queue = unique("cancel")
+    cancelled: list[tuple[str, CloseReason]] = []
+    called = anyio.Event()
+
+    def on_cancel(tag: str, reason: CloseReason) -> None:
+        cancelled.append((tag, reason))
+        called.set()
+
+    with anyio.fail_after(30):
+        async with connected(rabbitmq.url) as conn:
+            channel = await conn.open_channel()
+            await channel.queue_declare(queue, auto_delete=False)
+            tag = await channel.basic_consume(queue, lambda _: None, on_cancel=on_cancel)
+            await anyio.to_thread.run_sync(rabbitmq.ctl, "delete_queue", queue)
+            await called.wait()
+            [(cancelled_tag, reason)] = cancelled
+            assert cancelled_tag == tag
+            assert reason.by == "broker"
+            assert channel.is_open  # a consumer cancel does not close the channel
+            await channel.queue_declare("", exclusive=True)
+
+
+async def test_forced_connection_close_reports_320(rabbitmq: Broker) -> None:
+    """rabbitmqctl close_connection: the connection closes with 320 by the broker, its channels
+    by the connection, and operations raise ConnectionLost(code=320)."""
+    name = unique("forced")
+    with anyio.fail_after(30):
+        async with connected(rabbitmq.url, name=name) as conn:
+            channel = await conn.open_channel()
+            await anyio.to_thread.run_sync(rabbitmq.close_connection, name, "test says bye")
+            reason = await conn.wait_closed()
+            assert (reason.code, reason.by) == (320, "broker")
+            assert "test says bye" in reason.text
+            channel_reason = await channel.wait_closed()
+            assert (channel_reason.code, channel_reason.by) == (320, "connection")
+            with pytest.raises(ConnectionLost) as info:
+                await channel.basic_publish(b"x", routing_key="nowhere")
+            assert info.value.code == 320
+            with pytest.raises(ConnectionLost):
+                await conn.open_channel()
+
+
+async def test_unroutable_mandatory_message_is_returned(rabbitmq_url: str) -> None:
+    """A mandatory message that matches no queue reaches on_return with 312 NO_ROUTE."""
+    send, receive = anyio.create_memory_object_stream[ReturnedMessage](10)
+    key = unique("nobody")
+    with anyio.fail_after(10):
+        async with connected(rabbitmq_url) as conn:
+            channel = await conn.open_channel(on_return=send.send_nowait)
+            props = Properties(correlation_id="c-1", headers={"h": "v"})
+            await channel.basic_publish(b"lost", routing_key=key, properties=props, mandatory=True)
+            returned = await receive.receive()
+    assert (returned.reply_code, returned.reply_text) == (312, "NO_ROUTE")
+    assert (returned.body, returned.routing_key, returned.exchange) == (b"lost", key, "")
+    assert returned.properties == props
+
+
+async def test_confirmed_publish_reports_the_return_first(rabbitmq_url: str) -> None:
+    """With confirms, publish returns after the broker's ack, and a return arrives before it."""
+    returns: list[ReturnedMessage] = []
+    with anyio.fail_after(10):
+        async with connected(rabbitmq_url) as conn:
+            channel = await conn.open_channel(on_return=returns.append, publisher_confirms=True)
+            queue = await channel.queue_declare("", exclusive=True)
+            for i in range(20):
+                await channel.basic_publish(str(i).encode(), routing_key=queue.name)
+            assert (await channel.queue_declare(queue.name, passive=True)).message_count == 20
+            await channel.basic_publish(b"r", routing_key=unique("nobody"), mandatory=True)
+            assert [r.body for r in returns] == [b"r"]
+
+
+async def test_confirm_cut_short_by_a_channel_close_is_connection_lost(rabbitmq_url: str) -> None:
+    """A confirmed publish to a missing exchange raises ConnectionLost(404), not a hang."""
+    with anyio.fail_after(10):
+        async with connected(rabbitmq_url) as conn:
+            channel = await conn.open_channel(publisher_confirms=True)
+            with pytest.raises(ConnectionLost) as info:
+                await channel.basic_publish(b"x", exchange=unique("missing"), routing_key="k")
+            assert info.value.code == 404
+            assert channel.close_reason is not None
+            assert channel.close_reason.code == 404
+
+
+async def test_all_basic_properties_round_trip(rabbitmq_url: str) -> None:
+    """All 13 basic properties arrive as sent (timestamps in whole seconds, UTC)."""
+    props = Properties(
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers={"x-int": 7, "x-str": "s", "x-nested": {"a": [1, "b"]}, "x-bool": True},
+        delivery_mode=2,
+        priority=5,
+        correlation_id="corr",
+        reply_to="reply.queue",
+        expiration="60000",
+        message_id="mid",
+        timestamp=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC),
+        type="kind",
+        user_id="guest",
+        app_id="hare-test",
+    )
+    with anyio.fail_after(10):
+        async with connected(rabbitmq_url) as conn:
+            channel = await conn.open_channel()
+            queue = await channel.queue_declare("", exclusive=True)
+            _, deliveries = await consume_into(channel, queue.name)
+            await channel.basic_publish(b"{}", routing_key=queue.name, properties=props)
+            delivery = await deliveries.receive()
+            await channel.basic_ack(delivery.delivery_tag)
+    assert delivery.properties == props
+    assert type(delivery.properties.headers) is dict
+
+
+async def test_ack_nack_reject_and_qos(rabbitmq_url: str) -> None:
+    """Prefetch limits unacked deliveries; nack/reject with requeue redeliver, without drop."""
+    with anyio.fail_after(10):
+        async with connected(rabbitmq_url) as conn:
+            channel = await conn.open_channel()
+            queue = await channel.queue_declare("", exclusive=True)
+            await channel.basic_qos(1)
+            for body in (b"a", b"b"):
+                await channel.basic_publish(body, routing_key=queue.name)
+            _, deliveries = await consume_into(channel, queue.name)
+            first = await deliveries.receive()
+            with anyio.move_on_after(0.3):
+                await deliveries.receive()
+                pytest.fail("prefetch 1 let a second unacked delivery through")
+            await channel.basic_nack(first.delivery_tag, requeue=True)
+            again = await deliveries.receive()
+            assert (again.body, again.redelivered) == (first.body, True)
+            await channel.basic_reject(again.delivery_tag, requeue=False)
+            second = await deliveries.receive()
+            await channel.basic_ack(second.delivery_tag)
+            assert {first.body, second.body} == {b"a", b"b"}
+            assert await channel.queue_purge(queue.name) == 0
+
+
+async def test_cancelled_consumer_gets_nothing_more(rabbitmq_url: str) -> None:
+    """After basic_cancel no delivery reaches the callback and on_cancel is not called."""
+    cancels: list[str] = []
+    with anyio.fail_after(10):
+        async with connected(rabbitmq_url) as conn:
+            channel = await conn.open_channel()
+            queue = await channel.queue_declare("", exclusive=True)
+            send, receive = anyio.create_memory_object_stream[Delivery](10)
+            tag = await channel.basic_consume(
+                queue.name, send.send_nowait, no_ack=True, on_cancel=lambda t, _: cancels.append(t)
+            )
+            await channel.basic_cancel(tag)
+            await channel.basic_publish(b"x", routing_key=queue.name)
+            assert await channel.queue_declare(queue.name, passive=True) is not None
+            await anyio.sleep(0.2)
+            assert receive.statistics().current_buffer_used == 0
+            assert cancels == []
+            assert await channel.queue_delete(queue.name) == 1
+
+
+async def test_exchange_bindings_route_by_type(rabbitmq_url: str) -> None:
+    """topic/fanout/headers bindings route as the broker defines; unbind stops routing."""
+    with anyio.fail_after(10):
+        async with connected(rabbitmq_url) as conn:
+            channel = await conn.open_channel()
+            topic = unique("topic")
+            await channel.exchange_declare(topic, "topic")
+            queue = await channel.queue_declare("", exclusive=True)
+            await channel.queue_bind(queue.name, topic, "rpc.*.call")
+            _, deliveries = await consume_into(channel, queue.name, no_ack=True)
+            await channel.basic_publish(b"1", exchange=topic, routing_key="rpc.svc.call")
+            assert (await deliveries.receive()).routing_key == "rpc.svc.call"
+            await channel.queue_unbind(queue.name, topic, "rpc.*.call")
+            returns: list[ReturnedMessage] = []
+            other = await conn.open_channel(on_return=returns.append, publisher_confirms=True)
+            await other.basic_publish(
+                b"2", exchange=topic, routing_key="rpc.svc.call", mandatory=True
+            )
+            assert len(returns) == 1
+            headers = unique("headers")
+            await channel.exchange_declare(headers, "headers")
+            await channel.queue_bind(queue.name, headers, "", {"x-match": "all", "svc": "a"})
+            await channel.basic_publish(
+                b"3", exchange=headers, properties=Properties(headers={"svc": "a"})
+            )
+            assert (await deliveries.receive()).body == b"3"
+            for exchange in (topic, headers):
+                await channel.exchange_delete(exchange)
+
+
+async def test_stop_app_closes_connections_and_start_app_accepts_again(rabbitmq: Broker) -> None:
+    """A broker shutdown closes the connection by the broker (320); after start_app we reconnect."""
+    with anyio.fail_after(60):
+        async with connected(rabbitmq.url) as conn:
+            await anyio.to_thread.run_sync(rabbitmq.stop_app)
+            try:
+                reason = await conn.wait_closed()
+            finally:
+                await anyio.to_thread.run_sync(rabbitmq.start_app)
+            assert reason.by in ("broker", "network")
+            if reason.by == "broker":
+                assert reason.code == 320
+        async with connected(rabbitmq.url) as again:
+            assert again.is_open
+
+
+async def test_operation_errors_are_hare_errors(rabbitmq_url: str) -> None:
+    """Bad arguments raise hare_py errors, never aiormq or pamqp ones."""
+    with anyio.fail_after(10):
+        async with connected(rabbitmq_url) as conn:
+            channel = await conn.open_channel()
+            with pytest.raises(HareError):
+                await channel.basic_publish(b"x", properties=Properties(delivery_mode=3))
+            with pytest.raises(HareError):
+                await channel.basic_publish(b"x", routing_key="k" * 256)
+            assert channel.is_open
