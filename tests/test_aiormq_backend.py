@@ -282,12 +282,12 @@ async def test_confirmed_publish_reports_the_return_first(rabbitmq_url: str) -> 
             assert [r.body for r in returns] == [b"r"]
 
 
-async def test_confirm_cut_short_by_a_channel_close_is_connection_lost(rabbitmq_url: str) -> None:
-    """A confirmed publish to a missing exchange raises ConnectionLost(404), not a hang."""
+async def test_confirmed_publish_refused_by_the_broker_is_broker_error(rabbitmq_url: str) -> None:
+    """A confirmed publish to a missing exchange raises BrokerError(404), not a hang."""
     with anyio.fail_after(10):
         async with connected(rabbitmq_url) as conn:
             channel = await conn.open_channel(publisher_confirms=True)
-            with pytest.raises(ConnectionLost) as info:
+            with pytest.raises(BrokerError) as info:
                 await channel.basic_publish(b"x", exchange=unique("missing"), routing_key="k")
             assert info.value.code == 404
             assert channel.close_reason is not None

@@ -407,19 +407,24 @@ class AiormqChannel(Channel):
                 await pending
             except BaseException as exc:
                 reason = self._close_reason
-                # A confirm cut short by a channel close is a lost channel,
-                # whatever closed it (a publish to a missing exchange closes it with 404).
-                if reason is not None and not isinstance(exc, asyncio.CancelledError):
-                    raise ConnectionLost(
-                        f"channel {self.number} closed before the broker confirmed the "
-                        f"message: {reason}",
-                        code=reason.code,
-                    ) from exc
-                raise
+                if reason is None or isinstance(exc, asyncio.CancelledError):
+                    raise
+                # The confirm was cut short by the channel's close: when the
+                # broker closed it, it refused the publish (404 for a missing
+                # exchange, 403 for an internal one); otherwise it is lost.
+                if reason.by == "broker" and reason.code:
+                    raise BrokerError(reason.code, reason.text) from exc
+                raise ConnectionLost(
+                    f"channel {self.number} closed before the broker confirmed the "
+                    f"message: {reason}",
+                    code=reason.code,
+                ) from exc
 
+    # Acks wait for the write (aiormq's default): a connection closed right
+    # after would otherwise drop frames still queued for its writer.
     async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
         async with self._translate():
-            await self._raw.basic_ack(delivery_tag, multiple=multiple, wait=False)
+            await self._raw.basic_ack(delivery_tag, multiple=multiple)
 
     async def basic_nack(
         self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True
@@ -429,4 +434,4 @@ class AiormqChannel(Channel):
 
     async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> None:
         async with self._translate():
-            await self._raw.basic_reject(delivery_tag, requeue=requeue, wait=False)
+            await self._raw.basic_reject(delivery_tag, requeue=requeue)
