@@ -4,13 +4,9 @@ from .actor import Actor as Actor
 from .backoff import Backoff as Backoff
 from .caller import Caller as Caller
 from .connection import Connection as Connection
-from .results import Ignore as Ignore
-from .results import NoReply as NoReply
-from .results import Reply as Reply
-from .results import Stop as Stop
+from .results import Ignore as Ignore, NoReply as NoReply, Reply as Reply, Stop as Stop
 from .runner import ActorRunner as ActorRunner
-from .supervisor import ChildSpec as ChildSpec
-from .supervisor import Supervisor as Supervisor
+from .supervisor import ChildSpec as ChildSpec, Supervisor as Supervisor
 
 __all__ = [
     "Actor",

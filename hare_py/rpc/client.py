@@ -50,7 +50,15 @@ from ..transport.base import (
 )
 from ..transport.url import BrokerURL
 from .calls import CallTable
-from .messages import ConnectedMeta, Forward, Request, Response, Returned
+from .messages import (
+    ERROR_MESSAGE_HEADER,
+    ERROR_TYPE_HEADER,
+    ConnectedMeta,
+    Forward,
+    Request,
+    Response,
+    Returned,
+)
 
 __all__ = ["RPCClient"]
 
@@ -234,8 +242,9 @@ class RPCClient(Actor[S], Generic[S]):
         return Forward(state)
 
     async def handle_response(self, response: Response, caller: Caller, state: S) -> Any:
-        """Decide what the caller gets for a reply. Default: its payload."""
-        return Reply(response.payload, state)
+        """Decide what the caller gets for a reply. Default: its payload, or
+        ``RemoteError`` for an error reply."""
+        return Reply(response.error if response.error is not None else response.payload, state)
 
     async def handle_timeout(self, caller: Caller, state: S) -> Any:
         """The caller's deadline passed. Default: it gets ``RequestTimeout``."""
@@ -475,6 +484,15 @@ class RPCClient(Actor[S], Generic[S]):
         caller = call.caller
         if caller.done:
             return
+        headers = delivery.properties.headers or {}
+        error_type = headers.get(ERROR_TYPE_HEADER)
+        if error_type is not None:
+            error = RemoteError(str(error_type), str(headers.get(ERROR_MESSAGE_HEADER, "")))
+            response = Response(delivery.body, headers, call.request.correlation_id, None, error)
+            self._apply(
+                await self.handle_response(response, caller, self._state), "handle_response", caller
+            )
+            return
         try:
             payload = self.codec.decode(delivery.body, delivery.properties.content_type)
         except Exception as exc:
@@ -487,7 +505,7 @@ class RPCClient(Actor[S], Generic[S]):
             return
         response = Response(
             payload,
-            delivery.properties.headers or {},
+            headers,
             call.request.correlation_id,
             delivery.properties.content_type,
         )

@@ -8,9 +8,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-__all__ = ["ConnectedMeta", "Forward", "Request", "Response", "Returned"]
+from ..errors import RemoteError
+
+__all__ = [
+    "ERROR_MESSAGE_HEADER",
+    "ERROR_TYPE_HEADER",
+    "ConnectedMeta",
+    "Forward",
+    "Request",
+    "Response",
+    "Returned",
+]
 
 S = TypeVar("S")
+
+#: Headers of an error reply (hare convention): the client raises RemoteError(type, message).
+ERROR_TYPE_HEADER = "x-error-type"
+ERROR_MESSAGE_HEADER = "x-error-message"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +50,16 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """A reply from the server, decoded by the client's codec."""
+    """A reply from the server, decoded by the client's codec.
+
+    ``error`` is set when the server answered with an error instead of a value.
+    """
 
     payload: Any
     headers: Mapping[str, Any]
     correlation_id: str
     content_type: str | None = None
+    error: RemoteError | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -620,7 +620,7 @@ async def test_bad_configuration_raises_config_error(broker: SandboxBroker) -> N
     async with RPCClient.start(broker.url) as client:
         with pytest.raises(ConfigError, match="str"):
             await client.request("text", "echo")
-        with pytest.raises(ConfigError, match="-0.5"):
+        with pytest.raises(ConfigError, match=r"-0\.5"):
             await client.request(b"x", "echo", timeout=-0.5)
 
 

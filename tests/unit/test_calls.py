@@ -63,7 +63,12 @@ def test_removed_call_never_expires() -> None:
 def test_lose_channel_fails_sent_and_requeues_idempotent_in_order() -> None:
     """On channel loss, sent calls fail unless idempotent; those go back first in line."""
     table = CallTable()
-    plain, idem1, idem2, queued = make("p"), make("i1", idempotent=True), make("i2", idempotent=True), make("q")
+    plain, idem1, idem2, queued = (
+        make("p"),
+        make("i1", idempotent=True),
+        make("i2", idempotent=True),
+        make("q"),
+    )
     for caller in (plain, idem1, idem2):
         call = table.add(caller, caller.request)
         assert table.next_queued() is call

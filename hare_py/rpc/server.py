@@ -1,0 +1,385 @@
+"""RPCServer: the serving side, in the same callback style as RPCClient.
+
+Every time a channel opens the server declares its exchange (unless it is the
+default exchange), its queue and bindings, sets the prefetch (the concurrency
+limit) and consumes with acks, then calls ``handle_connected``.
+
+``handle_request(request, caller, state)`` returns ``Reply(value, state)``,
+``NoReply(state)`` (answer later with ``server.reply(caller, value)``, e.g.
+from a task doing the work) or ``Stop``. A request is acked only after its
+reply is published, so a request whose server dies first is redelivered to
+another instance. A handler that raises sends an error reply (the client
+raises ``RemoteError``) and the server goes on; a request without
+``reply_to`` is processed and not answered; a request the codec cannot decode
+is rejected (not requeued) with a log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Generic, Self, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ..actor.actor import Actor
+from ..actor.backoff import Backoff
+from ..actor.caller import Caller
+from ..actor.connection import Connection
+from ..actor.results import NoReply, Reply
+from ..actor.runner import ActorRunner
+from ..codecs import BYTES, Codec
+from ..errors import BrokerError, ConfigError, ConnectionLost, RemoteError
+from ..transport.base import EXCHANGE_TYPES, Channel, CloseReason, Delivery, Properties
+from ..transport.url import BrokerURL
+from .client import _ChannelDown, _ChannelUp, _ConsumerWatch
+from .messages import ERROR_MESSAGE_HEADER, ERROR_TYPE_HEADER, ConnectedMeta, Request
+
+__all__ = ["RPCServer"]
+
+S = TypeVar("S")
+
+
+class _Incoming:
+    """Where a request came from, to reply to it and ack it."""
+
+    __slots__ = ("channel", "correlation_id", "delivery_tag", "reply_to")
+
+    def __init__(self, channel: Channel, delivery: Delivery) -> None:
+        self.channel = channel
+        self.delivery_tag = delivery.delivery_tag
+        self.reply_to = delivery.properties.reply_to
+        self.correlation_id = delivery.properties.correlation_id
+
+
+class _Delivered:
+    __slots__ = ("channel", "delivery")
+
+    def __init__(self, channel: Channel, delivery: Delivery) -> None:
+        self.channel = channel
+        self.delivery = delivery
+
+
+class _LateReply:
+    __slots__ = ("caller", "value")
+
+    def __init__(self, caller: Caller, value: Any) -> None:
+        self.caller = caller
+        self.value = value
+
+
+class RPCServer(Actor[S], Generic[S]):
+    """Subclass it, override ``handle_request`` (and others), and ``start()`` it.
+
+    Callbacks, on top of ``Actor``'s: ``handle_connected(meta, state)`` ->
+    ``NoReply``/``Stop``; ``handle_request(request, caller, state)`` ->
+    ``Reply``/``NoReply``/``Stop``. ``meta.reply_queue`` is the queue served.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        queue: str,
+        exchange: str = "",
+        exchange_type: str = "direct",
+        routing_keys: Sequence[str] | None = None,
+        durable: bool = False,
+        prefetch: int = 32,
+        codec: Codec | None = None,
+        backoff: Backoff | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name or f"{type(self).__name__}:{queue}")
+        if not queue or not isinstance(queue, str):
+            raise ConfigError(f"a server needs a queue name, got {queue!r}")
+        if exchange_type not in EXCHANGE_TYPES:
+            raise ConfigError(
+                f"unknown exchange type {exchange_type!r}; expected one of "
+                f"{', '.join(sorted(EXCHANGE_TYPES))}"
+            )
+        if exchange == "" and routing_keys not in (None, [queue], (queue,)):
+            raise ConfigError(
+                "the default exchange routes by queue name only; "
+                f"routing_keys={routing_keys!r} needs a named exchange"
+            )
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ConfigError(f"prefetch must be an integer >= 0, got {prefetch!r}")
+        self.connection = connection
+        self.queue = queue
+        self.exchange = exchange
+        self.exchange_type = exchange_type
+        self.routing_keys = tuple(routing_keys) if routing_keys is not None else (queue,)
+        self.durable = durable
+        self.prefetch = prefetch
+        self.codec: Codec = codec or BYTES
+        self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
+        self._channel: Channel | None = None
+        self._incoming: dict[Caller, _Incoming] = {}
+        self._connects = 0
+        self.handled = 0
+        self._handlers.update(
+            {
+                _Delivered: self._on_delivered,
+                _ChannelUp: self._on_channel_up,
+                _ChannelDown: self._on_channel_down,
+                _LateReply: self._on_late_reply,
+            }
+        )
+        self._log = self._log.bind(queue=queue)
+
+    @classmethod
+    def start(
+        cls,
+        conn: Connection | str | BrokerURL | Sequence[str | BrokerURL],
+        *,
+        queue: str,
+        exchange: str = "",
+        exchange_type: str = "direct",
+        routing_keys: Sequence[str] | None = None,
+        durable: bool = False,
+        prefetch: int = 32,
+        arg: Any = None,
+        max_restarts: int = 3,
+        within: float = 5.0,
+        codec: Codec | None = None,
+        backoff: Backoff | None = None,
+        restart_backoff: Backoff | None = None,
+        name: str | None = None,
+    ) -> ActorRunner[Self]:
+        """Serve ``queue`` under a supervisor: ``async with Cls.start(conn, queue=...)``.
+
+        With a named ``exchange`` the queue is bound with each of
+        ``routing_keys`` (default: the queue name). ``prefetch`` bounds the
+        requests being handled at once (0: unbounded). The other options are
+        those of ``RPCClient.start``.
+        """
+        owned = None if isinstance(conn, Connection) else Connection(conn)
+        server = cls(
+            owned or conn,  # type: ignore[arg-type]
+            queue=queue,
+            exchange=exchange,
+            exchange_type=exchange_type,
+            routing_keys=routing_keys,
+            durable=durable,
+            prefetch=prefetch,
+            codec=codec,
+            backoff=backoff,
+            name=name,
+        )
+        return ActorRunner(
+            server,
+            arg,
+            owned_connection=owned,
+            max_restarts=max_restarts,
+            within=within,
+            backoff=restart_backoff,
+        )
+
+    # -- callbacks ---------------------------------------------------------------
+
+    async def handle_connected(self, meta: ConnectedMeta, state: S) -> Any:
+        """The queue is declared, bound and consumed. Default: go on."""
+        return NoReply(state)
+
+    async def handle_request(self, request: Request, caller: Caller, state: S) -> Any:
+        """Answer a request. Default: echo its payload."""
+        return Reply(request.payload, state)
+
+    # -- API -----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while the queue is being consumed."""
+        return self._channel is not None
+
+    @property
+    def pending(self) -> int:
+        """Requests received and not answered yet."""
+        return len(self._incoming)
+
+    def reply(self, caller: Caller, value: Any) -> None:
+        """Answer a request held with ``NoReply`` (an exception becomes an error reply)."""
+        if caller in self._incoming:
+            self._send.send_nowait(_LateReply(caller, value))
+        else:
+            super().reply(caller, value)
+
+    # -- runtime -------------------------------------------------------------------
+
+    async def _on_start(self, tg: TaskGroup) -> None:
+        self._channel = None
+        self._incoming = {}
+        tg.start_soon(self._keep_channel)
+
+    def _fail_held(self, error: Any) -> None:
+        # Unanswered requests are not acked: the broker redelivers them.
+        super()._fail_held(error)
+        self._incoming.clear()
+
+    async def _on_delivered(self, message: _Delivered) -> None:
+        delivery = message.delivery
+        incoming = _Incoming(message.channel, delivery)
+        try:
+            payload = self.codec.decode(delivery.body, delivery.properties.content_type)
+        except Exception as exc:
+            self._log.warning(
+                "rpc.request_rejected",
+                reason="undecodable",
+                error=repr(exc),
+                correlation_id=incoming.correlation_id,
+            )
+            await self._settle(incoming, reject=True)
+            return
+        request = Request(
+            payload,
+            delivery.routing_key,
+            dict(delivery.properties.headers or {}),
+            incoming.correlation_id or "",
+        )
+        caller = Caller(request=request)
+        self._incoming[caller] = incoming
+        self._current = None  # a crash here is answered by an error reply, not ClientCrashed
+        try:
+            result = await self.handle_request(request, caller, self._state)
+        except Exception as exc:
+            self._log.error(
+                "rpc.handler_failed",
+                error=repr(exc),
+                routing_key=request.routing_key,
+                correlation_id=request.correlation_id,
+                exc_info=exc,
+            )
+            await self._answer(caller, exc)
+            return
+        if type(result) is Reply:
+            self._state = result.state
+            await self._answer(caller, result.value)
+        elif type(result) is NoReply:
+            self._state = result.state
+        else:
+            self._apply(result, "handle_request")
+
+    async def _on_late_reply(self, message: _LateReply) -> None:
+        await self._answer(message.caller, message.value)
+
+    async def _answer(self, caller: Caller, value: Any) -> None:
+        """Publish the reply (if the request wants one), then ack the request."""
+        incoming = self._incoming.pop(caller, None)
+        if incoming is None:
+            return
+        self.handled += 1
+        if incoming.reply_to:
+            if isinstance(value, BaseException):
+                body = str(value).encode()
+                headers = {
+                    ERROR_TYPE_HEADER: value.type
+                    if isinstance(value, RemoteError)
+                    else type(value).__name__,
+                    ERROR_MESSAGE_HEADER: value.message
+                    if isinstance(value, RemoteError)
+                    else str(value),
+                }
+                content_type = None
+            else:
+                try:
+                    body = self.codec.encode(value)
+                except Exception as exc:
+                    self._log.error("rpc.reply_unencodable", error=repr(exc))
+                    body = b""
+                    headers = {
+                        ERROR_TYPE_HEADER: type(exc).__name__,
+                        ERROR_MESSAGE_HEADER: str(exc),
+                    }
+                    content_type = None
+                else:
+                    headers = {}
+                    content_type = self.codec.content_type
+            channel = self._channel or incoming.channel
+            try:
+                await channel.basic_publish(
+                    body,
+                    routing_key=incoming.reply_to,
+                    properties=Properties(
+                        correlation_id=incoming.correlation_id,
+                        content_type=content_type,
+                        headers=headers or None,
+                    ),
+                )
+            except (ConnectionLost, BrokerError) as exc:
+                # Not acked either: the broker will redeliver the request.
+                self._log.warning("rpc.reply_failed", error=str(exc))
+                return
+        await self._settle(incoming)
+
+    async def _settle(self, incoming: _Incoming, *, reject: bool = False) -> None:
+        if not incoming.channel.is_open:
+            return  # its channel is gone: the broker redelivers the request elsewhere
+        try:
+            if reject:
+                await incoming.channel.basic_reject(incoming.delivery_tag, requeue=False)
+            else:
+                await incoming.channel.basic_ack(incoming.delivery_tag)
+        except (ConnectionLost, BrokerError) as exc:
+            self._log.warning("rpc.ack_failed", error=str(exc))
+
+    async def _on_channel_up(self, message: _ChannelUp) -> None:
+        self._channel = message.channel
+        self._apply(await self.handle_connected(message.meta, self._state), "handle_connected")
+
+    async def _on_channel_down(self, message: _ChannelDown) -> None:
+        if message.channel is self._channel:
+            self._channel = None
+        # Requests from the dead channel will be redelivered: forget them.
+        for caller, incoming in list(self._incoming.items()):
+            if incoming.channel is message.channel:
+                del self._incoming[caller]
+        self._log.warning("rpc.channel_lost", reason=str(message.reason))
+
+    async def _keep_channel(self) -> None:
+        failures = 0
+        while True:
+            conn = await self.connection.wait_connected()
+            watch = _ConsumerWatch()
+            try:
+                channel = await conn.open_channel()
+                holder = channel
+
+                def on_delivery(delivery: Delivery, channel: Channel = holder) -> None:
+                    self._send.send_nowait(_Delivered(channel, delivery))
+
+                try:
+                    if self.exchange:
+                        await channel.exchange_declare(
+                            self.exchange,
+                            self.exchange_type,  # type: ignore[arg-type]
+                            durable=self.durable,
+                            passive=self.exchange.startswith("amq."),
+                        )
+                    await channel.queue_declare(self.queue, durable=self.durable)
+                    if self.exchange:
+                        for key in self.routing_keys:
+                            await channel.queue_bind(self.queue, self.exchange, key)
+                    if self.prefetch:
+                        await channel.basic_qos(self.prefetch)
+                    await channel.basic_consume(self.queue, on_delivery, on_cancel=watch.on_cancel)
+                except BaseException:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                        await channel.close()
+                    raise
+            except (ConnectionLost, BrokerError) as exc:
+                self._log.warning("rpc.channel_setup_failed", error=str(exc))
+                await anyio.sleep(self.backoff.delay(failures))
+                failures += 1
+                continue
+            failures = 0
+            self._connects += 1
+            meta = ConnectedMeta(self.queue, self.exchange, self._connects)
+            self._log.info("rpc.serving", connects=self._connects)
+            self._send.send_nowait(_ChannelUp(channel, meta))
+            try:
+                reason: CloseReason = await watch.first_close(channel)
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                    await channel.close()
+            self._send.send_nowait(_ChannelDown(channel, reason))
