@@ -275,10 +275,10 @@ class SandboxChannel(Channel):
             self._mark_closed(self._model.channel_reason(self._id))
             raise
 
-    def _lost(self) -> ConnectionLost:
+    def _lost(self, what: str) -> ConnectionLost:
         reason = self._reason or self._model.channel_reason(self._id)
         assert reason is not None
-        return ConnectionLost(f"channel is closed: {reason}", code=reason.code)
+        return ConnectionLost(f"channel {self._number} {what}: {reason}", code=reason.code)
 
     # -- the protocol ------------------------------------------------------------
 
@@ -427,12 +427,18 @@ class SandboxChannel(Channel):
                 mandatory=mandatory,
             )
         except BrokerError:
-            if self._confirms:
-                self._mark_closed(self._model.channel_reason(self._id))
-                raise
-            return  # without confirms the client learns from the channel close, later
+            if not self._confirms:
+                return  # the client learns from the channel close, later
+            self._mark_closed(self._model.channel_reason(self._id))
+            raise
         if self._confirms and not await self._sync():
-            raise self._lost()
+            # The channel closed before the confirm. A broker close refuses the
+            # publish; any other close loses it (as the aiormq backend reports it).
+            reason = self._reason
+            assert reason is not None
+            if reason.by == "broker" and reason.code:
+                raise BrokerError(reason.code, reason.text)
+            raise self._lost("closed before the broker confirmed the message")
 
     async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
         await anyio.lowlevel.checkpoint()

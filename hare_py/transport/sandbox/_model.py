@@ -225,8 +225,8 @@ class BrokerModel:
 
     # -- connections and channels ---------------------------------------------
 
-    def open_connection(self, name: str | None = None) -> int:
-        conn = ConnectionState(next(self._connection_ids), name)
+    def open_connection(self, name: str | None = None, user: str = "guest") -> int:
+        conn = ConnectionState(next(self._connection_ids), name, user)
         self.connections[conn.id] = conn
         self.record(Op("connect", conn.id, None, {"name": name}))
         return conn.id
@@ -423,13 +423,15 @@ class BrokerModel:
                 q = self._queue_or_404(ch, queue)
                 self._check_exclusive(ch, q)
                 return self._queue_info(q)
+            # Unlike exchanges, even an existing amq.* queue (amq.gen-...) cannot be
+            # redeclared by name.
+            if queue.startswith("amq."):
+                self._refuse(
+                    ch, ACCESS_REFUSED, f"queue name '{queue}' contains reserved prefix 'amq.*'"
+                )
             name = queue or f"amq.gen-{_token()}"
             q_or_none = self.queues.get(name)
             if q_or_none is None:
-                if queue.startswith("amq."):
-                    self._refuse(
-                        ch, ACCESS_REFUSED, f"queue name '{queue}' contains reserved prefix 'amq.*'"
-                    )
                 q = Queue(name, durable, owner if exclusive else None, auto_delete, args)
                 self.queues[name] = q
                 return self._queue_info(q)
@@ -664,6 +666,14 @@ class BrokerModel:
                     ch,
                     ACCESS_REFUSED,
                     f"cannot publish to internal exchange '{exchange}' in vhost '{VHOST}'",
+                )
+            user = ch.connection.user if ch is not None else None
+            if user is not None and props.user_id is not None and props.user_id != user:
+                self._refuse(
+                    ch,
+                    PRECONDITION_FAILED,
+                    f"user_id property set to '{props.user_id}' but authenticated user was "
+                    f"'{user}'",
                 )
             ttl: int | None = None
             if props.expiration is not None:

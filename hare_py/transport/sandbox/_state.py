@@ -157,6 +157,7 @@ class ChannelState:
 class ConnectionState:
     id: int
     name: str | None
+    user: str  # RabbitMQ checks a message's user_id against it
     channels: dict[int, ChannelState] = field(default_factory=dict)
     next_number: int = 1
     reason: CloseReason | None = None

@@ -1,0 +1,139 @@
+"""Helpers for the transport contract tests: connections, names, inboxes."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from contextlib import suppress
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from hare_py.errors import HareError
+from hare_py.transport import (
+    Channel,
+    ConnectOptions,
+    Delivery,
+    TransportConnection,
+    backend_for,
+    parse_url,
+)
+from hare_py.transport.base import CloseReason
+
+__all__ = ["Amqp", "Inbox", "assert_broker_closed", "drain"]
+
+
+class Inbox:
+    """Collects deliveries (or returns, or cancels) from a sync callback."""
+
+    def __init__(self) -> None:
+        self._send: MemoryObjectSendStream[Any]
+        self._receive: MemoryObjectReceiveStream[Any]
+        self._send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
+
+    def __call__(self, *item: Any) -> None:
+        self._send.send_nowait(item[0] if len(item) == 1 else item)
+
+    async def get(self) -> Any:
+        return await self._receive.receive()
+
+    async def take(self, n: int) -> list[Any]:
+        return [await self.get() for _ in range(n)]
+
+    def pending(self) -> list[Any]:
+        items = []
+        while True:
+            try:
+                items.append(self._receive.receive_nowait())
+            except anyio.WouldBlock:
+                return items
+
+    async def quiet(self, seconds: float = 0.3) -> list[Any]:
+        """Whatever else arrives within ``seconds`` (expected: nothing)."""
+        await anyio.sleep(seconds)
+        return self.pending()
+
+
+class Amqp:
+    """Connections and names for one test; cleans up after it."""
+
+    def __init__(self, url: str, tg: TaskGroup) -> None:
+        self.url = parse_url(url)
+        self._tg = tg
+        self._stop = anyio.Event()
+        self._queues: list[str] = []
+        self._exchanges: list[str] = []
+
+    def queue_name(self, label: str = "q") -> str:
+        name = f"hare-contract-{label}-{uuid.uuid4().hex[:12]}"
+        self._queues.append(name)
+        return name
+
+    def exchange_name(self, label: str = "x") -> str:
+        name = f"hare-contract-{label}-{uuid.uuid4().hex[:12]}"
+        self._exchanges.append(name)
+        return name
+
+    async def connect(self, name: str | None = None) -> TransportConnection:
+        """A connection that stays open until the test ends (unless closed before)."""
+        conn: TransportConnection = await self._tg.start(self._hold, name)
+        return conn
+
+    async def _hold(self, name: str | None, *, task_status: TaskStatus[Any]) -> None:
+        # Each connection lives in its own task, so that its task group never
+        # straddles the test's cancel scopes (fail_after).
+        backend = backend_for(self.url)
+        async with backend.connect(self.url, ConnectOptions(name=name)) as conn:
+            task_status.started(conn)
+            await self._stop.wait()
+
+    def close_all(self) -> None:
+        """Let every connection's ``async with`` block end."""
+        self._stop.set()
+
+    async def channel(
+        self,
+        conn: TransportConnection | None = None,
+        *,
+        on_return: Any = None,
+        publisher_confirms: bool = False,
+    ) -> Channel:
+        if conn is None:
+            conn = await self.connect()
+        return await conn.open_channel(on_return=on_return, publisher_confirms=publisher_confirms)
+
+    async def cleanup(self) -> None:
+        if not self._queues and not self._exchanges:
+            return
+        with anyio.move_on_after(10, shield=True):
+            async with backend_for(self.url).connect(self.url, ConnectOptions()) as conn:
+                for name in self._queues:
+                    ch = await conn.open_channel()
+                    # Another connection's exclusive queue goes with that connection.
+                    with suppress(HareError):
+                        await ch.queue_delete(name)
+                    await ch.close()
+                ch = await conn.open_channel()
+                for name in self._exchanges:
+                    await ch.exchange_delete(name)
+
+
+async def drain(ch: Channel, queue: str) -> list[Delivery]:
+    """Every ready message of ``queue`` (auto-acked), in queue order.
+
+    Call it after publishing with confirms: the broker has then enqueued them.
+    """
+    info = await ch.queue_declare(queue, passive=True)
+    inbox = Inbox()
+    tag = await ch.basic_consume(queue, inbox, no_ack=True)
+    messages = await inbox.take(info.message_count)
+    await ch.basic_cancel(tag)
+    return messages
+
+
+def assert_broker_closed(reason: CloseReason | None, code: int) -> None:
+    """The channel was closed by the broker with ``code``."""
+    assert reason is not None
+    assert (reason.code, reason.by) == (code, "broker"), reason
