@@ -21,6 +21,7 @@ from ..transport.sandbox import (
     SandboxBroker,
     SandboxMessage,
 )
+from .faults import break_channel
 
 __all__ = [
     "BindingInfo",
@@ -33,4 +34,5 @@ __all__ = [
     "QueueDetails",
     "SandboxBroker",
     "SandboxMessage",
+    "break_channel",
 ]
