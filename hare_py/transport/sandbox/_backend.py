@@ -18,6 +18,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
+from ..._log import get_logger
 from ...errors import BrokerError, ConnectionLost
 from ..base import (
     EMPTY_PROPERTIES,
@@ -47,6 +48,8 @@ from ._state import (
 )
 
 __all__ = ["SandboxBackend", "SandboxChannel", "SandboxConnection"]
+
+log = get_logger("hare_py.transport.sandbox")
 
 T = TypeVar("T")
 
@@ -235,20 +238,28 @@ class SandboxChannel(Channel):
             if item.delay > 0:
                 self._conn.spawn(self._deliver_later, item)
             else:
-                entry.on_delivery(item.delivery)
+                self._callback("on_delivery", entry.on_delivery, item.delivery)
         elif isinstance(item, Return):
             if self._on_return is not None:
-                self._on_return(item.message)
+                self._callback("on_return", self._on_return, item.message)
         elif isinstance(item, ConsumerCancelled):
             cancelled = self._consumers.pop(item.consumer_tag, None)
             if cancelled is not None and cancelled.on_cancel is not None:
-                cancelled.on_cancel(item.consumer_tag, item.reason)
+                self._callback("on_cancel", cancelled.on_cancel, item.consumer_tag, item.reason)
+
+    def _callback(self, what: str, fn: Callable[..., None], *args: Any) -> None:
+        # Like the aiormq backend: a failing callback is logged and the
+        # channel goes on, so tests behave the same on both.
+        try:
+            fn(*args)
+        except Exception:
+            log.exception(f"{what} callback failed", channel=self._number, connection=self._conn.id)
 
     async def _deliver_later(self, item: Deliver) -> None:
         await anyio.sleep(item.delay)
         entry = self._consumers.get(item.delivery.consumer_tag)
         if entry is not None and self._reason is None:
-            entry.on_delivery(item.delivery)
+            self._callback("on_delivery", entry.on_delivery, item.delivery)
 
     def _mark_closed(self, reason: CloseReason | None) -> None:
         if self._reason is not None or reason is None:

@@ -69,9 +69,12 @@ from ._views import (
     SandboxMessage,
 )
 
-__all__ = ["SYSTEM_EXCHANGES", "BrokerModel"]
+__all__ = ["REPLY_TO", "SYSTEM_EXCHANGES", "BrokerModel"]
 
 VHOST = "/"
+# RabbitMQ's direct reply-to pseudo-queue: no queue, replies go straight to the
+# channel that consumes it.
+REPLY_TO = "amq.rabbitmq.reply-to"
 SYSTEM_EXCHANGES = {
     "amq.direct": "direct",
     "amq.topic": "topic",
@@ -156,6 +159,7 @@ class BrokerModel:
         self.channels: dict[int, ChannelState] = {}
         self.history: list[Op] = []
         self.faults = FaultSet()
+        self._reply_channels: dict[str, ChannelState] = {}  # reply-to address -> channel
         self._connection_ids = itertools.count(1)
         self._channel_ids = itertools.count(1)
         self._declare_system_exchanges()
@@ -277,6 +281,8 @@ class BrokerModel:
             return
         ch.reason = reason
         del ch.connection.channels[ch.id]
+        if ch.reply_address is not None:
+            self._reply_channels.pop(ch.reply_address, None)
         for consumer in list(ch.consumers.values()):
             self._remove_consumer(consumer)
         pending = list(ch.unacked.values())
@@ -419,6 +425,8 @@ class BrokerModel:
         ):
             ch = self._open_channel_state(channel)
             owner = ch.connection.id
+            if queue == REPLY_TO:
+                return QueueInfo(REPLY_TO, 0, 0)
             if passive:
                 q = self._queue_or_404(ch, queue)
                 self._check_exclusive(ch, q)
@@ -599,9 +607,11 @@ class BrokerModel:
             arguments=args,
         ):
             ch = self._open_channel_state(channel)
+            tag = consumer_tag or f"amq.ctag-{_token()}"
+            if queue == REPLY_TO:
+                return self._consume_replies(ch, tag, no_ack)
             q = self._queue_or_404(ch, queue)
             self._check_exclusive(ch, q)
-            tag = consumer_tag or f"amq.ctag-{_token()}"
             if tag in ch.consumers:
                 self._refuse(ch, NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'")
             if q.consumers and (exclusive or any(c.exclusive for c in q.consumers)):
@@ -613,6 +623,21 @@ class BrokerModel:
             q.consumers.append(consumer)
             q.had_consumer = True
             return tag
+
+    def _consume_replies(self, ch: ChannelState, tag: str, no_ack: bool) -> str:
+        if tag in ch.consumers:
+            self._refuse(ch, NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'")
+        if not no_ack:
+            self._refuse(ch, PRECONDITION_FAILED, "reply consumer cannot acknowledge")
+        if ch.reply_consumer is not None:
+            self._refuse(ch, PRECONDITION_FAILED, "reply consumer already set")
+        consumer = Consumer(tag, REPLY_TO, ch, no_ack=True, exclusive=False, prefetch=0)
+        ch.consumers[tag] = consumer
+        ch.reply_consumer = consumer
+        if ch.reply_address is None:
+            ch.reply_address = f"{REPLY_TO}.{_token()}.{_token()}"
+            self._reply_channels[ch.reply_address] = ch
+        return tag
 
     def pump_queue(self, queue: str) -> None:
         """Deliver what a queue can deliver now (after a consumer was registered)."""
@@ -629,6 +654,9 @@ class BrokerModel:
 
     def _remove_consumer(self, consumer: Consumer) -> None:
         del consumer.channel.consumers[consumer.tag]
+        if consumer is consumer.channel.reply_consumer:
+            consumer.channel.reply_consumer = None
+            return
         q = self.queues.get(consumer.queue)
         if q is None or consumer not in q.consumers:
             return
@@ -675,6 +703,13 @@ class BrokerModel:
                     f"user_id property set to '{props.user_id}' but authenticated user was "
                     f"'{user}'",
                 )
+            if props.reply_to == REPLY_TO:
+                if ch is None or ch.reply_address is None or ch.reply_consumer is None:
+                    self._refuse(ch, PRECONDITION_FAILED, "fast reply consumer does not exist")
+                props = replace(props, reply_to=ch.reply_address)
+            if x is None and routing_key.startswith(REPLY_TO + "."):
+                self._reply(ch, body, routing_key, props, mandatory)
+                return
             ttl: int | None = None
             if props.expiration is not None:
                 ttl = _parse_ttl(props.expiration)
@@ -692,6 +727,32 @@ class BrokerModel:
                 return
             for q in queues:
                 self._enqueue(q, Message(body, props, exchange, routing_key), ttl)
+
+    def _reply(
+        self,
+        ch: ChannelState | None,
+        body: bytes,
+        routing_key: str,
+        props: Properties,
+        mandatory: bool,
+    ) -> None:
+        """A publish to a direct reply-to address: straight to its channel's consumer."""
+        target = self._reply_channels.get(routing_key)
+        consumer = target.reply_consumer if target is not None else None
+        if consumer is not None:
+            message = Message(body, props, "", routing_key)
+            fault = self.faults.check(_view(REPLY_TO, message))
+            if fault is None:
+                self._deliver(consumer, REPLY_TO, message)
+            elif fault.action == "delay":
+                self._deliver(consumer, REPLY_TO, message, delay=fault.delay)
+            elif fault.action == "duplicate":
+                self._deliver(consumer, REPLY_TO, message)
+                self._deliver(consumer, REPLY_TO, message)
+        # RabbitMQ 3.10 returns every mandatory reply, delivered or not.
+        if mandatory and ch is not None:
+            returned = ReturnedMessage(body, props, "", routing_key, NO_ROUTE, "NO_ROUTE")
+            self._emit(ch.connection.id, Return(ch.id, returned))
 
     def _route(
         self,
@@ -751,20 +812,22 @@ class BrokerModel:
             message = q.ready.pop(0)
             fault = self.faults.check(_view(q.name, message))
             if fault is None:
-                self._deliver(consumer, q, message)
+                self._deliver(consumer, q.name, message)
             elif fault.action == "delay":
-                self._deliver(consumer, q, message, delay=fault.delay)
+                self._deliver(consumer, q.name, message, delay=fault.delay)
             elif fault.action == "duplicate":
-                self._deliver(consumer, q, message)
-                self._deliver(consumer, q, message)
+                self._deliver(consumer, q.name, message)
+                self._deliver(consumer, q.name, message)
             # "drop": the message is gone, as if lost in transit
 
-    def _deliver(self, consumer: Consumer, q: Queue, message: Message, delay: float = 0.0) -> None:
+    def _deliver(
+        self, consumer: Consumer, queue: str, message: Message, delay: float = 0.0
+    ) -> None:
         ch = consumer.channel
         tag = ch.next_tag
         ch.next_tag += 1
         if not consumer.no_ack:
-            ch.unacked[tag] = Pending(tag, message, q.name, consumer)
+            ch.unacked[tag] = Pending(tag, message, queue, consumer)
             consumer.unacked += 1
         delivery = Delivery(
             body=message.body,

@@ -150,6 +150,8 @@ class ChannelState:
     next_tag: int = 1
     unacked: dict[int, Pending] = field(default_factory=dict)  # in delivery order
     consumers: dict[str, Consumer] = field(default_factory=dict)
+    reply_consumer: Consumer | None = None  # of the direct reply-to pseudo-queue
+    reply_address: str | None = None  # "amq.rabbitmq.reply-to.<key>" for this channel
     reason: CloseReason | None = None
 
 
