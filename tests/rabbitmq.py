@@ -9,6 +9,9 @@
   directory owned by the test run; ``HOME`` points there so that ``rabbitmqctl``
   finds the cookie;
 - every plugin is off, which keeps start-up to a few seconds;
+- when ``openssl`` is installed it also listens for ``amqps://`` on another free
+  port, with a throw-away CA, a server certificate for localhost/127.0.0.1 and
+  a client certificate (``tls_url``, ``ca_file``, ``client_cert``, ``client_key``);
 - ``stop()`` ends the node, its process group and its ``epmd`` and removes the
   directory; it runs on normal exit, on failure and on KeyboardInterrupt (the
   pytest fixture's finalizer), and once more at interpreter exit as a backstop.
@@ -100,8 +103,12 @@ class RabbitMQNode:
         )
         self.ctl_timeout = ctl_timeout
         self.amqp_port = 0
+        self.tls_port = 0
         self.dist_port = 0
         self.epmd_port = 0
+        self.ca_file: str | None = None
+        self.client_cert: str | None = None
+        self.client_key: str | None = None
         self.node_name = f"hare-test-{os.getpid()}-{secrets.token_hex(3)}@localhost"
         self.username = "guest"
         self.password = "guest"
@@ -113,6 +120,13 @@ class RabbitMQNode:
     @property
     def url(self) -> str:
         return f"amqp://{self.username}:{self.password}@127.0.0.1:{self.amqp_port}/"
+
+    @property
+    def tls_url(self) -> str | None:
+        """The ``amqps://`` URL (verify it with ``ca_file``), or None without openssl."""
+        if not self.tls_port:
+            return None
+        return f"amqps://{self.username}:{self.password}@localhost:{self.tls_port}/"
 
     @property
     def log_file(self) -> Path:
@@ -135,6 +149,7 @@ class RabbitMQNode:
         self.amqp_port, self.dist_port, self.epmd_port = _free_port(), _free_port(), _free_port()
         self._env = self._environment()
         self._write_files()
+        self._write_certificates()
         atexit.register(self.stop)
         try:
             with open(self.directory / "server.out", "wb") as out:
@@ -193,6 +208,47 @@ class RabbitMQNode:
             # A test machine's small /tmp must not block publishers.
             "disk_free_limit.absolute = 1MB\n"
         )
+
+    def _write_certificates(self) -> None:
+        """A CA, server and client certificates and a TLS listener; none without openssl."""
+        openssl = shutil.which("openssl")
+        if openssl is None or self.directory is None:
+            return
+        d = self.directory / "tls"
+        d.mkdir()
+
+        def run(*args: str) -> None:
+            subprocess.run([openssl, *args], cwd=d, capture_output=True, check=True, timeout=30)
+
+        ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+        run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=hare-test-ca")  # fmt: skip
+        for name, extensions in (
+            ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+            ("client", "extendedKeyUsage=clientAuth"),
+        ):
+            (d / f"{name}.ext").write_text(
+                f"basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n{extensions}\n"
+                "authorityKeyIdentifier=keyid,issuer\n"
+            )
+            run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN=hare-test-{name}")  # fmt: skip
+            run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
+                "-extfile", f"{name}.ext")  # fmt: skip
+        self.tls_port = _free_port()
+        self.ca_file = str(d / "ca.pem")
+        self.client_cert, self.client_key = str(d / "client.pem"), str(d / "client.key")
+        with open(self.directory / "rabbitmq.conf", "a") as conf:
+            conf.write(
+                f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+                f"ssl_options.cacertfile = {d / 'ca.pem'}\n"
+                f"ssl_options.certfile = {d / 'server.pem'}\n"
+                f"ssl_options.keyfile = {d / 'server.key'}\n"
+                # Ask for a client certificate, but let clients without one in.
+                "ssl_options.verify = verify_peer\n"
+                "ssl_options.fail_if_no_peer_cert = false\n"
+            )
 
     def _wait_for_amqp(self, deadline: float) -> None:
         while True:
@@ -342,10 +398,18 @@ def _close_named(ctl: Any, connection_name: str, reason: str) -> None:
 
 
 class ExternalRabbitMQ:
-    """A broker run by someone else (``HARE_TEST_AMQP_URL``); nothing is started or stopped."""
+    """A broker run by someone else (``HARE_TEST_AMQP_URL``); nothing is started or stopped.
+
+    TLS tests use ``HARE_TEST_AMQPS_URL`` and ``HARE_TEST_AMQPS_CA_FILE`` (and
+    ``HARE_TEST_AMQPS_CLIENT_CERT``/``_KEY``) when they are set.
+    """
 
     def __init__(self, url: str, ctl_command: str | None = None, ctl_timeout: float = 30.0) -> None:
         self.url = url
+        self.tls_url = os.environ.get("HARE_TEST_AMQPS_URL")
+        self.ca_file = os.environ.get("HARE_TEST_AMQPS_CA_FILE")
+        self.client_cert = os.environ.get("HARE_TEST_AMQPS_CLIENT_CERT")
+        self.client_key = os.environ.get("HARE_TEST_AMQPS_CLIENT_KEY")
         self.ctl_command = shlex.split(ctl_command) if ctl_command else None
         self.ctl_timeout = ctl_timeout
 

@@ -14,10 +14,10 @@ from typing import Any
 import anyio
 import pytest
 import structlog
-from rabbitmq import ExternalRabbitMQ, RabbitMQNode
+from rabbitmq import ExternalRabbitMQ, RabbitMQError, RabbitMQNode
 
-from hare_py.errors import BrokerError, ConnectFailed, ConnectionLost, HareError
-from hare_py.transport import parse_url
+from hare_py.errors import BrokerError, ConfigError, ConnectFailed, ConnectionLost, HareError
+from hare_py.transport import BrokerURL, parse_url
 from hare_py.transport.aiormq_backend import AiormqBackend, AiormqConnection
 from hare_py.transport.base import (
     Channel,
@@ -26,6 +26,7 @@ from hare_py.transport.base import (
     Delivery,
     Properties,
     ReturnedMessage,
+    TLSOptions,
 )
 
 Broker = RabbitMQNode | ExternalRabbitMQ
@@ -423,3 +424,197 @@ async def test_operation_errors_are_hare_errors(rabbitmq_url: str) -> None:
             with pytest.raises(HareError):
                 await channel.basic_publish(b"x", routing_key="k" * 256)
             assert channel.is_open
+
+
+# -- TLS ----------------------------------------------------------------------
+
+
+def tls_broker(rabbitmq: Broker) -> tuple[str, str]:
+    if not rabbitmq.tls_url or not rabbitmq.ca_file:
+        pytest.skip(
+            "the broker has no TLS listener (openssl missing, or HARE_TEST_AMQPS_URL unset)"
+        )
+    return rabbitmq.tls_url, rabbitmq.ca_file
+
+
+async def test_amqps_verifies_the_broker_certificate(rabbitmq: Broker) -> None:
+    """amqps:// connects when the CA is trusted and fails with ConnectFailed when it is not."""
+    url, ca_file = tls_broker(rabbitmq)
+    with anyio.fail_after(10):
+        async with connected(url, tls=TLSOptions(ca_file=ca_file)) as conn:
+            channel = await conn.open_channel()
+            await channel.queue_declare("", exclusive=True)
+        with pytest.raises(ConnectFailed, match=r"(?i)certificate"):
+            async with connected(url):  # system CAs only
+                pass
+        async with connected(url, tls=TLSOptions(verify=False)):
+            pass
+
+
+async def test_amqps_checks_the_host_name(rabbitmq: Broker) -> None:
+    """A certificate for another host name is refused unless server_hostname names it."""
+    url, ca_file = tls_broker(rabbitmq)
+    by_ip = url.replace("@localhost:", "@127.0.0.1:")
+    with anyio.fail_after(10):
+        async with connected(by_ip, tls=TLSOptions(ca_file=ca_file)):
+            pass  # the certificate lists IP 127.0.0.1 too
+        with pytest.raises(ConnectFailed):
+            async with connected(
+                url, tls=TLSOptions(ca_file=ca_file, server_hostname="not-the-broker")
+            ):
+                pass
+
+
+async def test_amqps_presents_the_client_certificate(rabbitmq: Broker) -> None:
+    """cert_file/key_file are presented to the broker, which sees the client's subject."""
+    url, ca_file = tls_broker(rabbitmq)
+    if not rabbitmq.client_cert or not rabbitmq.client_key:
+        pytest.skip("no client certificate for this broker")
+    name = unique("client-cert")
+    tls = TLSOptions(ca_file=ca_file, cert_file=rabbitmq.client_cert, key_file=rabbitmq.client_key)
+    with anyio.fail_after(30):
+        async with connected(url, tls=tls, name=name):
+            out = await anyio.to_thread.run_sync(
+                rabbitmq.ctl, "list_connections", "client_properties", "peer_cert_subject"
+            )
+    [line] = [line for line in out.splitlines() if name in line]
+    assert "hare-test-client" in line
+
+
+async def test_tls_files_that_do_not_load_are_a_config_error(rabbitmq: Broker) -> None:
+    """A missing CA file is a ConfigError, and TLS options on amqp:// are refused."""
+    with anyio.fail_after(5):
+        with pytest.raises(ConfigError, match="TLS"):
+            async with connected(
+                rabbitmq.url.replace("amqp://", "amqps://"),
+                tls=TLSOptions(ca_file="/nonexistent/ca.pem"),
+            ):
+                pass
+        with pytest.raises(ConfigError, match="amqps"):
+            async with connected(rabbitmq.url, tls=TLSOptions()):
+                pass
+
+
+# -- Network failures, through a proxy ------------------------------------------
+
+
+class Proxy:
+    """A TCP proxy in front of the broker that can stall or cut every connection."""
+
+    def __init__(self, target: BrokerURL) -> None:
+        self.target = target
+        self.port = 0
+        self._flowing = anyio.Event()
+        self._flowing.set()
+        self._scope = anyio.CancelScope()
+
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def stall(self) -> None:
+        """Hold all traffic, sockets open: as a dead peer behind a live network looks."""
+        self._flowing = anyio.Event()
+
+    def cut(self) -> None:
+        """Close every proxied connection at once."""
+        self._scope.cancel()
+
+    async def _pump(self, source: anyio.abc.ByteStream, sink: anyio.abc.ByteStream) -> None:
+        async for chunk in source:
+            await self._flowing.wait()
+            await sink.send(chunk)
+
+    async def _handle(self, client: anyio.abc.SocketStream) -> None:
+        with self._scope:
+            async with (
+                client,
+                await anyio.connect_tcp(self.target.host, self.target.port) as upstream,
+                anyio.create_task_group() as tg,
+            ):
+                tg.start_soon(self._pump, client, upstream)
+                tg.start_soon(self._pump, upstream, client)
+
+    @classmethod
+    @asynccontextmanager
+    async def running(cls, target: str) -> AsyncIterator[Proxy]:
+        proxy = cls(parse_url(target))
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        proxy.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, proxy._handle)
+            yield proxy
+            tg.cancel_scope.cancel()
+
+
+async def test_a_cut_socket_closes_the_connection_by_network(rabbitmq_url: str) -> None:
+    """A dropped TCP connection gives CloseReason(by network); channels follow by connection."""
+    with anyio.fail_after(10):
+        async with Proxy.running(rabbitmq_url) as proxy, connected(proxy.url()) as conn:
+            channel = await conn.open_channel()
+            proxy.cut()
+            reason = await conn.wait_closed()
+            assert reason.by == "network"
+            channel_reason = await channel.wait_closed()
+            assert channel_reason.by == "connection"
+            with pytest.raises(ConnectionLost):
+                await channel.queue_declare("", exclusive=True)
+
+
+async def test_missed_heartbeats_close_the_connection_and_fail_waiting_calls(
+    rabbitmq_url: str,
+) -> None:
+    """A silent broker is detected by heartbeats (by network); a confirm waiting on it fails
+    with ConnectionLost, not CancelledError."""
+    failures: list[BaseException] = []
+
+    async def publish(channel: Channel) -> None:
+        try:
+            await channel.basic_publish(b"x", routing_key=unique("nobody"))
+        except ConnectionLost as exc:
+            failures.append(exc)
+
+    with anyio.fail_after(20):
+        async with (
+            Proxy.running(rabbitmq_url) as proxy,
+            connected(proxy.url(), heartbeat=1) as conn,
+        ):
+            channel = await conn.open_channel(publisher_confirms=True)
+            proxy.stall()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(publish, channel)
+                reason = await conn.wait_closed()
+            assert reason.by == "network"
+            assert "heartbeat" in reason.text
+            assert len(failures) == 1
+
+
+async def test_a_secret_password_never_shows_in_a_connection_life(
+    rabbitmq: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Connect, work, get closed by the broker: no repr, error or log holds the password."""
+    user, password = unique("user"), "s3cret-" + secrets.token_hex(8)
+    try:
+        await anyio.to_thread.run_sync(rabbitmq.ctl, "add_user", user, password)
+    except RabbitMQError as exc:
+        pytest.skip(f"cannot add a user: {exc}")
+    name = unique("secret")
+    caplog.set_level(logging.DEBUG)
+    seen: list[str] = []
+    try:
+        await anyio.to_thread.run_sync(rabbitmq.ctl, "set_permissions", user, ".*", ".*", ".*")
+        url = parse_url(rabbitmq.url)
+        secret_url = url.with_secret().replace(f"{url.username}:{url.password}@", "")
+        secret_url = secret_url.replace("://", f"://{user}:{password}@")
+        with structlog.testing.capture_logs() as events, anyio.fail_after(30):
+            async with connected(secret_url, name=name) as conn:
+                channel = await conn.open_channel()
+                seen += [repr(conn), str(conn), repr(channel)]
+                await anyio.to_thread.run_sync(rabbitmq.close_connection, name)
+                seen.append(str(await conn.wait_closed()))
+                with pytest.raises(ConnectionLost) as info:
+                    await channel.queue_declare("", exclusive=True)
+                seen += [str(e) + repr(e) for e in _chain(info.value)]
+        seen += [repr(events), caplog.text]
+    finally:
+        await anyio.to_thread.run_sync(rabbitmq.ctl, "delete_user", user)
+    assert all(password not in text for text in seen)
