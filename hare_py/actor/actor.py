@@ -115,6 +115,7 @@ class Actor(Generic[S]):
         self._stop_reason: Any = None
         self._held: set[Caller] = set()  # callers given NoReply, answered later by reply()
         self._current: Any = None  # the message being handled
+        self._stopper: Caller | None = None  # the caller of stop(), if any
         self._log = log.bind(actor=self.name)
         self._handlers: dict[type, Any] = {
             _Call: self._on_call,
@@ -272,6 +273,9 @@ class Actor(Generic[S]):
                 self._log.error("actor.terminate_failed", error=repr(exc))
         if scope.cancelled_caught:
             self._log.error("actor.terminate_timeout", seconds=self.shutdown_timeout)
+        stopper, self._stopper = self._stopper, None
+        if stopper is not None:
+            stopper._resolve(None)
         if crash is not None:
             self._log.error("actor.crashed", error=repr(crash), exc_info=crash)
             self._status = "restarting"
@@ -401,5 +405,6 @@ class Actor(Generic[S]):
         self._apply(await self.handle_info(message.message, self._state), "handle_info")
 
     async def _on_stop_request(self, message: _StopRequest) -> None:
-        message.caller._resolve(None)
+        self._stopper = message.caller  # answered once terminate has run
+        self._current = None
         raise _StopSignal(message.reason)

@@ -239,7 +239,6 @@ class RPCServer(Actor[S], Generic[S]):
         )
         caller = Caller(request=request)
         self._incoming[caller] = incoming
-        self._current = None  # a crash here is answered by an error reply, not ClientCrashed
         try:
             result = await self.handle_request(request, caller, self._state)
         except Exception as exc:

@@ -282,3 +282,14 @@ async def test_user_exception_in_block_propagates_unwrapped() -> None:
         async with run(actor):
             raise LookupError("mine")
     assert actor.terminated == ["shutdown"]
+
+
+async def test_stop_returns_after_terminate_has_run() -> None:
+    """stop(reason) returns once terminate(reason, state) has run; the actor is then stopped."""
+    actor = Counter()
+    with anyio.fail_after(5):
+        async with run(actor):
+            await actor.stop("normal")
+            assert actor.terminated == ["normal"]
+            assert not actor.running
+            await actor.stop()  # stopping a stopped actor is a no-op
