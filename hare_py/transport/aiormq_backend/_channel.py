@@ -22,13 +22,13 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import structlog
 from aiormq import Channel as AiormqChannelBase
 from aiormq.abc import ChannelFrame, DeliveredMessage
 from aiormq.exceptions import ChannelClosed
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
+from ..._log import get_logger
 from ...errors import BrokerError, ConnectionLost
 from ..base import (
     CHANNEL_ERROR,
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AiormqChannel"]
 
-log = structlog.get_logger("hare_py.transport.aiormq")
+log = get_logger("hare_py.transport.aiormq")
 
 # Bounds our own channel.close handshake; the channel is gone for us either way.
 CLOSE_TIMEOUT = 10.0
@@ -198,10 +198,10 @@ class AiormqChannel(Channel):
     async def close(self) -> None:
         if self._close_reason is not None:
             return
-        self._settle(CloseReason(REPLY_SUCCESS, "closed by the client", "client"))
+        self._settle(CloseReason(REPLY_SUCCESS, "Normal shutdown", "client"))
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
             try:
-                await self._raw.close(ChannelClosed(REPLY_SUCCESS, "closed by the client"))
+                await self._raw.close(ChannelClosed(REPLY_SUCCESS, "Normal shutdown"))
             except Exception as exc:  # never raises: the channel is gone for us
                 log.debug("channel close failed", channel=self.number, error=repr(exc))
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import aiormq
 import anyio
-import structlog
 from aiormq import exceptions as ax
 
+from ..._log import get_logger
 from ...errors import BrokerError, ConfigError, ConnectionLost, HareError
 from ..base import (
     REPLY_SUCCESS,
@@ -42,7 +42,7 @@ from ._errors import NOT_ALLOWED, connect_error, operation_error, reply_of, scru
 
 __all__ = ["AiormqConnection", "connect"]
 
-log = structlog.get_logger("hare_py.transport.aiormq")
+log = get_logger("hare_py.transport.aiormq")
 
 # Bounds our connection.close handshake (aiormq waits 2 s for close-ok itself).
 CLOSE_TIMEOUT = 10.0
@@ -67,8 +67,8 @@ def tls_context(
 ) -> tuple[ssl.SSLContext | None, str | None]:
     """The SSL context (verifying by default) and server_hostname for ``amqps://``."""
     if url.scheme != "amqps":
-        if options.tls is not None:
-            raise ConfigError(f"TLS options were given for {url}; use an amqps:// URL")
+        # TLS follows the scheme; a failover list may mix amqp:// and amqps://
+        # URLs under one set of options.
         return None, None
     tls = options.tls or TLSOptions()
     try:
@@ -147,10 +147,10 @@ class AiormqConnection(TransportConnection):
     async def close(self) -> None:
         if self._close_reason is not None and self._raw.is_closed:
             return
-        self._settle(CloseReason(REPLY_SUCCESS, "closed by the client", "client"))
+        self._settle(CloseReason(REPLY_SUCCESS, "Normal shutdown", "client"))
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
             try:
-                await self._raw.close(ax.ConnectionClosed(REPLY_SUCCESS, "closed by the client"))
+                await self._raw.close(ax.ConnectionClosed(REPLY_SUCCESS, "Normal shutdown"))
             except Exception as exc:  # never raises: the connection is gone for us
                 log.debug("connection close failed", url=self._where, error=repr(exc))
 
