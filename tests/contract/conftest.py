@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import anyio
+import anyio.to_thread
 import pytest
-from contract_helpers import Amqp
+from contract_helpers import Amqp, ForceClose
 
 from hare_py.testing import SandboxBroker
 
@@ -47,20 +48,60 @@ def anyio_backend(broker_kind: BrokerKind) -> str:
 
 
 @pytest.fixture
-def broker_url(broker_kind: BrokerKind, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh sandbox broker's URL, or the session's RabbitMQ URL."""
-    if broker_kind.broker == "sandbox":
-        with SandboxBroker() as broker:
-            yield broker.url
+def sandbox(broker_kind: BrokerKind) -> Iterator[SandboxBroker | None]:
+    """The test's own sandbox broker; None on RabbitMQ."""
+    if broker_kind.broker != "sandbox":
+        yield None
         return
+    with SandboxBroker() as broker:
+        yield broker
+
+
+@pytest.fixture
+def broker_url(sandbox: SandboxBroker | None, request: pytest.FixtureRequest) -> str:
+    """A fresh sandbox broker's URL, or the session's RabbitMQ URL."""
+    if sandbox is not None:
+        return sandbox.url
     try:
-        url = str(request.getfixturevalue("rabbitmq_url"))
+        return str(request.getfixturevalue("rabbitmq_url"))
     except pytest.FixtureLookupError:
         env = os.environ.get("HARE_TEST_AMQP_URL")
         if not env:
             pytest.skip("no RabbitMQ: set HARE_TEST_AMQP_URL")
-        url = env
-    yield url
+        return env
+
+
+@pytest.fixture
+def force_close(
+    broker_url: str, sandbox: SandboxBroker | None, request: pytest.FixtureRequest
+) -> ForceClose:
+    """``await force_close(name, reason)``: the broker closes the connection called ``name``.
+
+    On RabbitMQ this is ``rabbitmqctl close_connection``, which sends
+    ``320 CONNECTION_FORCED - <reason>``; the sandbox does the same.
+    """
+    if sandbox is not None:
+        broker = sandbox
+
+        async def close_sandbox(name: str, reason: str) -> None:
+            ids = [c.id for c in broker.connections.values() if c.name == name]
+            assert ids, f"no connection named {name!r}"
+            for connection_id in ids:
+                broker.kill_connection(connection_id, 320, f"CONNECTION_FORCED - {reason}")
+
+        return close_sandbox
+    try:
+        node = request.getfixturevalue("rabbitmq")
+    except pytest.FixtureLookupError:
+        pytest.skip("needs rabbitmqctl: the rabbitmq fixture is missing")
+
+    async def close_rabbitmq(name: str, reason: str) -> None:
+        try:
+            await anyio.to_thread.run_sync(node.close_connection, name, reason)
+        except RuntimeError as exc:  # RabbitMQError: no rabbitmqctl for this broker
+            pytest.skip(str(exc))
+
+    return close_rabbitmq
 
 
 @pytest.fixture

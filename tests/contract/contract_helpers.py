@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import Any
+from typing import Any, TypeAlias
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -22,7 +23,10 @@ from hare_py.transport import (
 )
 from hare_py.transport.base import CloseReason
 
-__all__ = ["Amqp", "Inbox", "assert_broker_closed", "drain"]
+__all__ = ["Amqp", "ForceClose", "Inbox", "assert_broker_closed", "drain"]
+
+# force_close(connection_name, reason): the broker closes that connection.
+ForceClose: TypeAlias = Callable[[str, str], Awaitable[None]]
 
 
 class Inbox:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
 import anyio
 import pytest
-from contract_helpers import Amqp
+from contract_helpers import Amqp, ForceClose, Inbox
 
 from hare_py.errors import ConnectionLost
+from hare_py.transport import ConnectOptions, backend_for, parse_url
 
 pytestmark = pytest.mark.anyio
 
@@ -97,3 +100,52 @@ async def test_connection_name_does_not_matter_to_the_protocol(amqp: Amqp) -> No
         ch = await conn.open_channel()
         q = amqp.queue_name()
         assert (await ch.queue_declare(q)).name == q
+
+
+async def test_broker_forced_close(amqp: Amqp, force_close: ForceClose) -> None:
+    """A broker-forced close is 320 by "broker"; channels close by "connection"; unacked requeue."""
+    with anyio.fail_after(30):
+        name = f"forced-{uuid.uuid4().hex[:8]}"
+        conn = await amqp.connect(name=name)
+        ch = await conn.open_channel(publisher_confirms=True)
+        q = amqp.queue_name()
+        await ch.queue_declare(q)
+        await ch.basic_publish(b"held", routing_key=q)
+        inbox = Inbox()
+        await ch.basic_consume(q, inbox)
+        await inbox.get()
+        await force_close(name, "contract test")
+        reason = await conn.wait_closed()
+        assert (reason.code, reason.by) == (320, "broker")
+        assert reason.text == "CONNECTION_FORCED - contract test"
+        ch_reason = await ch.wait_closed()
+        assert (ch_reason.code, ch_reason.by) == (320, "connection")
+        with pytest.raises(ConnectionLost):
+            await conn.open_channel()
+        again = Inbox()
+        await (await amqp.channel()).basic_consume(q, again, no_ack=True)
+        delivery = await again.get()
+        assert (delivery.body, delivery.redelivered) == (b"held", True)
+
+
+async def test_exception_in_connection_block_propagates_unchanged(broker_url: str) -> None:
+    """An error raised inside ``async with connect()`` comes out as itself, not in a group."""
+    url = parse_url(broker_url)
+    with anyio.fail_after(5):
+        with pytest.raises(KeyError):
+            async with backend_for(url).connect(url, ConnectOptions()) as conn:
+                await conn.open_channel()
+                raise KeyError("from the block")
+        assert not conn.is_open
+
+
+async def test_cancelled_connection_block_closes_cleanly(broker_url: str) -> None:
+    """Cancelling the block of ``async with connect()`` closes the connection, raising nothing."""
+    url = parse_url(broker_url)
+    with anyio.fail_after(5):
+        with anyio.move_on_after(0.1) as scope:
+            async with backend_for(url).connect(url, ConnectOptions()) as conn:
+                await conn.open_channel()
+                await anyio.sleep_forever()
+        assert scope.cancelled_caught
+        assert not conn.is_open
