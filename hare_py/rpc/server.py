@@ -85,6 +85,7 @@ class RPCServer(Actor[S], Generic[S]):
         exchange_type: str = "direct",
         routing_keys: Sequence[str] | None = None,
         durable: bool = False,
+        auto_delete: bool = False,
         prefetch: int = 32,
         codec: Codec | None = None,
         backoff: Backoff | None = None,
@@ -111,6 +112,7 @@ class RPCServer(Actor[S], Generic[S]):
         self.exchange_type = exchange_type
         self.routing_keys = tuple(routing_keys) if routing_keys is not None else (queue,)
         self.durable = durable
+        self.auto_delete = auto_delete
         self.prefetch = prefetch
         self.codec: Codec = codec or BYTES
         self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
@@ -138,6 +140,7 @@ class RPCServer(Actor[S], Generic[S]):
         exchange_type: str = "direct",
         routing_keys: Sequence[str] | None = None,
         durable: bool = False,
+        auto_delete: bool = False,
         prefetch: int = 32,
         arg: Any = None,
         max_restarts: int = 3,
@@ -150,7 +153,9 @@ class RPCServer(Actor[S], Generic[S]):
         """Serve ``queue`` under a supervisor: ``async with Cls.start(conn, queue=...)``.
 
         With a named ``exchange`` the queue is bound with each of
-        ``routing_keys`` (default: the queue name). ``prefetch`` bounds the
+        ``routing_keys`` (default: the queue name); ``durable`` and
+        ``auto_delete`` apply to the queue (and ``durable`` to the exchange).
+        ``prefetch`` bounds the
         requests being handled at once (0: unbounded). The other options are
         those of ``RPCClient.start``.
         """
@@ -162,6 +167,7 @@ class RPCServer(Actor[S], Generic[S]):
             exchange_type=exchange_type,
             routing_keys=routing_keys,
             durable=durable,
+            auto_delete=auto_delete,
             prefetch=prefetch,
             codec=codec,
             backoff=backoff,
@@ -355,7 +361,9 @@ class RPCServer(Actor[S], Generic[S]):
                             durable=self.durable,
                             passive=self.exchange.startswith("amq."),
                         )
-                    await channel.queue_declare(self.queue, durable=self.durable)
+                    await channel.queue_declare(
+                        self.queue, durable=self.durable, auto_delete=self.auto_delete
+                    )
                     if self.exchange:
                         for key in self.routing_keys:
                             await channel.queue_bind(self.queue, self.exchange, key)

@@ -1,0 +1,122 @@
+"""RPC clients and servers held against every broker: the sandbox and RabbitMQ.
+
+``target`` gives a broker URL and the faults the tests need, done the way
+each broker allows: the sandbox's backdoor, or rabbitmqctl for RabbitMQ. Both
+are driven through the same methods, so one test proves both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+
+from hare_py.testing import SandboxBroker
+from hare_py.transport import backend_for, parse_url
+from hare_py.transport.base import ConnectOptions, Properties
+
+
+@dataclass(frozen=True)
+class Kind:
+    broker: str
+    anyio_backend: str
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(Kind("sandbox", "asyncio"), id="sandbox-asyncio"),
+        pytest.param(Kind("sandbox", "trio"), id="sandbox-trio"),
+        # aiormq runs on asyncio only; the trio AMQP backend is a separate issue.
+        pytest.param(
+            Kind("rabbitmq", "asyncio"), id="rabbitmq-asyncio", marks=pytest.mark.rabbitmq
+        ),
+    ]
+)
+def kind(request: pytest.FixtureRequest) -> Kind:
+    value: Kind = request.param
+    return value
+
+
+@pytest.fixture
+def anyio_backend(kind: Kind) -> str:
+    return kind.anyio_backend
+
+
+class Target:
+    """A broker under test and the faults it can suffer."""
+
+    url: str
+
+    async def kill_connection(self, name: str) -> None:
+        """Make the broker close the connection whose client-provided name is ``name``."""
+        raise NotImplementedError
+
+    async def delete_queue(self, queue: str) -> None:
+        """Delete ``queue`` from outside, cancelling its consumers."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Take the broker down: connections drop, connects fail."""
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        """Bring the broker back."""
+        raise NotImplementedError
+
+    async def inject(self, routing_key: str, body: bytes, properties: Properties) -> None:
+        """Publish a message through the default exchange from outside any client."""
+        url = parse_url(self.url)
+        async with backend_for(url).connect(url, ConnectOptions(name="injector")) as conn:
+            channel = await conn.open_channel(publisher_confirms=True)
+            await channel.basic_publish(body, routing_key=routing_key, properties=properties)
+
+
+class SandboxTarget(Target):
+    def __init__(self, broker: SandboxBroker) -> None:
+        self.broker = broker
+        self.url = broker.url
+
+    async def kill_connection(self, name: str) -> None:
+        ids = [c.id for c in self.broker.connections.values() if c.name == name]
+        assert ids, f"no connection named {name!r}"
+        for conn_id in ids:
+            self.broker.kill_connection(conn_id)
+
+    async def delete_queue(self, queue: str) -> None:
+        self.broker.delete_queue(queue)
+
+    async def stop(self) -> None:
+        self.broker.down()
+
+    async def start(self) -> None:
+        self.broker.up()
+
+
+class RabbitTarget(Target):
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.url = node.url
+
+    async def kill_connection(self, name: str) -> None:
+        await anyio.to_thread.run_sync(self.node.close_connection, name)
+
+    async def delete_queue(self, queue: str) -> None:
+        await anyio.to_thread.run_sync(self.node.ctl, "delete_queue", queue)
+
+    async def stop(self) -> None:
+        await anyio.to_thread.run_sync(self.node.stop_app)
+
+    async def start(self) -> None:
+        await anyio.to_thread.run_sync(self.node.start_app)
+
+
+@pytest.fixture
+def target(kind: Kind, request: pytest.FixtureRequest) -> Iterator[Target]:
+    if kind.broker == "sandbox":
+        with SandboxBroker() as broker:
+            yield SandboxTarget(broker)
+    else:
+        yield RabbitTarget(request.getfixturevalue("rabbitmq"))
