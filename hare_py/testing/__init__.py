@@ -1,10 +1,14 @@
-"""Test helpers: ``SandboxBroker``, an in-memory broker with a backdoor.
+"""Test helpers: ``SandboxBroker``, an in-memory broker with a backdoor, and ``break_channel``.
 
-with SandboxBroker() as broker:
-    async with Connection(broker.url) as conn:
-        ...
-    broker.ops("basic_publish")          # what was done
-    broker.kill_connection(1)            # what goes wrong next
+Example::
+
+    with SandboxBroker() as broker:
+        async with Connection(broker.url) as conn:
+            ...
+        broker.ops("basic_publish")          # what was done
+        broker.kill_connection(1)            # what goes wrong next
+
+Every backdoor method is described in ``docs/testing.md`` and on ``SandboxBroker``.
 """
 
 from __future__ import annotations
