@@ -257,6 +257,7 @@ class SandboxBroker:
 
     def cancel_consumer(self, tag: str) -> None:
         """Cancel a consumer from the broker side; its ``on_cancel`` is called."""
+        self._model.record(Op("backdoor_cancel_consumer", args={"consumer_tag": tag}))
         if not self._model.cancel_consumer(tag, CloseReason(0, CANCEL_TEXT, "broker")):
             raise ConfigError(f"no consumer {tag!r} on {self!r}")
 
