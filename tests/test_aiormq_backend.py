@@ -295,6 +295,21 @@ async def test_confirmed_publish_refused_by_the_broker_is_broker_error(rabbitmq_
             assert channel.close_reason.code == 404
 
 
+async def test_a_nacked_publish_raises_broker_error(rabbitmq_url: str) -> None:
+    """A publish the broker nacks (a full reject-publish queue) raises BrokerError; the channel
+    stays open."""
+    with anyio.fail_after(10):
+        async with connected(rabbitmq_url) as conn:
+            channel = await conn.open_channel(publisher_confirms=True)
+            args = {"x-max-length": 1, "x-overflow": "reject-publish"}
+            queue = await channel.queue_declare("", exclusive=True, arguments=args)
+            await channel.basic_publish(b"fits", routing_key=queue.name)
+            with pytest.raises(BrokerError, match="nack"):
+                await channel.basic_publish(b"overflows", routing_key=queue.name)
+            assert channel.is_open
+            assert (await channel.queue_declare(queue.name, passive=True)).message_count == 1
+
+
 async def test_all_basic_properties_round_trip(rabbitmq_url: str) -> None:
     """All 13 basic properties arrive as sent (timestamps in whole seconds, UTC)."""
     props = Properties(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from aiormq import Channel as AiormqChannelBase
 from aiormq.abc import ChannelFrame, DeliveredMessage
-from aiormq.exceptions import ChannelClosed
+from aiormq.exceptions import ChannelClosed, ChannelInvalidStateError
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
@@ -111,7 +111,7 @@ class _RawChannel(AiormqChannelBase):
         ]
         async with self.hare_publish_lock:
             if self.is_closed:
-                raise ConnectionLost("the channel is closed")
+                raise ChannelInvalidStateError(f"channel {self.number} is closed")
             self.delivery_tag += 1
             tag = self.delivery_tag
             confirmation: asyncio.Future[Any] | None = None
