@@ -290,9 +290,11 @@ class Channel(ABC):
         Without publisher confirms this returns once the message is handed to
         the connection; a publish the broker refuses (missing exchange) closes
         the channel afterwards. With confirms it returns once the broker acked
-        and raises ``BrokerError`` on a nack or ``ConnectionLost`` if the channel
-        closed first. An unroutable mandatory message is reported through the
-        channel's ``on_return`` before its confirm.
+        and raises ``BrokerError`` on a nack or when the broker closed the
+        channel with a reply code before confirming (``ConnectionLost`` when
+        the channel or connection went away otherwise). An unroutable mandatory
+        message is reported through the channel's ``on_return`` before its
+        confirm.
         """
 
     @abstractmethod
