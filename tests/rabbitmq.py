@@ -167,7 +167,7 @@ class RabbitMQNode:
                 )
             self._wait_for_amqp(began + self.start_timeout)
         except BaseException:
-            self.stop(keep_directory_for_error=True)
+            self.stop()
             raise
         self.start_seconds = time.monotonic() - began
 
@@ -308,7 +308,7 @@ class RabbitMQNode:
         """Close the connection(s) whose client-provided name is ``connection_name``."""
         _close_named(self.ctl, connection_name, reason)
 
-    def stop(self, *, keep_directory_for_error: bool = False) -> None:
+    def stop(self) -> None:
         """Stop the node and everything it started; idempotent."""
         process, self._process = self._process, None
         if process is not None:
@@ -324,8 +324,8 @@ class RabbitMQNode:
                     timeout=10,
                     check=False,
                 )
-        keep = keep_directory_for_error or os.environ.get("HARE_TEST_RABBITMQ_KEEP")
-        if self.directory is not None and not keep:
+        # HARE_TEST_RABBITMQ_KEEP=1 keeps the logs and data for a post-mortem.
+        if self.directory is not None and not os.environ.get("HARE_TEST_RABBITMQ_KEEP"):
             shutil.rmtree(self.directory, ignore_errors=True)
         atexit.unregister(self.stop)
 
