@@ -141,6 +141,14 @@ async def test_wrong_password_fails_without_leaking_it(
     assert password not in str(parse_url(bad))
 
 
+async def test_an_unknown_vhost_is_connect_failed(rabbitmq_url: str) -> None:
+    """Opening a virtual host the broker does not have raises ConnectFailed(530)."""
+    with anyio.fail_after(10), pytest.raises(ConnectFailed) as info:
+        async with connected(rabbitmq_url.rstrip("/") + "/" + unique("vhost")):
+            pass
+    assert info.value.code == 530
+
+
 async def test_connect_to_a_closed_port_fails_fast() -> None:
     """Nothing listening: ConnectFailed at once, not after the connect timeout."""
     with socket.socket() as sock:
@@ -361,6 +369,31 @@ async def test_ack_nack_reject_and_qos(rabbitmq_url: str) -> None:
             await channel.basic_ack(second.delivery_tag)
             assert {first.body, second.body} == {b"a", b"b"}
             assert await channel.queue_purge(queue.name) == 0
+
+
+async def test_a_failing_callback_does_not_stop_the_channel(rabbitmq_url: str) -> None:
+    """An on_delivery that raises is logged; later deliveries still arrive, in order."""
+    seen: list[bytes] = []
+    done = anyio.Event()
+
+    def on_delivery(delivery: Delivery) -> None:
+        seen.append(delivery.body)
+        if delivery.body == b"boom":
+            raise RuntimeError("callback failed")
+        if len(seen) == 3:
+            done.set()
+
+    with structlog.testing.capture_logs() as events, anyio.fail_after(10):
+        async with connected(rabbitmq_url) as conn:
+            channel = await conn.open_channel()
+            queue = await channel.queue_declare("", exclusive=True)
+            await channel.basic_consume(queue.name, on_delivery, no_ack=True)
+            for body in (b"a", b"boom", b"c"):
+                await channel.basic_publish(body, routing_key=queue.name)
+            await done.wait()
+            assert channel.is_open
+    assert seen == [b"a", b"boom", b"c"]
+    assert any(e["event"] == "on_delivery callback failed" for e in events)
 
 
 async def test_cancelled_consumer_gets_nothing_more(rabbitmq_url: str) -> None:

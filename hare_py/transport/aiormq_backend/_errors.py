@@ -96,9 +96,12 @@ def connect_error(exc: BaseException, where: str) -> HareError:
         code, text = reply
         return ConnectFailed(f"{where} refused the connection: {text}", code=code)
     if isinstance(exc, ax.InvalidFrameError) and "Connection.Close" in str(exc):
-        # aiormq reports a connection.close answering connection.open (an
-        # unknown or forbidden vhost) as an unexpected frame.
-        return ConnectFailed(f"{where} refused to open the virtual host", code=NOT_ALLOWED)
+        # aiormq reports the connection.close answering connection.open as an
+        # unexpected frame and drops its reply; RabbitMQ sends 530 NOT_ALLOWED
+        # for a virtual host that does not exist or that the user may not use.
+        return ConnectFailed(
+            f"{where} refused to open the virtual host (missing, or no access)", code=NOT_ALLOWED
+        )
     if isinstance(exc, TimeoutError):
         return ConnectFailed(f"{where} did not answer in time")
     if isinstance(exc, (OSError, ax.AMQPError, EOFError)):
