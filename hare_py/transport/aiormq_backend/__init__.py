@@ -4,12 +4,20 @@ aiormq runs on asyncio only; ``hare_py.transport.backend_for`` refuses these
 schemes on trio with a ``ConfigError`` (an anyio-native AMQP backend is a
 separate piece of work).
 
+URL query parameters: ``heartbeat=SECONDS`` overrides ``ConnectOptions.heartbeat``,
+``name=`` is the connection name when ``ConnectOptions.name`` is unset, and
+``auth=plain|amqplain|external`` picks the login mechanism. TLS settings come
+from ``ConnectOptions.tls`` only and apply to ``amqps://``; verification is on
+unless ``TLSOptions(verify=False)``.
+
 Exceptions are translated at this boundary (``_errors``):
 
     aiormq / pamqp / OS                      hare_py
     ChannelNotFoundEntity (404), ...         BrokerError(code, text): the broker's channel.close
+      (also a confirm cut short by it)
     DeliveryError (basic.nack)               BrokerError(0, "basic.nack ...")
     ChannelInvalidStateError                 ConnectionLost(text, code of the channel's close)
+    CancelledError rejecting a pending call  ConnectionLost (the caller itself was not cancelled)
     ConnectionClosed (320 forced, ...)       ConnectionLost(text, code=...)
     AMQPConnectionError, OSError, EOF        ConnectionLost (ConnectFailed while connecting)
     refused / DNS / TLS / timeout at connect ConnectFailed
