@@ -297,6 +297,8 @@ class RPCClient(Actor[S], Generic[S]):
         self.codec.check(payload)
         if not isinstance(routing_key, str):
             raise ConfigError(f"routing_key must be a string, got {routing_key!r}")
+        if len(routing_key) > 63 and len(routing_key.encode()) > 255:  # 63 chars fit anyway
+            raise ConfigError(f"routing_key {routing_key[:40]!r}... is longer than 255 bytes")
         if headers is not None and not isinstance(headers, Mapping):
             raise ConfigError(f"headers must be a mapping, got {headers!r}")
         seconds = self.timeout if timeout is None else check_timeout(timeout)
@@ -467,7 +469,7 @@ class RPCClient(Actor[S], Generic[S]):
             if self._channel is channel:
                 self._channel = None
             self.last_error = exc
-        except BrokerError as exc:
+        except HareError as exc:  # refused (BrokerError) or unsendable (ConfigError)
             self._forget(caller)
             caller._resolve(exc)
 

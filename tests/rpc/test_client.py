@@ -622,6 +622,8 @@ async def test_bad_configuration_raises_config_error(broker: SandboxBroker) -> N
             await client.request("text", "echo")
         with pytest.raises(ConfigError, match=r"-0\.5"):
             await client.request(b"x", "echo", timeout=-0.5)
+        with pytest.raises(ConfigError, match="255 bytes"):
+            await client.request(b"x", "é" * 128)
 
 
 async def test_password_never_appears_in_logs_or_reprs() -> None:
