@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import socket
@@ -545,6 +546,11 @@ async def test_tls_files_that_do_not_load_are_a_config_error(rabbitmq: Broker) -
 # -- Network failures, through a proxy ------------------------------------------
 
 
+def backend_tasks() -> list[asyncio.Task[Any]]:
+    """Tasks running code of aiormq or hare_py."""
+    return [t for t in asyncio.all_tasks() if "/aiormq/" in repr(t) or "/hare_py/" in repr(t)]
+
+
 class Proxy:
     """A TCP proxy in front of the broker that can stall or cut every connection."""
 
@@ -594,17 +600,20 @@ class Proxy:
 
 
 async def test_a_cut_socket_closes_the_connection_by_network(rabbitmq_url: str) -> None:
-    """A dropped TCP connection gives CloseReason(by network); channels follow by connection."""
+    """A dropped TCP connection gives CloseReason(by network); channels follow by connection;
+    no task of the connection outlives its block."""
     with anyio.fail_after(10):
-        async with Proxy.running(rabbitmq_url) as proxy, connected(proxy.url()) as conn:
-            channel = await conn.open_channel()
-            proxy.cut()
-            reason = await conn.wait_closed()
-            assert reason.by == "network"
-            channel_reason = await channel.wait_closed()
-            assert channel_reason.by == "connection"
-            with pytest.raises(ConnectionLost):
-                await channel.queue_declare("", exclusive=True)
+        async with Proxy.running(rabbitmq_url) as proxy:
+            async with connected(proxy.url()) as conn:
+                channel = await conn.open_channel()
+                proxy.cut()
+                reason = await conn.wait_closed()
+                assert reason.by == "network"
+                channel_reason = await channel.wait_closed()
+                assert channel_reason.by == "connection"
+                with pytest.raises(ConnectionLost):
+                    await channel.queue_declare("", exclusive=True)
+            assert backend_tasks() == []
 
 
 async def test_missed_heartbeats_close_the_connection_and_fail_waiting_calls(
@@ -627,9 +636,12 @@ async def test_missed_heartbeats_close_the_connection_and_fail_waiting_calls(
         ):
             channel = await conn.open_channel(publisher_confirms=True)
             proxy.stall()
+            stalled_at = anyio.current_time()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(publish, channel)
                 reason = await conn.wait_closed()
+            # Two silent intervals mean a dead peer (AMQP 0-9-1), checked each second.
+            assert anyio.current_time() - stalled_at < 2 * 1 + 1.5
             assert reason.by == "network"
             assert "heartbeat" in reason.text
             assert len(failures) == 1
