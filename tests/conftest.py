@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 from rabbitmq import ExternalRabbitMQ, RabbitMQNode, RabbitMQUnavailable
@@ -66,3 +66,24 @@ def fast_clock_backend(request: pytest.FixtureRequest) -> object:
     from trio.testing import MockClock
 
     return ("trio", {"clock": MockClock(autojump_threshold=0)})
+
+
+# --- The closing line says how many tests ran against the real broker ---------
+
+_real_broker: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "rabbitmq" not in report.keywords:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        _real_broker[report.outcome] += 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    counts = _real_broker
+    if any(counts.values()):
+        terminalreporter.write_line(
+            f"real RabbitMQ: {counts['passed']} passed, {counts['failed']} failed, "
+            f"{counts['skipped']} skipped"
+        )
