@@ -25,6 +25,7 @@ class _Pair:
         self.flowing = anyio.Event()
         if flowing:
             self.flowing.set()
+        self.discarding = False  # half-closed: drop data until the client hangs up
 
 
 class FaultProxy:
@@ -75,6 +76,8 @@ class FaultProxy:
     ) -> None:
         try:
             async for chunk in source:
+                if pair.discarding:
+                    continue
                 await pair.flowing.wait()
                 await sink.send(chunk)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
@@ -103,10 +106,11 @@ class FaultProxy:
         return len(pairs)
 
     def half_close(self) -> int:
-        """Send FIN to every current client and stop forwarding for it; sockets stay open."""
+        """Send FIN to every current client and stop forwarding for it; the sockets stay
+        open until the client hangs up."""
         pairs = list(self._pairs)
         for pair in pairs:
-            pair.flowing = anyio.Event()
+            pair.discarding = True
             raw: Any = pair.client.extra(SocketAttribute.raw_socket)
             with contextlib.suppress(OSError):
                 raw.shutdown(socket.SHUT_WR)

@@ -144,6 +144,10 @@ def operation_error(exc: BaseException, closed: CloseReason | None) -> HareError
         return ConnectionLost(_text(exc))
     if isinstance(exc, (ValueError, TypeError)):
         return ConfigError(_text(exc))
+    if type(exc) is Exception and not exc.args:
+        # aiormq's FutureStore.reject_all(None) fails pending writes of a
+        # connection that closed without a reason with a bare Exception.
+        return _lost("the connection closed under the operation", closed)
     return None
 
 
