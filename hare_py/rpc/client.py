@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, Generic, Self, TypeVar
 
 import anyio
@@ -31,7 +32,6 @@ from ..actor.results import NoReply, Reply
 from ..actor.runner import ActorRunner
 from ..codecs import BYTES, Codec
 from ..errors import (
-    BrokerError,
     ConfigError,
     ConnectionLost,
     HareError,
@@ -40,16 +40,15 @@ from ..errors import (
     Unroutable,
 )
 from ..transport.base import (
-    EXCHANGE_TYPES,
     Channel,
-    CloseReason,
     Delivery,
+    OnCancel,
     Properties,
     ReturnedMessage,
-    TransportConnection,
 )
 from ..transport.url import BrokerURL
 from .calls import CallTable
+from .channel import ChannelDown, ChannelUp, check_exchange, declare_exchange, keep_channel
 from .messages import (
     ERROR_MESSAGE_HEADER,
     ERROR_TYPE_HEADER,
@@ -70,22 +69,6 @@ class _Request:
 
     def __init__(self, caller: Caller) -> None:
         self.caller = caller
-
-
-class _ChannelUp:
-    __slots__ = ("channel", "meta")
-
-    def __init__(self, channel: Channel, meta: ConnectedMeta) -> None:
-        self.channel = channel
-        self.meta = meta
-
-
-class _ChannelDown:
-    __slots__ = ("channel", "reason")
-
-    def __init__(self, channel: Channel, reason: CloseReason) -> None:
-        self.channel = channel
-        self.reason = reason
 
 
 _GAVE_UP = object()
@@ -129,18 +112,7 @@ class RPCClient(Actor[S], Generic[S]):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        if not isinstance(exchange, str):
-            raise ConfigError(f"exchange must be a string, got {exchange!r}")
-        if exchange_type not in EXCHANGE_TYPES:
-            raise ConfigError(
-                f"unknown exchange type {exchange_type!r}; expected one of "
-                f"{', '.join(sorted(EXCHANGE_TYPES))}"
-            )
-        if exchange == "" and exchange_type != "direct":
-            raise ConfigError(
-                f"the default exchange '' is a direct exchange, not {exchange_type!r}; "
-                "name an exchange to use another type"
-            )
+        check_exchange(exchange, exchange_type)
         if (
             isinstance(max_in_flight, bool)
             or not isinstance(max_in_flight, int)
@@ -164,15 +136,14 @@ class RPCClient(Actor[S], Generic[S]):
         self._channel: Channel | None = None
         self._last_channel: Channel | None = None
         self._reply_queue: str | None = None
-        self._connects = 0
         self.last_error: BaseException | None = None
         self._handlers.update(
             {
                 _Request: self._on_request,
                 Delivery: self._on_delivery,
                 ReturnedMessage: self._on_returned,
-                _ChannelUp: self._on_channel_up,
-                _ChannelDown: self._on_channel_down,
+                ChannelUp: self._on_channel_up,
+                ChannelDown: self._on_channel_down,
             }
         )
         self._log = self._log.bind(exchange=exchange)
@@ -399,7 +370,18 @@ class RPCClient(Actor[S], Generic[S]):
         self._calls = CallTable()
         self._channel = self._last_channel = None
         self._reply_queue = None
-        tg.start_soon(self._keep_channel)
+        tg.start_soon(
+            partial(
+                keep_channel,
+                connection=self.connection,
+                setup=self._setup_channel,
+                post=self._send.send_nowait,
+                backoff=self.backoff,
+                log=self._log,
+                on_return=self._send.send_nowait,
+                on_error=self._note_error,
+            )
+        )
 
     async def _on_request(self, message: _Request) -> None:
         caller = message.caller
@@ -530,15 +512,14 @@ class RPCClient(Actor[S], Generic[S]):
         result = await self.handle_return(info, call.caller, self._state)
         self._apply(result, "handle_return", call.caller)
 
-    async def _on_channel_up(self, message: _ChannelUp) -> None:
+    async def _on_channel_up(self, message: ChannelUp) -> None:
         self._channel = self._last_channel = message.channel
         self._reply_queue = message.meta.reply_queue
-        self.last_error = None
         result = await self.handle_connected(message.meta, self._state)
         self._apply(result, "handle_connected")
         await self._flush()
 
-    async def _on_channel_down(self, message: _ChannelDown) -> None:
+    async def _on_channel_down(self, message: ChannelDown) -> None:
         if message.channel is not self._last_channel:
             return
         self._channel = self._last_channel = None
@@ -555,90 +536,19 @@ class RPCClient(Actor[S], Generic[S]):
             "rpc.channel_lost", reason=str(reason), failed=len(lost), waiting=len(self._calls)
         )
 
-    # -- the channel keeper: opens channels, reports them to the actor -----------------
+    # -- what the channel keeper runs on every new channel ----------------------------
 
-    async def _keep_channel(self) -> None:
-        failures = 0
-        channel: Channel | None = None
-        try:
-            while True:
-                conn = await self.connection.wait_connected()
-                watch = _ConsumerWatch()
-                try:
-                    channel, meta = await self._setup_channel(conn, watch.on_cancel)
-                except (ConnectionLost, BrokerError) as exc:
-                    self.last_error = exc
-                    self._log.warning("rpc.channel_setup_failed", error=str(exc))
-                    await anyio.sleep(self.backoff.delay(failures))
-                    failures += 1
-                    continue
-                failures = 0
-                self._log.info(
-                    "rpc.channel_opened", reply_queue=meta.reply_queue, connects=meta.connects
-                )
-                self._send.send_nowait(_ChannelUp(channel, meta))
-                reason = await watch.first_close(channel)
-                self._log.warning("rpc.channel_closed", reason=str(reason))
-                self._send.send_nowait(_ChannelDown(channel, reason))
-                channel = None
-        finally:
-            if channel is not None:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
-                    await channel.close()
+    def _note_error(self, error: BaseException | None) -> None:
+        self.last_error = error
 
     async def _setup_channel(
-        self, conn: TransportConnection, on_cancel: Any
-    ) -> tuple[Channel, ConnectedMeta]:
-        channel = await conn.open_channel(on_return=self._send.send_nowait)
-        try:
-            if self.exchange:
-                await channel.exchange_declare(
-                    self.exchange,
-                    self.exchange_type,  # type: ignore[arg-type]
-                    durable=self.exchange_durable,
-                    passive=self.exchange.startswith("amq."),
-                )
-            queue = await channel.queue_declare("", exclusive=True, auto_delete=True)
-            await channel.basic_consume(
-                queue.name, self._send.send_nowait, no_ack=True, on_cancel=on_cancel
-            )
-        except BaseException:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
-                await channel.close()
-            raise
-        self._connects += 1
-        return channel, ConnectedMeta(queue.name, self.exchange, self._connects)
-
-
-class _ConsumerWatch:
-    """Notices the broker cancelling the reply consumer (its queue was deleted)."""
-
-    def __init__(self) -> None:
-        self.gone = anyio.Event()
-        self.reason: CloseReason | None = None
-
-    def on_cancel(self, tag: str, reason: CloseReason) -> None:
-        self.reason = reason
-        self.gone.set()
-
-    async def first_close(self, channel: Channel) -> CloseReason:
-        """Wait until the channel closes or the reply consumer is cancelled.
-
-        A cancelled consumer means the reply queue is gone: close the channel
-        so that a fresh one, with a fresh reply queue, replaces it.
-        """
-        async with anyio.create_task_group() as tg:
-
-            async def watch_consumer() -> None:
-                await self.gone.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(watch_consumer)
-            reason = await channel.wait_closed()
-            tg.cancel_scope.cancel()
-            return reason
-        await channel.close()
-        assert self.reason is not None
-        return CloseReason(
-            self.reason.code, f"reply consumer cancelled: {self.reason.text}", "broker"
+        self, channel: Channel, on_cancel: OnCancel, connects: int
+    ) -> ConnectedMeta:
+        await declare_exchange(
+            channel, self.exchange, self.exchange_type, durable=self.exchange_durable
         )
+        queue = await channel.queue_declare("", exclusive=True, auto_delete=True)
+        await channel.basic_consume(
+            queue.name, self._send.send_nowait, no_ack=True, on_cancel=on_cancel
+        )
+        return ConnectedMeta(queue.name, self.exchange, connects)

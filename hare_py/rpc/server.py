@@ -17,9 +17,9 @@ is rejected (not requeued) with a log line.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Generic, Self, TypeVar
 
-import anyio
 from anyio.abc import TaskGroup
 
 from ..actor.actor import Actor
@@ -30,9 +30,9 @@ from ..actor.results import NoReply, Reply
 from ..actor.runner import ActorRunner
 from ..codecs import BYTES, Codec
 from ..errors import BrokerError, ConfigError, ConnectionLost, RemoteError
-from ..transport.base import EXCHANGE_TYPES, Channel, CloseReason, Delivery, Properties
+from ..transport.base import Channel, Delivery, OnCancel, Properties
 from ..transport.url import BrokerURL
-from .client import _ChannelDown, _ChannelUp, _ConsumerWatch
+from .channel import ChannelDown, ChannelUp, check_exchange, declare_exchange, keep_channel
 from .messages import ERROR_MESSAGE_HEADER, ERROR_TYPE_HEADER, ConnectedMeta, Request
 
 __all__ = ["RPCServer"]
@@ -94,11 +94,7 @@ class RPCServer(Actor[S], Generic[S]):
         super().__init__(name=name or f"{type(self).__name__}:{queue}")
         if not queue or not isinstance(queue, str):
             raise ConfigError(f"a server needs a queue name, got {queue!r}")
-        if exchange_type not in EXCHANGE_TYPES:
-            raise ConfigError(
-                f"unknown exchange type {exchange_type!r}; expected one of "
-                f"{', '.join(sorted(EXCHANGE_TYPES))}"
-            )
+        check_exchange(exchange, exchange_type)
         if exchange == "" and routing_keys not in (None, [queue], (queue,)):
             raise ConfigError(
                 "the default exchange routes by queue name only; "
@@ -118,13 +114,12 @@ class RPCServer(Actor[S], Generic[S]):
         self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
         self._channel: Channel | None = None
         self._incoming: dict[Caller, _Incoming] = {}
-        self._connects = 0
         self.handled = 0
         self._handlers.update(
             {
                 _Delivered: self._on_delivered,
-                _ChannelUp: self._on_channel_up,
-                _ChannelDown: self._on_channel_down,
+                ChannelUp: self._on_channel_up,
+                ChannelDown: self._on_channel_down,
                 _LateReply: self._on_late_reply,
             }
         )
@@ -216,7 +211,16 @@ class RPCServer(Actor[S], Generic[S]):
     async def _on_start(self, tg: TaskGroup) -> None:
         self._channel = None
         self._incoming = {}
-        tg.start_soon(self._keep_channel)
+        tg.start_soon(
+            partial(
+                keep_channel,
+                connection=self.connection,
+                setup=self._setup_channel,
+                post=self._send.send_nowait,
+                backoff=self.backoff,
+                log=self._log,
+            )
+        )
 
     def _fail_held(self, error: Any) -> None:
         # Unanswered requests are not acked: the broker redelivers them.
@@ -328,11 +332,11 @@ class RPCServer(Actor[S], Generic[S]):
         except (ConnectionLost, BrokerError) as exc:
             self._log.warning("rpc.ack_failed", error=str(exc))
 
-    async def _on_channel_up(self, message: _ChannelUp) -> None:
+    async def _on_channel_up(self, message: ChannelUp) -> None:
         self._channel = message.channel
         self._apply(await self.handle_connected(message.meta, self._state), "handle_connected")
 
-    async def _on_channel_down(self, message: _ChannelDown) -> None:
+    async def _on_channel_down(self, message: ChannelDown) -> None:
         if message.channel is self._channel:
             self._channel = None
         # Requests from the dead channel will be redelivered: forget them.
@@ -341,52 +345,18 @@ class RPCServer(Actor[S], Generic[S]):
                 del self._incoming[caller]
         self._log.warning("rpc.channel_lost", reason=str(message.reason))
 
-    async def _keep_channel(self) -> None:
-        failures = 0
-        while True:
-            conn = await self.connection.wait_connected()
-            watch = _ConsumerWatch()
-            try:
-                channel = await conn.open_channel()
-                holder = channel
+    async def _setup_channel(
+        self, channel: Channel, on_cancel: OnCancel, connects: int
+    ) -> ConnectedMeta:
+        def on_delivery(delivery: Delivery) -> None:
+            self._send.send_nowait(_Delivered(channel, delivery))
 
-                def on_delivery(delivery: Delivery, channel: Channel = holder) -> None:
-                    self._send.send_nowait(_Delivered(channel, delivery))
-
-                try:
-                    if self.exchange:
-                        await channel.exchange_declare(
-                            self.exchange,
-                            self.exchange_type,  # type: ignore[arg-type]
-                            durable=self.durable,
-                            passive=self.exchange.startswith("amq."),
-                        )
-                    await channel.queue_declare(
-                        self.queue, durable=self.durable, auto_delete=self.auto_delete
-                    )
-                    if self.exchange:
-                        for key in self.routing_keys:
-                            await channel.queue_bind(self.queue, self.exchange, key)
-                    if self.prefetch:
-                        await channel.basic_qos(self.prefetch)
-                    await channel.basic_consume(self.queue, on_delivery, on_cancel=watch.on_cancel)
-                except BaseException:
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
-                        await channel.close()
-                    raise
-            except (ConnectionLost, BrokerError) as exc:
-                self._log.warning("rpc.channel_setup_failed", error=str(exc))
-                await anyio.sleep(self.backoff.delay(failures))
-                failures += 1
-                continue
-            failures = 0
-            self._connects += 1
-            meta = ConnectedMeta(self.queue, self.exchange, self._connects)
-            self._log.info("rpc.serving", connects=self._connects)
-            self._send.send_nowait(_ChannelUp(channel, meta))
-            try:
-                reason: CloseReason = await watch.first_close(channel)
-            finally:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
-                    await channel.close()
-            self._send.send_nowait(_ChannelDown(channel, reason))
+        await declare_exchange(channel, self.exchange, self.exchange_type, durable=self.durable)
+        await channel.queue_declare(self.queue, durable=self.durable, auto_delete=self.auto_delete)
+        if self.exchange:
+            for key in self.routing_keys:
+                await channel.queue_bind(self.queue, self.exchange, key)
+        if self.prefetch:
+            await channel.basic_qos(self.prefetch)
+        await channel.basic_consume(self.queue, on_delivery, on_cancel=on_cancel)
+        return ConnectedMeta(self.queue, self.exchange, connects)
