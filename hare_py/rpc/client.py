@@ -24,7 +24,7 @@ from typing import Any, Generic, Self, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
-from ..actor.actor import Actor, check_timeout
+from ..actor.actor import _GAVE_UP, Actor, check_timeout
 from ..actor.backoff import Backoff
 from ..actor.caller import Caller
 from ..actor.connection import Connection
@@ -69,9 +69,6 @@ class _Request:
 
     def __init__(self, caller: Caller) -> None:
         self.caller = caller
-
-
-_GAVE_UP = object()
 
 
 class RPCClient(Actor[S], Generic[S]):
