@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from hare_py import (
     Backoff,
+    BrokerError,
     Caller,
     ConnectedMeta,
     ConnectFailed,
@@ -28,7 +29,8 @@ from hare_py import (
     Unroutable,
 )
 from hare_py.testing import break_channel
-from hare_py.transport.base import Properties
+from hare_py.transport import backend_for, parse_url
+from hare_py.transport.base import ConnectOptions, Properties
 
 from .conftest import Kind, Target
 
@@ -297,3 +299,49 @@ async def test_password_never_logged(rabbitmq_url: str) -> None:
     assert secret not in str(info.value)
     assert any(e["event"] == "connection.failed" for e in logs)
     assert secret not in repr(logs)
+
+
+async def test_publish_to_a_deleted_exchange_is_recovered(target: Target) -> None:
+    """Another connection deletes the client's exchange: the next publish closes the channel
+    (404), the client reopens and redeclares it, and calls succeed once the server rebinds."""
+    queue, exchange = unique("q"), unique("x")
+    async with (
+        Connection(target.url) as conn,
+        serving(conn, queue=queue, exchange=exchange, routing_keys=["k"], auto_delete=True) as srv,
+        Watching.start(conn, exchange=exchange, timeout=5) as client,
+    ):
+        with anyio.fail_after(20):
+            assert await client.request(b"1", "k") == b"1"
+            url = parse_url(target.url)
+            async with backend_for(url).connect(url, ConnectOptions()) as other:
+                channel = await other.open_channel()
+                await channel.exchange_delete(exchange)
+            with pytest.raises((ConnectionLost, BrokerError)):
+                await client.request(b"2", "k")  # its publish makes the broker close the channel
+            await wait_for(lambda: len(client.metas) == 2)
+            assert await break_channel(srv)  # the server redeclares its binding
+            await wait_for(lambda: srv.connected)
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        assert await client.request(b"3", "k") == b"3"
+                        break
+                    except Unroutable:
+                        await anyio.sleep(0.05)  # until the server's binding is back
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # amqp:// is aiormq, asyncio-only
+@pytest.mark.rabbitmq
+async def test_failover_to_the_next_broker_url(rabbitmq_url: str) -> None:
+    """With a dead broker first in the list, the connection fails over to the live one."""
+    queue = unique("q")
+    dead = "amqp://guest:guest@127.0.0.1:1/"
+    async with (
+        Connection([dead, rabbitmq_url], backoff=FAST) as conn,
+        serving(conn, queue=queue, auto_delete=True),
+        RPCClient.start(conn) as client,
+    ):
+        with anyio.fail_after(10):
+            assert await client.request(b"x", queue) == b"x"
+        assert conn.url is not None
+        assert conn.url.port != 1
