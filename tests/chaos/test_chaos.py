@@ -324,13 +324,15 @@ async def test_reply_floods(rabbitmq: Any, echo_queue: str, report: Any) -> None
     """Late, duplicate, unknown-id and malformed replies flood the reply queue: all dropped."""
 
     class Recording(Watched):
+        """Remembers the correlation ids of replies already delivered."""
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.sent: list[str] = []
+            self.answered: list[str] = []
 
-        async def handle_request(self, request: Request, caller: Caller, state: Any) -> Any:
-            self.sent.append(request.correlation_id)
-            return Forward(state)
+        async def handle_response(self, response: Response, caller: Caller, state: Any) -> Any:
+            self.answered.append(response.correlation_id)
+            return await super().handle_response(response, caller, state)
 
     url = parse_url(rabbitmq.url)
     flooded = 0
@@ -341,7 +343,7 @@ async def test_reply_floods(rabbitmq: Any, echo_queue: str, report: Any) -> None
             for _ in range(20):
                 queue = client.reply_queue
                 assert queue is not None
-                done = client.sent[-200:]  # replies to these were delivered already
+                done = client.answered[-200:]  # these callers have their replies
                 for cid in done:
                     props = Properties(correlation_id=cid)
                     await channel.basic_publish(b"duplicate", routing_key=queue, properties=props)
