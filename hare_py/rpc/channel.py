@@ -21,7 +21,7 @@ from ..errors import BrokerError, ConfigError, ConnectionLost
 from ..transport.base import EXCHANGE_TYPES, Channel, CloseReason, OnCancel, OnReturn
 from .messages import ConnectedMeta
 
-__all__ = ["ChannelDown", "ChannelUp", "check_exchange", "declare_exchange", "keep_channel"]
+__all__ = ["ChannelDown", "ChannelUp", "check_exchange", "keep_channel"]
 
 #: ``setup(channel, on_cancel, connects)`` declares and consumes; returns the meta.
 Setup = Callable[[Channel, OnCancel, int], Awaitable[ConnectedMeta]]
@@ -56,19 +56,6 @@ def check_exchange(exchange: object, exchange_type: object) -> None:
         raise ConfigError(
             f"the default exchange '' is a direct exchange, not {exchange_type!r}; "
             "name an exchange to use another type"
-        )
-
-
-async def declare_exchange(
-    channel: Channel, exchange: str, exchange_type: str, *, durable: bool
-) -> None:
-    """Declare ``exchange`` unless it is the default one; ``amq.*`` only passively."""
-    if exchange:
-        await channel.exchange_declare(
-            exchange,
-            exchange_type,  # type: ignore[arg-type]  # checked by check_exchange
-            durable=durable,
-            passive=exchange.startswith("amq."),
         )
 
 

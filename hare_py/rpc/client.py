@@ -31,6 +31,7 @@ from ..actor.connection import Connection
 from ..actor.results import NoReply, Reply
 from ..actor.runner import ActorRunner
 from ..codecs import BYTES, Codec
+from ..conventions import Convention, hare
 from ..errors import (
     ConfigError,
     ConnectionLost,
@@ -43,15 +44,12 @@ from ..transport.base import (
     Channel,
     Delivery,
     OnCancel,
-    Properties,
     ReturnedMessage,
 )
 from ..transport.url import BrokerURL
 from .calls import CallTable
-from .channel import ChannelDown, ChannelUp, check_exchange, declare_exchange, keep_channel
+from .channel import ChannelDown, ChannelUp, check_exchange, keep_channel
 from .messages import (
-    ERROR_MESSAGE_HEADER,
-    ERROR_TYPE_HEADER,
     ConnectedMeta,
     Forward,
     Request,
@@ -106,10 +104,13 @@ class RPCClient(Actor[S], Generic[S]):
         request_ttl: bool = True,
         codec: Codec | None = None,
         backoff: Backoff | None = None,
+        convention: Convention | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
         check_exchange(exchange, exchange_type)
+        if convention is not None and not isinstance(convention, Convention):
+            raise ConfigError(f"convention must be a hare_py Convention, got {convention!r}")
         if (
             isinstance(max_in_flight, bool)
             or not isinstance(max_in_flight, int)
@@ -119,9 +120,8 @@ class RPCClient(Actor[S], Generic[S]):
         if codec is not None and not isinstance(codec, Codec):
             raise ConfigError(f"codec {codec!r} lacks check/encode/decode/content_type")
         self.connection = connection
-        self.exchange = exchange
-        self.exchange_type = exchange_type
-        self.exchange_durable = exchange_durable
+        self.convention = (convention or hare()).client(exchange, exchange_type, exchange_durable)
+        self.exchange = self.convention.exchange
         self.timeout = check_timeout(timeout)
         self.max_in_flight = max_in_flight
         self.mandatory = mandatory
@@ -143,7 +143,7 @@ class RPCClient(Actor[S], Generic[S]):
                 ChannelDown: self._on_channel_down,
             }
         )
-        self._log = self._log.bind(exchange=exchange)
+        self._log = self._log.bind(exchange=self.exchange)
 
     @classmethod
     def start(
@@ -163,6 +163,7 @@ class RPCClient(Actor[S], Generic[S]):
         codec: Codec | None = None,
         backoff: Backoff | None = None,
         restart_backoff: Backoff | None = None,
+        convention: Convention | None = None,
         name: str | None = None,
     ) -> ActorRunner[Self]:
         """Run a client under its own supervisor: ``async with Cls.start(conn) as client``.
@@ -174,7 +175,8 @@ class RPCClient(Actor[S], Generic[S]):
         for none). ``max_restarts`` crashes within ``within`` seconds are
         restarted (with ``restart_backoff``); one more raises
         ``RestartIntensityExceeded`` out of the block. ``backoff`` paces
-        channel re-opening after failures.
+        channel re-opening after failures. ``convention`` (default
+        ``hare()``) decides wire names, reply queues and envelopes.
         """
         owned = None if isinstance(conn, Connection) else Connection(conn)
         client = cls(
@@ -188,6 +190,7 @@ class RPCClient(Actor[S], Generic[S]):
             request_ttl=request_ttl,
             codec=codec,
             backoff=backoff,
+            convention=convention,
             name=name,
         )
         return ActorRunner(
@@ -427,19 +430,21 @@ class RPCClient(Actor[S], Generic[S]):
         if self.request_ttl and request.deadline != float("inf"):
             left = request.deadline - anyio.current_time()
             expiration = str(max(1, int(left * 1000)))
-        properties = Properties(
-            content_type=self.codec.content_type,
-            headers=request.headers or None,
-            correlation_id=request.correlation_id,
-            reply_to=self._reply_queue,
-            expiration=expiration,
+        out = self.convention.wrap(
+            request.routing_key,
+            body,
+            self.codec.content_type,
+            request.headers,
+            request.correlation_id,
+            expiration,
+            self._reply_queue or "",
         )
         try:
             await channel.basic_publish(
-                body,
-                exchange=self.exchange,
-                routing_key=request.routing_key,
-                properties=properties,
+                out.body,
+                exchange=out.exchange,
+                routing_key=out.routing_key,
+                properties=out.properties,
                 mandatory=self.mandatory,
             )
         except ConnectionLost as exc:
@@ -453,7 +458,12 @@ class RPCClient(Actor[S], Generic[S]):
             caller._resolve(exc)
 
     async def _on_delivery(self, delivery: Delivery) -> None:
-        cid = delivery.properties.correlation_id
+        try:
+            reply = self.convention.unwrap(delivery)
+        except ValueError as exc:
+            self._log.info("rpc.reply_dropped", reason="malformed", error=str(exc))
+            return
+        cid = reply.correlation_id
         call = self._calls.pop_reply(cid) if cid else None
         if call is None:
             self._log.info(
@@ -465,30 +475,21 @@ class RPCClient(Actor[S], Generic[S]):
         caller = call.caller
         if caller.done:
             return
-        headers = delivery.properties.headers or {}
-        error_type = headers.get(ERROR_TYPE_HEADER)
-        if error_type is not None:
-            error = RemoteError(str(error_type), str(headers.get(ERROR_MESSAGE_HEADER, "")))
-            response = Response(delivery.body, headers, call.request.correlation_id, None, error)
-            self._apply(
-                await self.handle_response(response, caller, self._state), "handle_response", caller
-            )
-            return
-        try:
-            payload = self.codec.decode(delivery.body, delivery.properties.content_type)
-        except Exception as exc:
-            self._log.warning("rpc.reply_undecodable", correlation_id=cid, error=repr(exc))
-            caller._resolve(
-                exc
-                if isinstance(exc, HareError)
-                else RemoteError("UndecodableReply", f"{self.codec!r} could not decode: {exc}")
-            )
-            return
+        if reply.error is not None:
+            payload: Any = reply.body
+        else:
+            try:
+                payload = self.codec.decode(reply.body, reply.content_type)
+            except Exception as exc:
+                self._log.warning("rpc.reply_undecodable", correlation_id=cid, error=repr(exc))
+                caller._resolve(
+                    exc
+                    if isinstance(exc, HareError)
+                    else RemoteError("UndecodableReply", f"{self.codec!r} could not decode: {exc}")
+                )
+                return
         response = Response(
-            payload,
-            headers,
-            call.request.correlation_id,
-            delivery.properties.content_type,
+            payload, reply.headers, call.request.correlation_id, reply.content_type, reply.error
         )
         result = await self.handle_response(response, caller, self._state)
         self._apply(result, "handle_response", caller)
@@ -522,7 +523,8 @@ class RPCClient(Actor[S], Generic[S]):
         self._channel = self._last_channel = None
         self._reply_queue = None
         reason = message.reason
-        lost = self._calls.lose_channel()
+        # With a lasting reply queue the replies in flight still arrive.
+        lost = [] if self.convention.lasting else self._calls.lose_channel()
         for call in lost:
             call.caller._resolve(
                 ConnectionLost(
@@ -541,11 +543,5 @@ class RPCClient(Actor[S], Generic[S]):
     async def _setup_channel(
         self, channel: Channel, on_cancel: OnCancel, connects: int
     ) -> ConnectedMeta:
-        await declare_exchange(
-            channel, self.exchange, self.exchange_type, durable=self.exchange_durable
-        )
-        queue = await channel.queue_declare("", exclusive=True, auto_delete=True)
-        await channel.basic_consume(
-            queue.name, self._send.send_nowait, no_ack=True, on_cancel=on_cancel
-        )
-        return ConnectedMeta(queue.name, self.exchange, connects)
+        queue = await self.convention.setup(channel, self._send.send_nowait, on_cancel)
+        return ConnectedMeta(queue, self.exchange, connects)

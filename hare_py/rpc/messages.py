@@ -11,8 +11,6 @@ from typing import Any, Generic, TypeVar
 from ..errors import RemoteError
 
 __all__ = [
-    "ERROR_MESSAGE_HEADER",
-    "ERROR_TYPE_HEADER",
     "ConnectedMeta",
     "Forward",
     "Request",
@@ -21,10 +19,6 @@ __all__ = [
 ]
 
 S = TypeVar("S")
-
-#: Headers of an error reply (hare convention): the client raises RemoteError(type, message).
-ERROR_TYPE_HEADER = "x-error-type"
-ERROR_MESSAGE_HEADER = "x-error-message"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ is rejected (not requeued) with a log line.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, Generic, Self, TypeVar
@@ -29,27 +30,27 @@ from ..actor.connection import Connection
 from ..actor.results import NoReply, Reply
 from ..actor.runner import ActorRunner
 from ..codecs import BYTES, Codec
-from ..errors import BrokerError, ConfigError, ConnectionLost, RemoteError
-from ..transport.base import Channel, Delivery, OnCancel, Properties
+from ..conventions import Convention, Incoming, ServerOptions, hare
+from ..errors import BrokerError, ConfigError, ConnectionLost
+from ..transport.base import Channel, Delivery, OnCancel
 from ..transport.url import BrokerURL
-from .channel import ChannelDown, ChannelUp, check_exchange, declare_exchange, keep_channel
-from .messages import ERROR_MESSAGE_HEADER, ERROR_TYPE_HEADER, ConnectedMeta, Request
+from .channel import ChannelDown, ChannelUp, check_exchange, keep_channel
+from .messages import ConnectedMeta, Request
 
 __all__ = ["RPCServer"]
 
 S = TypeVar("S")
 
 
-class _Incoming:
-    """Where a request came from, to reply to it and ack it."""
+class _Pending:
+    """A request being answered: where it came from, to reply to it and ack it."""
 
-    __slots__ = ("channel", "correlation_id", "delivery_tag", "reply_to")
+    __slots__ = ("channel", "delivery_tag", "incoming")
 
-    def __init__(self, channel: Channel, delivery: Delivery) -> None:
+    def __init__(self, channel: Channel, delivery_tag: int, incoming: Incoming) -> None:
         self.channel = channel
-        self.delivery_tag = delivery.delivery_tag
-        self.reply_to = delivery.properties.reply_to
-        self.correlation_id = delivery.properties.correlation_id
+        self.delivery_tag = delivery_tag
+        self.incoming = incoming
 
 
 class _Delivered:
@@ -80,7 +81,7 @@ class RPCServer(Actor[S], Generic[S]):
         self,
         connection: Connection,
         *,
-        queue: str,
+        queue: str | None = None,
         exchange: str = "",
         exchange_type: str = "direct",
         routing_keys: Sequence[str] | None = None,
@@ -89,31 +90,40 @@ class RPCServer(Actor[S], Generic[S]):
         prefetch: int = 32,
         codec: Codec | None = None,
         backoff: Backoff | None = None,
+        convention: Convention | None = None,
+        dedupe: int = 1024,
         name: str | None = None,
     ) -> None:
-        super().__init__(name=name or f"{type(self).__name__}:{queue}")
-        if not queue or not isinstance(queue, str):
-            raise ConfigError(f"a server needs a queue name, got {queue!r}")
         check_exchange(exchange, exchange_type)
-        if exchange == "" and routing_keys not in (None, [queue], (queue,)):
-            raise ConfigError(
-                "the default exchange routes by queue name only; "
-                f"routing_keys={routing_keys!r} needs a named exchange"
-            )
+        if convention is not None and not isinstance(convention, Convention):
+            raise ConfigError(f"convention must be a hare_py Convention, got {convention!r}")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ConfigError(f"prefetch must be an integer >= 0, got {prefetch!r}")
+        if isinstance(dedupe, bool) or not isinstance(dedupe, int) or dedupe < 0:
+            raise ConfigError(f"dedupe must be an integer >= 0, got {dedupe!r}")
+        options = ServerOptions(
+            queue,
+            exchange,
+            exchange_type,
+            tuple(routing_keys) if routing_keys is not None else None,
+            durable,
+            auto_delete,
+        )
+        self.convention = (convention or hare()).server(options)
+        self.queue = self.convention.queue
+        self.exchange = self.convention.exchange
+        super().__init__(name=name or f"{type(self).__name__}:{self.queue}")
         self.connection = connection
-        self.queue = queue
-        self.exchange = exchange
-        self.exchange_type = exchange_type
-        self.routing_keys = tuple(routing_keys) if routing_keys is not None else (queue,)
-        self.durable = durable
-        self.auto_delete = auto_delete
         self.prefetch = prefetch
+        self.dedupe = dedupe
+        # request id -> (body, content type, error): answers to repeated requests
+        self._answered: OrderedDict[str, tuple[bytes, str | None, BaseException | None]] = (
+            OrderedDict()
+        )
         self.codec: Codec = codec or BYTES
         self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
         self._channel: Channel | None = None
-        self._incoming: dict[Caller, _Incoming] = {}
+        self._incoming: dict[Caller, _Pending] = {}
         self.handled = 0
         self._handlers.update(
             {
@@ -123,14 +133,14 @@ class RPCServer(Actor[S], Generic[S]):
                 _LateReply: self._on_late_reply,
             }
         )
-        self._log = self._log.bind(queue=queue)
+        self._log = self._log.bind(queue=self.queue)
 
     @classmethod
     def start(
         cls,
         conn: Connection | str | BrokerURL | Sequence[str | BrokerURL],
         *,
-        queue: str,
+        queue: str | None = None,
         exchange: str = "",
         exchange_type: str = "direct",
         routing_keys: Sequence[str] | None = None,
@@ -143,6 +153,8 @@ class RPCServer(Actor[S], Generic[S]):
         codec: Codec | None = None,
         backoff: Backoff | None = None,
         restart_backoff: Backoff | None = None,
+        convention: Convention | None = None,
+        dedupe: int = 1024,
         name: str | None = None,
     ) -> ActorRunner[Self]:
         """Serve ``queue`` under a supervisor: ``async with Cls.start(conn, queue=...)``.
@@ -150,7 +162,10 @@ class RPCServer(Actor[S], Generic[S]):
         With a named ``exchange`` the queue is bound with each of
         ``routing_keys`` (default: the queue name); ``durable`` and
         ``auto_delete`` apply to the queue (and ``durable`` to the exchange).
-        ``prefetch`` bounds the
+        ``convention`` (default ``hare()``) may derive the queue, exchange and
+        bindings itself; ``dedupe`` bounds the cache of answers to requests
+        that carry a request id (a repeated one is answered from it, not
+        handled again). ``prefetch`` bounds the
         requests being handled at once (0: unbounded). The other options are
         those of ``RPCClient.start``.
         """
@@ -166,6 +181,8 @@ class RPCServer(Actor[S], Generic[S]):
             prefetch=prefetch,
             codec=codec,
             backoff=backoff,
+            convention=convention,
+            dedupe=dedupe,
             name=name,
         )
         return ActorRunner(
@@ -229,26 +246,29 @@ class RPCServer(Actor[S], Generic[S]):
 
     async def _on_delivered(self, message: _Delivered) -> None:
         delivery = message.delivery
-        incoming = _Incoming(message.channel, delivery)
         try:
-            payload = self.codec.decode(delivery.body, delivery.properties.content_type)
+            incoming = self.convention.unwrap(delivery)
+            payload = self.codec.decode(incoming.body, incoming.content_type)
         except Exception as exc:
             self._log.warning(
                 "rpc.request_rejected",
-                reason="undecodable",
+                reason="malformed",
                 error=repr(exc),
-                correlation_id=incoming.correlation_id,
+                correlation_id=delivery.properties.correlation_id,
             )
-            await self._settle(incoming, reject=True)
+            await self._settle(message.channel, delivery.delivery_tag, reject=True)
+            return
+        pending = _Pending(message.channel, delivery.delivery_tag, incoming)
+        cached = self._answered.get(incoming.request_id) if incoming.request_id else None
+        if cached is not None:
+            self._log.info("rpc.request_repeated", request_id=incoming.request_id)
+            await self._send_reply(pending, *cached)
             return
         request = Request(
-            payload,
-            delivery.routing_key,
-            dict(delivery.properties.headers or {}),
-            incoming.correlation_id or "",
+            payload, incoming.routing_key, incoming.headers, incoming.correlation_id or ""
         )
         caller = Caller(request=request)
-        self._incoming[caller] = incoming
+        self._incoming[caller] = pending
         try:
             result = await self.handle_request(request, caller, self._state)
         except Exception as exc:
@@ -273,62 +293,54 @@ class RPCServer(Actor[S], Generic[S]):
         await self._answer(message.caller, message.value)
 
     async def _answer(self, caller: Caller, value: Any) -> None:
-        """Publish the reply (if the request wants one), then ack the request."""
-        incoming = self._incoming.pop(caller, None)
-        if incoming is None:
+        """Encode the answer, remember it for repeats, publish it, then ack."""
+        pending = self._incoming.pop(caller, None)
+        if pending is None:
             return
         self.handled += 1
-        if incoming.reply_to:
-            if isinstance(value, BaseException):
-                body = str(value).encode()
-                headers = {
-                    ERROR_TYPE_HEADER: value.type
-                    if isinstance(value, RemoteError)
-                    else type(value).__name__,
-                    ERROR_MESSAGE_HEADER: value.message
-                    if isinstance(value, RemoteError)
-                    else str(value),
-                }
-                content_type = None
-            else:
-                try:
-                    body = self.codec.encode(value)
-                except Exception as exc:
-                    self._log.error("rpc.reply_unencodable", error=repr(exc))
-                    body = b""
-                    headers = {
-                        ERROR_TYPE_HEADER: type(exc).__name__,
-                        ERROR_MESSAGE_HEADER: str(exc),
-                    }
-                    content_type = None
-                else:
-                    headers = {}
-                    content_type = self.codec.content_type
-            channel = self._channel or incoming.channel
+        body, content_type, error = b"", None, None
+        if isinstance(value, BaseException):
+            error = value
+        else:
+            try:
+                body, content_type = self.codec.encode(value), self.codec.content_type
+            except Exception as exc:
+                self._log.error("rpc.reply_unencodable", error=repr(exc))
+                error = exc
+        request_id = pending.incoming.request_id
+        if request_id and self.dedupe:
+            self._answered[request_id] = (body, content_type, error)
+            while len(self._answered) > self.dedupe:
+                self._answered.popitem(last=False)
+        await self._send_reply(pending, body, content_type, error)
+
+    async def _send_reply(
+        self, pending: _Pending, body: bytes, content_type: str | None, error: BaseException | None
+    ) -> None:
+        out = self.convention.wrap(pending.incoming, body, content_type, error)
+        if out is not None:
+            channel = self._channel or pending.channel
             try:
                 await channel.basic_publish(
-                    body,
-                    routing_key=incoming.reply_to,
-                    properties=Properties(
-                        correlation_id=incoming.correlation_id,
-                        content_type=content_type,
-                        headers=headers or None,
-                    ),
+                    out.body,
+                    exchange=out.exchange,
+                    routing_key=out.routing_key,
+                    properties=out.properties,
                 )
             except (ConnectionLost, BrokerError) as exc:
                 # Not acked either: the broker will redeliver the request.
                 self._log.warning("rpc.reply_failed", error=str(exc))
                 return
-        await self._settle(incoming)
+        await self._settle(pending.channel, pending.delivery_tag)
 
-    async def _settle(self, incoming: _Incoming, *, reject: bool = False) -> None:
-        if not incoming.channel.is_open:
+    async def _settle(self, channel: Channel, delivery_tag: int, *, reject: bool = False) -> None:
+        if not channel.is_open:
             return  # its channel is gone: the broker redelivers the request elsewhere
         try:
             if reject:
-                await incoming.channel.basic_reject(incoming.delivery_tag, requeue=False)
+                await channel.basic_reject(delivery_tag, requeue=False)
             else:
-                await incoming.channel.basic_ack(incoming.delivery_tag)
+                await channel.basic_ack(delivery_tag)
         except (ConnectionLost, BrokerError) as exc:
             self._log.warning("rpc.ack_failed", error=str(exc))
 
@@ -340,8 +352,8 @@ class RPCServer(Actor[S], Generic[S]):
         if message.channel is self._channel:
             self._channel = None
         # Requests from the dead channel will be redelivered: forget them.
-        for caller, incoming in list(self._incoming.items()):
-            if incoming.channel is message.channel:
+        for caller, pending in list(self._incoming.items()):
+            if pending.channel is message.channel:
                 del self._incoming[caller]
         self._log.warning("rpc.channel_lost", reason=str(message.reason))
 
@@ -351,12 +363,7 @@ class RPCServer(Actor[S], Generic[S]):
         def on_delivery(delivery: Delivery) -> None:
             self._send.send_nowait(_Delivered(channel, delivery))
 
-        await declare_exchange(channel, self.exchange, self.exchange_type, durable=self.durable)
-        await channel.queue_declare(self.queue, durable=self.durable, auto_delete=self.auto_delete)
-        if self.exchange:
-            for key in self.routing_keys:
-                await channel.queue_bind(self.queue, self.exchange, key)
         if self.prefetch:
             await channel.basic_qos(self.prefetch)
-        await channel.basic_consume(self.queue, on_delivery, on_cancel=on_cancel)
+        await self.convention.setup(channel, on_delivery, on_cancel)
         return ConnectedMeta(self.queue, self.exchange, connects)

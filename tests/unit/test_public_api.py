@@ -22,7 +22,7 @@ def test_design_names_are_exported() -> None:
 def test_all_matches_the_public_namespace() -> None:
     """__all__ lists exactly the public names hare_py defines, each importable."""
     public = {n for n in vars(hare_py) if not n.startswith("_")}
-    modules = {"actor", "codecs", "errors", "rpc", "transport", "testing"}
+    modules = {"actor", "codecs", "conventions", "errors", "rpc", "transport", "testing"}
     assert set(hare_py.__all__) == public - modules
     for name in hare_py.__all__:
         assert getattr(hare_py, name) is not None

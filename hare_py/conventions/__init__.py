@@ -1,0 +1,29 @@
+"""Conventions: the wire names, declarations and envelopes of an RPC system.
+
+``hare()`` is the default; ``direct_reply_to()`` uses RabbitMQ's pseudo-queue.
+Choose one with ``RPCClient.start(conn, convention=...)`` or
+``RPCServer.start(conn, convention=...)``.
+"""
+
+from .base import (
+    ClientConvention as ClientConvention,
+    Convention as Convention,
+    Incoming as Incoming,
+    Outgoing as Outgoing,
+    Reply as Reply,
+    ServerConvention as ServerConvention,
+    ServerOptions as ServerOptions,
+)
+from .hare import direct_reply_to as direct_reply_to, hare as hare
+
+__all__ = [
+    "ClientConvention",
+    "Convention",
+    "Incoming",
+    "Outgoing",
+    "Reply",
+    "ServerConvention",
+    "ServerOptions",
+    "direct_reply_to",
+    "hare",
+]

@@ -1,0 +1,158 @@
+"""What a convention decides: names, declarations and envelopes, for clients and servers.
+
+A convention is chosen when a client or server starts (``convention=``). It
+never performs I/O of its own beyond the declarations it is asked to make on
+the channel it is given, and it knows nothing of actors: the RPC behaviours
+call it at three points each.
+
+Client: ``setup`` (on every channel open: declare, consume the replies),
+``wrap`` (a request's body into a message), ``unwrap`` (a reply message into a
+correlation id, a body or an error).
+
+Server: ``setup`` (declare, bind, consume the requests), ``unwrap`` (a
+request message into an ``Incoming``), ``wrap`` (a reply or an error into a
+message for the caller, or None when the caller wants no reply).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import RemoteError
+from ..transport.base import Channel, Delivery, OnCancel, OnDelivery, Properties
+
+__all__ = [
+    "ClientConvention",
+    "Convention",
+    "ServerOptions",
+    "Incoming",
+    "Outgoing",
+    "Reply",
+    "ServerConvention",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message ready to publish."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: Properties
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A reply as the client sees it once unwrapped."""
+
+    correlation_id: str | None
+    body: bytes
+    content_type: str | None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    error: RemoteError | None = None
+    routing_key: str = ""  # for conventions without correlation ids (goamqp)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A request as the server sees it once unwrapped.
+
+    ``reply`` is whatever the convention needs to address the answer (a
+    reply_to queue, a routing key, a service name); None means the caller
+    wants no answer. ``request_id`` identifies a request across retries (the
+    server answers a repeated one from its cache).
+    """
+
+    body: bytes
+    content_type: str | None
+    routing_key: str
+    headers: Mapping[str, Any]
+    correlation_id: str | None
+    reply: Any
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """What ``RPCServer.start`` was given; a convention may derive names instead."""
+
+    queue: str | None
+    exchange: str
+    exchange_type: str
+    routing_keys: tuple[str, ...] | None
+    durable: bool
+    auto_delete: bool
+
+
+class Convention(ABC):
+    """A named convention: builds the client half and the server half.
+
+    ``RPCClient.start(conn, convention=...)`` and ``RPCServer.start(conn,
+    convention=...)`` take one; the default is ``hare()``.
+    """
+
+    name: str = "convention"
+
+    @abstractmethod
+    def client(self, exchange: str, exchange_type: str, durable: bool) -> ClientConvention:
+        """The client half, given the client's ``start()`` options."""
+
+    @abstractmethod
+    def server(self, options: ServerOptions) -> ServerConvention:
+        """The server half, given the server's ``start()`` options."""
+
+    def __repr__(self) -> str:
+        return f"<{self.name} convention>"
+
+
+class ClientConvention(ABC):
+    """The client's half of a convention."""
+
+    #: The exchange requests go to (for logs and ``ConnectedMeta.exchange``).
+    exchange: str = ""
+    #: True when replies survive a channel loss (a lasting reply queue): requests
+    #: in flight then keep waiting instead of failing with ConnectionLost.
+    lasting: bool = False
+
+    @abstractmethod
+    async def setup(self, channel: Channel, on_reply: OnDelivery, on_cancel: OnCancel) -> str:
+        """Declare what requests and replies need on a new channel, consume the
+        replies, and return the name of the reply queue."""
+
+    @abstractmethod
+    def wrap(
+        self, routing_key: str, body: bytes, content_type: str | None, headers: Mapping[str, Any],
+        correlation_id: str, expiration: str | None, reply_queue: str,
+    ) -> Outgoing:  # fmt: skip
+        """The message that carries a request."""
+
+    @abstractmethod
+    def unwrap(self, delivery: Delivery) -> Reply:
+        """A reply message, opened; raise ValueError for a malformed one."""
+
+
+class ServerConvention(ABC):
+    """The server's half of a convention."""
+
+    #: The queue the server consumes (for logs and ``ConnectedMeta.reply_queue``).
+    queue: str = ""
+    exchange: str = ""
+
+    @abstractmethod
+    async def setup(self, channel: Channel, on_request: OnDelivery, on_cancel: OnCancel) -> None:
+        """Declare the exchanges, queue and bindings, and consume the requests (with acks)."""
+
+    @abstractmethod
+    def unwrap(self, delivery: Delivery) -> Incoming:
+        """A request message, opened; raise ValueError for a malformed one."""
+
+    @abstractmethod
+    def wrap(
+        self, incoming: Incoming, body: bytes, content_type: str | None, error: BaseException | None
+    ) -> Outgoing | None:
+        """The message that answers ``incoming`` (with ``error`` if the handler
+        failed), or None if nobody waits for it."""
