@@ -31,3 +31,11 @@ async def test_demo_recovers_from_the_killed_channel(monkeypatch: pytest.MonkeyP
     assert counts["ok"] + counts["connection_lost"] == 10
     assert counts["ok"] >= 9
     assert counts["other_errors"] == 0
+
+
+@pytest.mark.parametrize("convention", ["hare", "lasting", "direct_reply_to"])
+async def test_hare_client_example(monkeypatch: pytest.MonkeyPatch, convention: str) -> None:
+    """The hare client example gets its replies with each reply-queue choice."""
+    monkeypatch.delenv("HARE_URL", raising=False)
+    replies = await load("hare_client").main(convention)
+    assert replies == [b"HELLO", b"HARE"]
