@@ -7,6 +7,7 @@ are driven through the same methods, so one test proves both.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,16 @@ def anyio_backend(kind: Kind) -> str:
     return kind.anyio_backend
 
 
+@dataclass(frozen=True)
+class Topology:
+    """Exchanges (name -> (type, durable)), queues (name -> (durable, exclusive,
+    auto_delete, arguments)) and bindings (exchange, queue, routing key, arguments)."""
+
+    exchanges: dict[str, tuple[str, bool]]
+    queues: dict[str, tuple[bool, bool, bool, dict[str, Any]]]
+    bindings: list[tuple[str, str, str, dict[str, Any]]]
+
+
 class Target:
     """A broker under test and the faults it can suffer."""
 
@@ -66,6 +77,10 @@ class Target:
         """Bring the broker back."""
         raise NotImplementedError
 
+    async def topology(self) -> Topology:
+        """The broker's exchanges, queues and bindings, as the broker reports them."""
+        raise NotImplementedError
+
     async def inject(self, routing_key: str, body: bytes, properties: Properties) -> None:
         """Publish a message through the default exchange from outside any client."""
         url = parse_url(self.url)
@@ -78,6 +93,16 @@ class SandboxTarget(Target):
     def __init__(self, broker: SandboxBroker) -> None:
         self.broker = broker
         self.url = broker.url
+
+    async def topology(self) -> Topology:
+        return Topology(
+            {x.name: (x.type, x.durable) for x in self.broker.exchanges.values()},
+            {
+                q.name: (q.durable, q.exclusive, q.auto_delete, dict(q.arguments))
+                for q in self.broker.queues.values()
+            },
+            [(b.exchange, b.queue, b.routing_key, dict(b.arguments)) for b in self.broker.bindings],
+        )
 
     async def kill_connection(self, name: str) -> None:
         ids = [c.id for c in self.broker.connections.values() if c.name == name]
@@ -99,6 +124,44 @@ class RabbitTarget(Target):
     def __init__(self, node: Any) -> None:
         self.node = node
         self.url = node.url
+
+    async def topology(self) -> Topology:
+        def listing(*args: str) -> list[dict[str, Any]]:
+            out = self.node.ctl(*args, "--formatter", "json", "--quiet")
+            return list(json.loads(out or "[]"))
+
+        def table(value: Any) -> dict[str, Any]:
+            # rabbitmqctl's json renders AMQP tables as [[name, type, value], ...]
+            if isinstance(value, list):
+                return {item[0]: item[2] for item in value if len(item) == 3}
+            return dict(value or {})
+
+        exchanges = await anyio.to_thread.run_sync(
+            listing, "list_exchanges", "name", "type", "durable"
+        )
+        queues = await anyio.to_thread.run_sync(
+            listing, "list_queues", "name", "durable", "exclusive", "auto_delete", "arguments"
+        )
+        bindings = await anyio.to_thread.run_sync(
+            listing, "list_bindings", "source_name", "destination_name", "routing_key", "arguments"
+        )
+        return Topology(
+            {x["name"]: (x["type"], bool(x["durable"])) for x in exchanges},
+            {
+                q["name"]: (
+                    bool(q["durable"]),
+                    bool(q["exclusive"]),
+                    bool(q["auto_delete"]),
+                    table(q["arguments"]),
+                )
+                for q in queues
+            },
+            [
+                (b["source_name"], b["destination_name"], b["routing_key"], table(b["arguments"]))
+                for b in bindings
+                if b["source_name"]  # the default exchange's implicit bindings
+            ],
+        )
 
     async def kill_connection(self, name: str) -> None:
         await anyio.to_thread.run_sync(self.node.close_connection, name)

@@ -16,6 +16,7 @@ from hare_py import (
     ConnectedMeta,
     Connection,
     NoReply,
+    RemoteError,
     Reply,
     Request,
     RPCClient,
@@ -150,3 +151,52 @@ async def test_conventions_refuse_bad_options(target: Target) -> None:
         hare(lasting_queue="amq.mine")
     with pytest.raises(ConfigError, match="queue"):
         RPCServer.start(target.url)
+
+
+async def test_hare_topology_and_round_trip_with_error(target: Target) -> None:
+    """hare on a named topic exchange: exact exchange, queues and bindings; a reply; an error."""
+    exchange, queue, lasting = unique("x"), unique("q"), unique("replies")
+
+    class Picky(RPCServer[None]):
+        async def handle_request(self, request: Request, caller: Caller, state: None) -> Any:
+            if request.payload == b"bad":
+                raise LookupError("no such item")
+            return Reply(b"ok:" + request.payload, state)
+
+    async with (
+        Connection(target.url) as conn,
+        Picky.start(
+            conn,
+            queue=queue,
+            exchange=exchange,
+            exchange_type="topic",
+            routing_keys=["items.*", "orders.#"],
+            durable=True,
+        ) as server,
+        Counting.start(
+            conn,
+            exchange=exchange,
+            exchange_type="topic",
+            exchange_durable=True,
+            convention=hare(lasting_queue=lasting, lasting_expires=30),
+        ) as client,
+    ):
+        with anyio.fail_after(20):
+            await wait_for(lambda: server.connected and client.connected)
+            assert await client.request(b"a", "items.get") == b"ok:a"
+            with pytest.raises(RemoteError) as info:
+                await client.request(b"bad", "orders.x.y")
+            assert (info.value.type, info.value.message) == ("LookupError", "no such item")
+            topo = await target.topology()
+            assert topo.exchanges[exchange] == ("topic", True)
+            assert topo.queues[queue][:3] == (True, False, False)
+            assert topo.queues[lasting] == (False, False, False, {"x-expires": 30000})
+            bound = {(b[0], b[1], b[2]) for b in topo.bindings if b[1] == queue}
+            assert bound == {(exchange, queue, "items.*"), (exchange, queue, "orders.#")}
+            await server.stop()
+        # the durable queue outlives the server: remove it
+        url = parse_url(target.url)
+        async with backend_for(url).connect(url, ConnectOptions()) as other:
+            channel = await other.open_channel()
+            await channel.queue_delete(queue)
+            await channel.exchange_delete(exchange)
