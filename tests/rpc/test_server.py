@@ -10,6 +10,7 @@ import pytest
 from hare_py import (
     JSON,
     Caller,
+    ConfigError,
     NoReply,
     RemoteError,
     Reply,
@@ -172,3 +173,34 @@ async def test_server_binds_routing_keys_on_a_named_exchange(broker: SandboxBrok
         with anyio.fail_after(5):
             assert await client.request(b"a", "svc.anything") == b"A"
     assert any(b.routing_key == "svc.*" and b.queue == "svc" for b in broker.bindings)
+
+
+class TextCodec:
+    """A custom codec: str payloads as UTF-8 text (the hook msgspec or protobuf would use)."""
+
+    content_type = "text/plain; charset=utf-8"
+
+    def check(self, payload: Any) -> None:
+        if not isinstance(payload, str):
+            raise ConfigError(f"TextCodec takes str, got {type(payload).__name__}")
+
+    def encode(self, payload: Any) -> bytes:
+        return str(payload).encode()
+
+    def decode(self, body: bytes, content_type: str | None) -> Any:
+        return body.decode()
+
+
+async def test_custom_codec_on_both_sides(broker: SandboxBroker) -> None:
+    """A codec of your own encodes requests and replies on both sides, with its content type."""
+    codec = TextCodec()
+    async with (
+        Worker.start(broker.url, queue="work", codec=codec),
+        RPCClient.start(broker.url, codec=codec) as client,
+    ):
+        with anyio.fail_after(5):
+            assert await client.request("héllo", "work") == "HÉLLO"
+            with pytest.raises(ConfigError, match="TextCodec takes str"):
+                await client.request(b"bytes", "work")
+    sent = [op for op in broker.ops("basic_publish") if op.connection is not None]
+    assert {op["properties"].content_type for op in sent} == {codec.content_type}
