@@ -63,9 +63,10 @@ class Client(RPCClient[list[str]]):
         return Reply(queues, queues)
 
 
-def configure_logging() -> None:
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log ``level`` and above to stdout, readably (hare_py itself never configures logs)."""
     structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="%H:%M:%S.%f"),

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
+import anyio
 import pytest
+
+from hare_py.testing import SandboxBroker
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -39,3 +45,88 @@ async def test_hare_client_example(monkeypatch: pytest.MonkeyPatch, convention: 
     monkeypatch.delenv("HARE_URL", raising=False)
     replies = await load("hare_client").main(convention)
     assert replies == [b"HELLO", b"HARE"]
+
+
+async def test_first_rpc_tutorial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tutorial's first RPC (docs/tutorial.md includes this file) gets its greeting."""
+    monkeypatch.delenv("HARE_URL", raising=False)
+    with anyio.fail_after(10):
+        assert await load("first_rpc").main() == b"hello, world"
+
+
+async def test_caching_client_answers_repeats_locally(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repeated payloads get the cached reply; only distinct ones reach the server."""
+    monkeypatch.delenv("HARE_URL", raising=False)
+    with anyio.fail_after(10):
+        result = await load("caching_client").main()
+    assert result["replies"] == [b"4", b"9", b"4", b"4", b"9"]
+    assert (result["handled"], result["cached"]) == (2, 2)
+
+
+async def test_rewriting_client_reaches_v2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests for ``upper`` are rewritten to ``v2.upper`` and answered by the v2 server."""
+    monkeypatch.delenv("HARE_URL", raising=False)
+    with anyio.fail_after(10):
+        replies = await load("rewriting_client").main()
+    assert replies == ["v2:HELLO (api-version 2)", "v2:VERSIONS (api-version 2)"]
+
+
+async def test_daemon_shutdown_answers_every_request() -> None:
+    """The daemon's shutdown answers every request in flight, then terminates client, server."""
+    daemon_module = load("daemon")
+    with SandboxBroker() as broker, anyio.fail_after(20):
+        daemon = daemon_module.Daemon(broker.url)
+        async with anyio.create_task_group() as tg:
+            await tg.start(daemon.run)
+            while daemon.counts["ok"] < 20:
+                await anyio.sleep(0.01)
+            daemon.shutdown()
+    ok = daemon.counts["ok"]
+    assert daemon.counts == {"ok": ok, "workers_stopped": 4}
+    assert daemon.terminated == [
+        "client: shutdown with 0 pending",
+        f"server: shutdown after {ok} replies",
+    ]
+    assert broker.queues["daemon.work"].messages == 0  # nothing left unacked or unread
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_daemon_stops_in_order_on_a_signal(signum: signal.Signals) -> None:
+    """The daemon process shuts down in order on SIGTERM/SIGINT and exits 0, no reply lost."""
+    env = {k: v for k, v in os.environ.items() if k != "HARE_URL"}
+    with anyio.fail_after(30):
+        async with await anyio.open_process(
+            [sys.executable, str(EXAMPLES / "daemon.py")], env=env, stderr=subprocess.STDOUT
+        ) as process:
+            assert process.stdout is not None
+            output = b""
+            async for chunk in process.stdout:
+                output += chunk
+                if b"daemon: ready" in output:
+                    break
+            await anyio.sleep(0.5)
+            process.send_signal(signum)
+            async for chunk in process.stdout:
+                output += chunk
+            assert await process.wait() == 0, output.decode()
+    text = output.decode()
+    assert f"daemon: {signum.name}, shutting down" in text
+    assert "client terminated (shutdown), 0 requests pending" in text
+    assert text.index("client terminated") < text.index("server terminated")
+    assert "'workers_stopped': 4" in text and "Error" not in text.split("shutting down")[1]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_chaos_demo_recovers_from_every_fault() -> None:
+    """Under every sandbox fault callers get replies or typed errors, never a hang."""
+    chaos = load("chaos_demo")
+    with anyio.fail_after(40):
+        phases = await chaos.main()
+    assert phases[0]["fault"] == "none (baseline)"
+    assert phases[0]["seen"].keys() == {"ok"}
+    for phase in phases:
+        assert phase["seen"].get("ok", 0) > 0, phase
+        assert set(phase["seen"]) <= {"ok", "ConnectionLost", "RequestTimeout"}, phase
+        assert phase["longest"] <= chaos.DEADLINE + 0.2, phase
+    assert all(p["new_reply_queue"] for p in phases[1:])
