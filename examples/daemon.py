@@ -98,6 +98,7 @@ class Daemon:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``shutdown()``; then stop in order (see the module docstring)."""
         async with Connection(self.url, name="hare-daemon") as conn:
+            # --8<-- [start:tree]
             supervisor = Supervisor(
                 [
                     ChildSpec("server", lambda *, task_status: self._serve(conn, task_status)),
@@ -106,6 +107,8 @@ class Daemon:
                 strategy="rest_for_one",
                 name="daemon",
             )
+            # --8<-- [end:tree]
+            # --8<-- [start:shutdown]
             async with supervisor:
                 async with anyio.create_task_group() as workers:
                     for n in range(self.workers):
@@ -117,6 +120,7 @@ class Daemon:
                     if self.server is not None:
                         served = await self.server.call("drain")
                         print(f"daemon: drained, {served} replies sent", flush=True)
+            # --8<-- [end:shutdown]
             print(f"daemon: stopped, {dict(self.counts)}", flush=True)
 
     async def _serve(self, conn: Connection, task_status: TaskStatus[None]) -> None:

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose",
         "-v",
         action="store_true",
-        help="log what hare_py does (connections, channels, requests) on stderr",
+        help="log what hare_py does (connections, channels, failures) on stderr",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         "call",
         help="send one request and print the reply",
         description=(
-            "Send PAYLOAD as one RPC request (mandatory, with a reply queue and a "
-            "correlation id) and print the reply on stdout."
+            "Send PAYLOAD as one RPC request (published mandatory, with a reply queue\n"
+            "and a correlation id) and print the reply on stdout; errors go to stderr."
         ),
         epilog=EXIT_CODES,
         formatter_class=formatter,
@@ -173,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         "serve-echo",
         help="run an echo server until SIGINT or SIGTERM",
         description=(
-            "Serve QUEUE, answering every request with its own payload, until SIGINT "
-            "(Ctrl-C) or SIGTERM; then stop in order (requests not answered yet are "
-            "redelivered by the broker)."
+            "Serve QUEUE, answering every request with its own payload, until SIGINT\n"
+            "(Ctrl-C) or SIGTERM; then stop in order (requests not answered yet are\n"
+            "redelivered by the broker). Logs go to stderr."
         ),
         epilog=EXIT_CODES,
         formatter_class=formatter,
@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the demo: a supervised client and server, a channel killed midway",
         description=(
-            "Run a supervised client and server on the in-memory broker (or on --url), "
+            "Run a supervised client and server on the in-memory broker (or on --url),\n"
             "kill the client's channel midway and log the recovery."
         ),
         epilog=EXIT_CODES,
