@@ -108,7 +108,7 @@ class Actor(Generic[S]):
 
     def __init__(self, *, name: str | None = None) -> None:
         self.name = name or type(self).__name__
-        self._send, self._recv = anyio.create_memory_object_stream[Any](math.inf)
+        self._open_mailbox()
         self._state: Any = None
         # "new" -> "running" <-> "restarting" -> "stopped" (for good, with _stop_reason)
         self._status = "new"
@@ -227,6 +227,8 @@ class Actor(Generic[S]):
 
         Raises the crash (an exception from a callback) for the supervisor to see.
         """
+        if not self._mailbox_open:  # stopped for good before: a permanent child restarts
+            self._open_mailbox()
         self._status = "restarting"
         result = await self.init(arg)
         if isinstance(result, Ignore):
@@ -301,11 +303,25 @@ class Actor(Generic[S]):
         self._fail_held(lambda: ClientStopped(reason))
         self._drain_mailbox(reason)
 
+    def _open_mailbox(self) -> None:
+        self._send, self._recv = anyio.create_memory_object_stream[Any](math.inf)
+        self._mailbox_open = True
+
+    def _enqueue(self, message: Any) -> None:
+        """Put ``message`` in the mailbox; dropped once the actor has stopped for good
+        (a late delivery from a closing channel, say)."""
+        if self._mailbox_open:
+            self._send.send_nowait(message)
+
     def _drain_mailbox(self, reason: Any) -> None:
-        while True:
+        """Answer every caller still in the mailbox, then close it."""
+        while self._mailbox_open:
             try:
                 message = self._recv.receive_nowait()
             except anyio.WouldBlock:
+                self._mailbox_open = False
+                self._send.close()
+                self._recv.close()
                 return
             caller = getattr(message, "caller", None)
             if isinstance(caller, Caller):

@@ -375,10 +375,10 @@ class RPCClient(Actor[S], Generic[S]):
                 keep_channel,
                 connection=self.connection,
                 setup=self._setup_channel,
-                post=self._send.send_nowait,
+                post=self._enqueue,
                 backoff=self.backoff,
                 log=self._log,
-                on_return=self._send.send_nowait,
+                on_return=self._enqueue,
                 on_error=self._note_error,
             )
         )
@@ -543,5 +543,5 @@ class RPCClient(Actor[S], Generic[S]):
     async def _setup_channel(
         self, channel: Channel, on_cancel: OnCancel, connects: int
     ) -> ConnectedMeta:
-        queue = await self.convention.setup(channel, self._send.send_nowait, on_cancel)
+        queue = await self.convention.setup(channel, self._enqueue, on_cancel)
         return ConnectedMeta(queue, self.exchange, connects)

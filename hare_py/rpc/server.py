@@ -219,7 +219,7 @@ class RPCServer(Actor[S], Generic[S]):
     def reply(self, caller: Caller, value: Any) -> None:
         """Answer a request held with ``NoReply`` (an exception becomes an error reply)."""
         if caller in self._incoming:
-            self._send.send_nowait(_LateReply(caller, value))
+            self._enqueue(_LateReply(caller, value))
         else:
             super().reply(caller, value)
 
@@ -233,7 +233,7 @@ class RPCServer(Actor[S], Generic[S]):
                 keep_channel,
                 connection=self.connection,
                 setup=self._setup_channel,
-                post=self._send.send_nowait,
+                post=self._enqueue,
                 backoff=self.backoff,
                 log=self._log,
             )
@@ -361,7 +361,7 @@ class RPCServer(Actor[S], Generic[S]):
         self, channel: Channel, on_cancel: OnCancel, connects: int
     ) -> ConnectedMeta:
         def on_delivery(delivery: Delivery) -> None:
-            self._send.send_nowait(_Delivered(channel, delivery))
+            self._enqueue(_Delivered(channel, delivery))
 
         if self.prefetch:
             await channel.basic_qos(self.prefetch)
