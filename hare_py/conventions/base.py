@@ -47,7 +47,11 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A reply as the client sees it once unwrapped."""
+    """A reply as the client sees it once unwrapped.
+
+    ``correlation_id`` None: the reply names no request; it is dropped, unless
+    the convention ``correlates_by_routing_key`` (then ``routing_key`` picks one).
+    """
 
     correlation_id: str | None
     body: bytes
@@ -117,6 +121,10 @@ class ClientConvention(ABC):
     #: True when replies survive a channel loss (a lasting reply queue): requests
     #: in flight then keep waiting instead of failing with ConnectionLost.
     lasting: bool = False
+    #: True when a reply may come without a correlation id (goamqp servers send
+    #: none): the client then gives it to the oldest request in flight with the
+    #: reply's routing key. Replies that carry a correlation id never are.
+    correlates_by_routing_key: bool = False
 
     @abstractmethod
     async def setup(self, channel: Channel, on_reply: OnDelivery, on_cancel: OnCancel) -> str:

@@ -2,7 +2,7 @@
 
 Everything that changes a request's state lives here:
 
-    queued --sent()--> sent --pop_reply()--> (answered by handle_response)
+    queued --sent()--> sent --pop_reply()/pop_oldest()--> (answered by handle_response)
       ^                  |
       +---unsend()-------+  (publish failed: wait for the next channel)
       +---lose_channel()-+  (idempotent: republish after reconnect)
@@ -110,6 +110,19 @@ class CallTable:
             return None
         del self._by_caller[call.caller]
         return call
+
+    def pop_oldest(self, routing_key: str) -> Call | None:
+        """The oldest sent call to ``routing_key``, removed; else None.
+
+        For replies that carry no correlation id (goamqp servers): the best
+        guess is that a server answers one routing key in order. ``_by_cid``
+        keeps publish order, and replies usually answer its front, so the scan
+        is short.
+        """
+        for correlation_id, call in self._by_cid.items():
+            if call.request.routing_key == routing_key and self._by_caller.get(call.caller) is call:
+                return self.pop_reply(correlation_id)
+        return None
 
     def remove(self, caller: Caller) -> Call | None:
         """Forget ``caller`` (answered, or gave up)."""

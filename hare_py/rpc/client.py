@@ -430,15 +430,20 @@ class RPCClient(Actor[S], Generic[S]):
         if self.request_ttl and request.deadline != float("inf"):
             left = request.deadline - anyio.current_time()
             expiration = str(max(1, int(left * 1000)))
-        out = self.convention.wrap(
-            request.routing_key,
-            body,
-            self.codec.content_type,
-            request.headers,
-            request.correlation_id,
-            expiration,
-            self._reply_queue or "",
-        )
+        try:
+            out = self.convention.wrap(
+                request.routing_key,
+                body,
+                self.codec.content_type,
+                request.headers,
+                request.correlation_id,
+                expiration,
+                self._reply_queue or "",
+            )
+        except ConfigError as exc:  # a request the convention cannot express (cloud keys)
+            self._forget(caller)
+            caller._resolve(exc)
+            return
         try:
             await channel.basic_publish(
                 out.body,
@@ -464,7 +469,12 @@ class RPCClient(Actor[S], Generic[S]):
             self._log.info("rpc.reply_dropped", reason="malformed", error=str(exc))
             return
         cid = reply.correlation_id
-        call = self._calls.pop_reply(cid) if cid else None
+        if cid:
+            call = self._calls.pop_reply(cid)
+        elif self.convention.correlates_by_routing_key:
+            call = self._calls.pop_oldest(reply.routing_key)  # goamqp: best guess, FIFO
+        else:
+            call = None
         if call is None:
             self._log.info(
                 "rpc.reply_dropped",

@@ -104,3 +104,38 @@ def test_heap_is_compacted_when_callers_leave() -> None:
         table.add(caller, caller.request)
         table.remove(caller)
     assert len(table._heap) <= 1024 + 2
+
+
+def keyed(cid: str, key: str) -> Caller:
+    return Caller(math.inf, Request(b"x", key, {}, cid))
+
+
+def test_pop_oldest_takes_the_oldest_sent_call_with_that_routing_key() -> None:
+    """A reply without correlation id answers the oldest call in flight with its key."""
+    table = CallTable()
+    a1, b1, a2 = keyed("a1", "a"), keyed("b1", "b"), keyed("a2", "a")
+    queued = keyed("a0", "a")
+    table.add(queued, queued.request)  # queued, never sent: not in flight
+    for caller in (a1, b1, a2):
+        assert table.sent(table.add(caller, caller.request))
+    assert table.pop_oldest("c") is None
+    popped = [table.pop_oldest("a"), table.pop_oldest("a"), table.pop_oldest("a")]
+    assert [call and call.caller for call in popped] == [a1, a2, None]
+    assert table.pop_reply("a1") is None  # gone by its correlation id too
+    last = table.pop_oldest("b")
+    assert last is not None and last.caller is b1
+    assert len(table) == 1
+
+
+def test_pop_oldest_skips_calls_that_gave_up_or_were_resent() -> None:
+    """A removed call is never matched; a republished one counts from its new publish."""
+    table = CallTable()
+    first, second = keyed("1", "k"), keyed("2", "k")
+    call1 = table.add(first, first.request)
+    call2 = table.add(second, second.request)
+    assert table.sent(call1) and table.sent(call2)
+    table.unsend(call1)  # its publish failed: it goes out again after the second
+    assert table.next_queued() is call1 and table.sent(call1)
+    assert table.pop_oldest("k") is call2
+    table.remove(first)
+    assert table.pop_oldest("k") is None
