@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 
@@ -45,6 +46,54 @@ async def test_hare_client_example(monkeypatch: pytest.MonkeyPatch, convention: 
     monkeypatch.delenv("HARE_URL", raising=False)
     replies = await load("hare_client").main(convention)
     assert replies == [b"HELLO", b"HARE"]
+
+
+@pytest.mark.parametrize("name", ["goamqp", "cloud"])
+async def test_convention_server_examples_answer_themselves(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """On the in-memory broker each server example serves one request of its own."""
+    monkeypatch.delenv("HARE_URL", raising=False)
+    result = await load(f"{name}_server").main()
+    expected = (
+        {"greeting": "Hello, sandbox!"} if name == "goamqp" else {"sku": "apple", "available": 5}
+    )
+    assert result["reply"] == expected
+
+
+async def test_goamqp_client_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The goamqp client example greets through the example server; an empty name fails."""
+    monkeypatch.delenv("HARE_URL", raising=False)
+    replies = await load("goamqp_client").main()
+    assert replies == [
+        {"greeting": "Hello, Ada!"},
+        {"greeting": "Hello, Grace!"},
+        "error: ValueError: a greeting needs a name",
+    ]
+
+
+async def test_cloud_client_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cloud client example reads, reserves once under one RequestId, and gets a 404."""
+    monkeypatch.delenv("HARE_URL", raising=False)
+    out = await load("cloud_client").main()
+    assert out["level"] == {"sku": "apple", "available": 5}
+    assert out["reserved"] == [{"sku": "apple", "reserved": 2, "available": 3}] * 2
+    assert out["missing"] == ("NotFound", "no such sku: 'plum'", 404)
+
+
+@pytest.mark.parametrize("name", ["goamqp", "cloud"])
+async def test_convention_examples_as_two_programs(name: str) -> None:
+    """A server example and its client example meet on one broker URL, as two programs would."""
+    server, client = load(f"{name}_server"), load(f"{name}_client")
+    with SandboxBroker() as broker, anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(server.main, broker.url))
+            result = await client.main(broker.url)
+            tg.cancel_scope.cancel()
+    if name == "goamqp":
+        assert result[0] == {"greeting": "Hello, Ada!"}
+    else:
+        assert result["level"] == {"sku": "apple", "available": 5}
 
 
 async def test_first_rpc_tutorial(monkeypatch: pytest.MonkeyPatch) -> None:

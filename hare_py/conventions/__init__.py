@@ -1,6 +1,8 @@
 """Conventions: the wire names, declarations and envelopes of an RPC system.
 
-``hare()`` is the default; ``direct_reply_to()`` uses RabbitMQ's pseudo-queue.
+``hare()`` is the default; ``direct_reply_to()`` uses RabbitMQ's pseudo-queue;
+``goamqp(service, caller)`` speaks sparetimecoders/goamqp's request/response;
+``cloud(service_type)`` the Cloud.Service.RPC1 exchanges and DTO envelopes.
 Choose one with ``RPCClient.start(conn, convention=...)`` or
 ``RPCServer.start(conn, convention=...)``.
 """
@@ -14,6 +16,8 @@ from .base import (
     ServerConvention as ServerConvention,
     ServerOptions as ServerOptions,
 )
+from .cloud import cloud as cloud
+from .goamqp import goamqp as goamqp
 from .hare import direct_reply_to as direct_reply_to, hare as hare
 
 __all__ = [
@@ -24,6 +28,8 @@ __all__ = [
     "Reply",
     "ServerConvention",
     "ServerOptions",
+    "cloud",
     "direct_reply_to",
+    "goamqp",
     "hare",
 ]
