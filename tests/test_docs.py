@@ -56,3 +56,12 @@ async def test_trio_example_runs_on_trio() -> None:
     exec(code, namespace)
     with anyio.fail_after(10):
         await namespace["main"]()  # type: ignore[operator]
+
+
+@pytest.mark.anyio
+async def test_testing_page_example_runs() -> None:
+    """The testing page's example test passes: it kills a client's channel on the sandbox."""
+    namespace: dict[str, object] = {}
+    exec(blocks("testing.md")[0], namespace)
+    with anyio.fail_after(10):
+        await namespace["test_my_client"]()  # type: ignore[operator]
