@@ -165,6 +165,8 @@ class Supervisor:
                 tg.cancel_scope.cancel()
         finally:
             self._tg = None
+            self._inbox_send.close()
+            self._inbox_recv.close()
         if isinstance(fatal, _InitialStartFailed):
             raise fatal.error
         if fatal is not None:

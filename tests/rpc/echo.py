@@ -74,7 +74,7 @@ async def echo_server(
             server.replied += 1
 
         async def serve() -> None:
-            async with anyio.create_task_group() as tg:
+            async with recv, anyio.create_task_group() as tg:
                 async for delivery in recv:
                     server.received.append(delivery)
                     tg.start_soon(answer, delivery)
@@ -88,6 +88,7 @@ async def echo_server(
             try:
                 yield server
             finally:
+                send.close()
                 tg.cancel_scope.cancel()
 
 
