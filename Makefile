@@ -31,6 +31,17 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not rabbitmq and not chaos"
 
+# hare_py against raw aiormq, aio-pika and FastStream on a private RabbitMQ
+# (or HARE_BENCH_AMQP_URL): table and plots into bench/results/, ~8 minutes.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	bash .ci/install-rabbitmq.sh
+	$(BIN)/python -m bench
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -1,0 +1,320 @@
+"""The contenders: for each, an echo server and a client, as their users would write them.
+
+Every client is an async context manager with ``call(queue, payload)``; every
+server is a coroutine that serves ``queue`` until cancelled and calls
+``ready()`` once it consumes. All run on asyncio (aio-pika and FastStream only
+run there), on the default event loop, and all servers use the same prefetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any, Protocol
+
+import aiormq
+import structlog
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
+
+if TYPE_CHECKING:
+    import hare_py
+
+__all__ = ["CONTENDERS", "BASELINE", "Client", "Contender", "quiet_logs"]
+
+PREFETCH = 128  # the same for every server; the echo handlers never block
+TIMEOUT = 120.0  # per call; long enough that the 10,000 held requests never time out
+
+Ready = Callable[[], None]
+
+
+def quiet_logs() -> None:
+    """What a production user does: hare_py's per-request debug events filtered out
+    (warnings and errors still go to stderr; stdout is the worker's protocol)."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    logging.basicConfig(level=logging.WARNING)
+
+
+class Client(Protocol):
+    async def call(self, queue: str, payload: Any) -> Any: ...
+
+
+class Contender(Protocol):
+    name: str
+    label: str
+    queue: str
+    #: False when the library cannot have more than one request in flight.
+    concurrent: bool
+
+    def payload(self, size: int) -> Any: ...
+    def echoed(self, payload: Any) -> Any: ...  # what raw_echo's reply decodes to
+    def client(self, url: str) -> Any: ...  # an async context manager yielding a Client
+    async def serve(self, url: str, queue: str, ready: Ready) -> None: ...
+
+
+# --- raw aiormq: the baseline ---------------------------------------------------------
+
+
+class RawClient:
+    """The thinnest client: one reply queue, a dict of futures, counter correlation ids."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.futures: dict[str, asyncio.Future[bytes]] = {}
+        self.ids = itertools.count()
+        self.reply_to = ""
+
+    async def __aenter__(self) -> RawClient:
+        self.connection = await aiormq.connect(self.url)
+        self.channel = await self.connection.channel(publisher_confirms=False)
+        declared = await self.channel.queue_declare("", exclusive=True, auto_delete=True)
+        self.reply_to = declared.queue or ""
+        await self.channel.basic_consume(self.reply_to, self._on_reply, no_ack=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.connection.close()
+
+    async def _on_reply(self, message: DeliveredMessage) -> None:
+        future = self.futures.pop(message.header.properties.correlation_id or "", None)
+        if future is not None and not future.done():
+            future.set_result(message.body)
+
+    async def call(self, queue: str, payload: Any) -> Any:
+        cid = str(next(self.ids))
+        future = asyncio.get_running_loop().create_future()
+        self.futures[cid] = future
+        try:
+            await self.channel.basic_publish(
+                payload,
+                routing_key=queue,
+                properties=Basic.Properties(correlation_id=cid, reply_to=self.reply_to),
+            )
+            return await future
+        finally:
+            self.futures.pop(cid, None)
+
+
+async def raw_echo(
+    channel: aiormq.abc.AbstractChannel, queue: str, *, ack: bool
+) -> Basic.ConsumeOk:
+    """Consume ``queue`` and answer every message with its own body (also the release
+    consumer of the in-flight test, which is why it copies ``content_type``/``type``)."""
+
+    async def on_message(message: DeliveredMessage) -> None:
+        props = message.header.properties
+        await channel.basic_publish(
+            message.body,
+            routing_key=props.reply_to or "",
+            properties=Basic.Properties(
+                correlation_id=props.correlation_id,
+                content_type=props.content_type,
+                message_type="result",  # what aio-pika's patterns.RPC expects of a reply
+            ),
+        )
+        if ack and message.delivery_tag is not None:
+            await channel.basic_ack(message.delivery_tag)
+
+    return await channel.basic_consume(queue, on_message, no_ack=not ack)
+
+
+class Raw:
+    name, label, queue, concurrent = "aiormq", "raw aiormq", "bench.aiormq", True
+
+    def payload(self, size: int) -> Any:
+        return b"x" * size
+
+    def echoed(self, payload: Any) -> Any:
+        return payload
+
+    def client(self, url: str) -> Any:
+        return RawClient(url)
+
+    async def serve(self, url: str, queue: str, ready: Ready) -> None:
+        connection = await aiormq.connect(url)
+        try:
+            channel = await connection.channel(publisher_confirms=False)
+            await channel.basic_qos(prefetch_count=PREFETCH)
+            await channel.queue_declare(queue, auto_delete=True)
+            await raw_echo(channel, queue, ack=True)
+            ready()
+            await asyncio.Event().wait()
+        finally:
+            await connection.close()
+
+
+# --- hare_py ----------------------------------------------------------------------------
+
+
+class HareClient:
+    def __init__(self, url: str, convention: Any) -> None:
+        self.url, self.convention = url, convention
+        self.stack = AsyncExitStack()
+
+    async def __aenter__(self) -> HareClient:
+        import hare_py  # imported only where used: the peak RSS is each library's own
+
+        runner: Any = hare_py.RPCClient.start(
+            self.url, timeout=TIMEOUT, max_in_flight=20_000, convention=self.convention
+        )
+        self.rpc: hare_py.RPCClient[Any] = await self.stack.enter_async_context(runner)
+        while not self.rpc.connected:
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stack.aclose()
+
+    def call(self, queue: str, payload: Any) -> Awaitable[Any]:
+        return self.rpc.request(payload, routing_key=queue)
+
+
+class Hare(Raw):
+    name, label, queue, concurrent = "hare", "hare_py", "bench.hare", True
+
+    def client(self, url: str) -> Any:
+        return HareClient(url, None)
+
+    async def serve(self, url: str, queue: str, ready: Ready) -> None:
+        import hare_py
+
+        class Echo(hare_py.RPCServer[None]):
+            async def handle_request(
+                self, request: hare_py.Request, caller: hare_py.Caller, state: None
+            ) -> Any:
+                return hare_py.Reply(request.payload, state)
+
+        async with Echo.start(url, queue=queue, prefetch=PREFETCH, auto_delete=True) as server:
+            while not server.connected:
+                await asyncio.sleep(0.01)
+            ready()
+            await asyncio.Event().wait()
+
+
+class HareDirect(Hare):
+    """The same server; the client uses RabbitMQ's direct reply-to pseudo-queue."""
+
+    name, label, queue = "hare_drt", "hare_py direct_reply_to", "bench.hare_drt"
+
+    def client(self, url: str) -> Any:
+        from hare_py.conventions import direct_reply_to
+
+        return HareClient(url, direct_reply_to())
+
+
+# --- aio-pika patterns.RPC --------------------------------------------------------------
+
+
+async def _echo_kw(*, payload: Any) -> Any:
+    return payload
+
+
+class AioPikaClient:
+    """``patterns.JsonRPC``: JSON, not the default pickle; the payload is a str kwarg."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def __aenter__(self) -> AioPikaClient:
+        import aio_pika
+        from aio_pika.patterns import JsonRPC
+
+        self.connection = await aio_pika.connect(self.url)
+        self.rpc = await JsonRPC.create(await self.connection.channel())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.connection.close()
+
+    def call(self, queue: str, payload: Any) -> Awaitable[Any]:
+        return self.rpc.call(queue, kwargs={"payload": payload})
+
+
+class AioPika:
+    name, label, queue, concurrent = "aiopika", "aio-pika patterns.RPC", "bench.aiopika", True
+
+    def payload(self, size: int) -> Any:
+        return "x" * size  # JSON has no bytes; ASCII keeps the body the same size
+
+    def echoed(self, payload: Any) -> Any:
+        return {"payload": payload}  # raw_echo returns the call's kwargs
+
+    def client(self, url: str) -> Any:
+        return AioPikaClient(url)
+
+    async def serve(self, url: str, queue: str, ready: Ready) -> None:
+        import aio_pika
+        from aio_pika.patterns import JsonRPC
+
+        connection = await aio_pika.connect(url)
+        try:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=PREFETCH)
+            rpc = await JsonRPC.create(channel)
+            await rpc.register(queue, _echo_kw, auto_delete=True)
+            ready()
+            await asyncio.Event().wait()
+        finally:
+            await connection.close()
+
+
+# --- FastStream -------------------------------------------------------------------------
+
+
+class FastStreamClient:
+    def __init__(self, url: str) -> None:
+        from faststream.rabbit import RabbitBroker
+
+        self.broker = RabbitBroker(url, logger=None)
+
+    async def __aenter__(self) -> FastStreamClient:
+        await self.broker.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.broker.stop()
+
+    async def call(self, queue: str, payload: Any) -> Any:
+        response = await self.broker.request(payload, queue, timeout=TIMEOUT)
+        return response.body
+
+
+class FastStream(Raw):
+    name, label, queue = "faststream", "FastStream request/reply", "bench.faststream"
+    # RabbitBroker.request holds a per-broker lock from publish to reply (it
+    # consumes the direct reply-to pseudo-queue anew for each request).
+    concurrent = False
+
+    def client(self, url: str) -> Any:
+        return FastStreamClient(url)
+
+    async def serve(self, url: str, queue: str, ready: Ready) -> None:
+        from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
+
+        broker = RabbitBroker(url, logger=None, graceful_timeout=None)
+
+        @broker.subscriber(
+            RabbitQueue(queue, auto_delete=True), channel=Channel(prefetch_count=PREFETCH)
+        )
+        async def echo(body: bytes) -> bytes:
+            return body
+
+        await broker.start()
+        try:
+            ready()
+            await asyncio.Event().wait()
+        finally:
+            await broker.stop()
+
+
+BASELINE = "aiormq"
+CONTENDERS: dict[str, Contender] = {
+    c.name: c for c in (Raw(), Hare(), HareDirect(), AioPika(), FastStream())
+}

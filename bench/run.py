@@ -1,0 +1,417 @@
+"""The orchestrator: broker, servers, interleaved rounds, medians, table, plots, profile.
+
+    python -m bench                 # the full run (make bench), ~8 minutes on 2 cores
+    python -m bench --smoke --out DIR   # a few hundred calls per contender (CI)
+
+``HARE_BENCH_AMQP_URL`` uses a running broker instead of a private node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .contenders import BASELINE, CONTENDERS
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = 100
+BIG = 64 * 1024
+
+LOAD_METRICS = ("calls_per_s", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_10k", "peak_rss_mib")
+
+
+@dataclass(frozen=True)
+class Case:
+    concurrency: int
+    size: int
+
+    @property
+    def label(self) -> str:
+        return f"c={self.concurrency}, {'64 KiB' if self.size == BIG else f'{self.size} B'}"
+
+
+@dataclass
+class Settings:
+    rounds: int
+    warmup: float
+    duration: float
+    concurrencies: tuple[int, ...]
+    big_concurrency: int
+    hold: int
+    contenders: tuple[str, ...]
+    profile: bool
+    out: Path
+
+    @property
+    def cases(self) -> list[Case]:
+        return [Case(c, SMALL) for c in self.concurrencies] + [Case(self.big_concurrency, BIG)]
+
+
+@dataclass
+class Results:
+    """Every measurement of the run, by (contender, case), one entry per round."""
+
+    load: dict[tuple[str, Case], list[dict[str, Any]]] = field(default_factory=dict)
+    hold: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def median(self, name: str, case: Case, metric: str) -> float:
+        values = [r[metric] for r in self.load.get((name, case), [])]
+        return statistics.median(values) if values else math.nan
+
+    def ratio(self, name: str, case: Case, metric: str) -> float:
+        base = self.median(BASELINE, case, metric)
+        return self.median(name, case, metric) / base if base else math.nan
+
+    def hold_median(self, name: str, metric: str) -> float:
+        values = [r[metric] for r in self.hold.get(name, [])]
+        return statistics.median(values) if values else math.nan
+
+
+# --- processes ----------------------------------------------------------------------
+
+
+def _command(job: dict[str, Any]) -> list[str]:
+    return [sys.executable, "-m", "bench.worker", json.dumps(job)]
+
+
+def run_job(job: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
+    """Run one worker process; its ``RESULT`` line, or RuntimeError with its output."""
+    done = subprocess.run(
+        _command(job), cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return dict(json.loads(line[len("RESULT ") :]))
+    raise RuntimeError(
+        f"worker {job['job']} {job['contender']} failed ({done.returncode}):\n"
+        f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    )
+
+
+@contextlib.contextmanager
+def servers(url: str, names: Sequence[str]) -> Iterator[dict[str, psutil.Process]]:
+    """One echo server process per contender, each ready on its queue."""
+    procs: dict[str, subprocess.Popen[str]] = {}
+    try:
+        for name in names:
+            job = {"job": "serve", "contender": name, "url": url, "queue": CONTENDERS[name].queue}
+            procs[name] = subprocess.Popen(
+                _command(job), cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
+        for name, proc in procs.items():
+            assert proc.stdout is not None
+            lines = []
+            while (line := proc.stdout.readline()) and line.strip() != "READY":
+                lines.append(line)  # libraries that print; READY, or EOF if it died
+            if not line:
+                raise RuntimeError(f"the {name} server did not start: {''.join(lines)}")
+        yield {name: psutil.Process(p.pid) for name, p in procs.items()}
+    finally:
+        for proc in procs.values():
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None
+                proc.stdin.close()  # the server's signal to stop
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def broker() -> Iterator[str]:
+    """``HARE_BENCH_AMQP_URL``, or a private RabbitMQ node for the run."""
+    external = os.environ.get("HARE_BENCH_AMQP_URL")
+    if external:
+        yield external
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    from rabbitmq import RabbitMQNode  # type: ignore[import-not-found]  # the tests' node
+
+    node = RabbitMQNode()
+    node.start()
+    try:
+        yield node.url
+    finally:
+        node.stop()
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+# --- the run ---------------------------------------------------------------------------
+
+
+def rotated(names: Sequence[str], round_index: int) -> list[str]:
+    k = round_index % len(names)
+    return [*names[k:], *names[:k]]
+
+
+def measure(settings: Settings, url: str) -> Results:
+    results = Results()
+    names = settings.contenders
+    with servers(url, names) as procs:
+        for r in range(settings.rounds):
+            order = rotated(names, r)
+            for case in settings.cases:
+                for name in order:
+                    contender = CONTENDERS[name]
+                    job = {
+                        "job": "load",
+                        "contender": name,
+                        "url": url,
+                        "queue": contender.queue,
+                        "concurrency": case.concurrency,
+                        "size": case.size,
+                        "warmup": settings.warmup,
+                        "duration": settings.duration,
+                    }
+                    cpu0 = cpu_seconds(procs[name])
+                    result = run_job(job)
+                    calls = result["calls"]
+                    server_cpu = cpu_seconds(procs[name]) - cpu0
+                    # The server also served the warm-up and drain: per call served.
+                    result["server_cpu_s_per_10k"] = (
+                        server_cpu / result["served"] * 10_000 if result.get("served") else math.nan
+                    )
+                    results.load.setdefault((name, case), []).append(result)
+                    print(
+                        f"[round {r + 1}/{settings.rounds}] {contender.label:<24} "
+                        f"{case.label:<15} {result['calls_per_s']:>8,.0f} calls/s  "
+                        f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:8.2f} ms  "
+                        f"p99.9 {result['p999_ms']:8.2f} ms  "
+                        f"cpu {result['cpu_s_per_10k']:5.2f} s/10k  "
+                        f"rss {result['peak_rss_mib']:5.1f} MiB  "
+                        f"errors {result['errors']}  ({calls} calls)",
+                        flush=True,
+                    )
+                    if result["errors"]:
+                        print(f"    first error: {result['first_error']}", flush=True)
+            for name in order:
+                contender = CONTENDERS[name]
+                if not contender.concurrent or not settings.hold:
+                    continue
+                job = {
+                    "job": "hold",
+                    "contender": name,
+                    "url": url,
+                    "queue": contender.queue,
+                    "hold_queue": f"bench.hold.{name}",
+                    "n": settings.hold,
+                    "size": SMALL,
+                }
+                result = run_job(job)
+                results.hold.setdefault(name, []).append(result)
+                print(
+                    f"[round {r + 1}/{settings.rounds}] {contender.label:<24} "
+                    f"{result['n']:,} in flight: {result['held']:,} held by the broker, "
+                    f"{result['bytes_per_request']:,.0f} B of client RSS each, "
+                    f"{result['errors']} errors, all answered in {result['seconds']:.1f} s",
+                    flush=True,
+                )
+                if result["errors"]:
+                    print(f"    first error: {result['first_error']}", flush=True)
+    return results
+
+
+# --- profile ---------------------------------------------------------------------------
+
+
+def _frame_name(frame: str) -> str:
+    """``func (/long/path/hare_py/rpc/client.py:123)`` -> ``func (hare_py/rpc/client.py)``."""
+    func, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    else:
+        path = os.path.relpath(path, ROOT) if path.startswith("/") else path
+    return f"{func} ({path})"
+
+
+def profile(url: str, settings: Settings, concurrency: int = 64) -> str | None:
+    """Sample a hare_py client at ``concurrency`` with py-spy; the top functions as Markdown."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        print("py-spy is not installed: no profile", flush=True)
+        return None
+    raw = settings.out / "profile-hare-c64.txt"
+    job = {
+        "job": "load",
+        "contender": "hare",
+        "url": url,
+        "queue": CONTENDERS["hare"].queue,
+        "concurrency": concurrency,
+        "size": SMALL,
+        "warmup": settings.warmup,
+        "duration": max(settings.duration * 2, 1.0),
+    }
+    with servers(url, ["hare"]):
+        spy_args = ["record", "--rate", "250", "--format", "raw", "--output", str(raw), "--"]
+        done = subprocess.run(
+            [spy, *spy_args, *_command(job)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    if done.returncode != 0 or not raw.exists():
+        print(f"py-spy failed ({done.returncode}): {done.stderr[-1500:]}", flush=True)
+        return None
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame_name(f) for f in stack.split(";") if "(" in f]
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for name in set(frames):
+            inclusive[name] = inclusive.get(name, 0) + count
+    if not total:
+        return None
+
+    def top(counts: dict[str, int], n: int, only: str = "") -> list[str]:
+        rows = sorted(((c, f) for f, c in counts.items() if only in f), reverse=True)[:n]
+        return [f"| {100 * c / total:.1f} % | `{f}` |" for c, f in rows]
+
+    parts = [
+        f"py-spy, {total:,} samples of the client process's CPU time (idle time not sampled), "
+        f"hare_py client at concurrency {concurrency}, 100 B.",
+        "",
+        "Self time (the function itself was running):",
+        "",
+        "| share | function |",
+        "|---|---|",
+        *top(own, 20),
+        "",
+        "Inclusive time of hare_py's own functions (running, or calling what runs):",
+        "",
+        "| share | function |",
+        "|---|---|",
+        *top(inclusive, 20, "hare_py/"),
+    ]
+    return "\n".join(parts)
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+def write(results: Results, settings: Settings, url_note: str, profile_md: str | None) -> None:
+    from . import report
+
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    rows = report.targets(results, settings)
+    pngs = report.plots(results, settings, out)
+    md = [
+        "# hare_py benchmark results",
+        "",
+        f"Command: `{' '.join(['python -m bench', *sys.argv[1:]])}` ({url_note}). "
+        f"{settings.rounds} interleaved rounds (contenders in rotated order within each), "
+        f"{settings.warmup:g} s warm-up and {settings.duration:g} s measured per "
+        f"measurement, a fresh client process each; every figure is the median over rounds, "
+        f"in parentheses its ratio to raw aiormq's median.",
+        "",
+        report.table(results, settings),
+        "",
+        "Requests held in flight (nobody consumes the queue until all are queued; then "
+        "a consumer answers them and every reply is checked):",
+        "",
+        report.hold_table(results, settings),
+        "",
+        "Targets:",
+        "",
+        report.targets_table(rows),
+        "",
+        *[f"![{p.stem}]({p.name})" for p in pngs],
+    ]
+    if profile_md:
+        md += ["", "## Profile of the hare_py client", "", profile_md]
+    (out / "results.md").write_text("\n".join(md) + "\n")
+    serialisable = {
+        "settings": {k: str(v) for k, v in vars(settings).items()},
+        "load": [
+            {"contender": n, "concurrency": c.concurrency, "size": c.size, "rounds": runs}
+            for (n, c), runs in results.load.items()
+        ],
+        "hold": results.hold,
+        "targets": [{"target": t, "met": ok, "measured": d} for t, ok, d in rows],
+    }
+    (out / "results.json").write_text(json.dumps(serialisable, indent=1))
+    print("\n".join(md[6:]), flush=True)
+    print(f"\nwritten: {out / 'results.md'}, {', '.join(str(p) for p in pngs)}", flush=True)
+
+
+def parse(argv: Sequence[str] | None = None) -> Settings:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    p.add_argument("--smoke", action="store_true", help="a few hundred calls per contender")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
+    p.add_argument("--duration", type=float, help="measured seconds per measurement (3)")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per measurement (1)")
+    p.add_argument("--hold", type=int, help="requests held in flight at once (10000)")
+    p.add_argument("--contenders", help=f"comma-separated subset of {','.join(CONTENDERS)}")
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    a = p.parse_args(argv)
+    smoke = a.smoke
+    names = tuple(a.contenders.split(",")) if a.contenders else tuple(CONTENDERS)
+    if BASELINE not in names:
+        names = (BASELINE, *names)  # every ratio needs it
+    return Settings(
+        rounds=a.rounds or (1 if smoke else 3),
+        warmup=a.warmup if a.warmup is not None else (0.2 if smoke else 1.0),
+        duration=a.duration or (0.4 if smoke else 3.0),
+        concurrencies=(1, 8, 32) if smoke else (1, 64, 1024),
+        big_concurrency=8 if smoke else 64,
+        hold=a.hold if a.hold is not None else (300 if smoke else 10_000),
+        contenders=names,
+        profile=not a.no_profile and not smoke,
+        out=a.out,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = parse(argv)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    n = len(settings.contenders) * len(settings.cases) * settings.rounds
+    print(
+        f"{n} measurements of {settings.warmup:g}+{settings.duration:g} s and "
+        f"{settings.rounds} in-flight tests per contender; results into {settings.out}",
+        flush=True,
+    )
+    with broker() as url:
+        note = (
+            "RabbitMQ from HARE_BENCH_AMQP_URL"
+            if os.environ.get("HARE_BENCH_AMQP_URL")
+            else "a private RabbitMQ node started by the run"
+        )
+        results = measure(settings, url)
+        profile_md = profile(url, settings) if settings.profile else None
+    write(results, settings, note, profile_md)
+    print(f"done in {time.monotonic() - began:.0f} s", flush=True)

@@ -1,0 +1,243 @@
+"""One benchmark process: ``python -m bench.worker '<json job>'``.
+
+A fresh process per measurement, so that its peak RSS and CPU time belong to
+that measurement alone. Jobs:
+
+- ``serve``: run a contender's echo server on a queue; prints ``READY``, then
+  serves until stdin closes (the orchestrator ends it so).
+- ``load``: ``concurrency`` tasks each calling in a loop; after ``warmup``
+  seconds, measure for ``duration`` seconds; prints ``RESULT {json}``.
+- ``hold``: ``n`` requests at once to a queue nobody consumes (the broker holds
+  them); RSS before and once all are queued, then a consumer answers them all
+  and every reply is checked; prints ``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import math
+import resource
+import sys
+import threading
+import time
+import tracemalloc
+from array import array
+from typing import Any
+
+import aiormq
+import psutil
+
+from .contenders import CONTENDERS, quiet_logs, raw_echo
+
+# Quantiles sent back for the latency plots: dense in the body, then the tail
+# up to p99.99 (a "nines" axis).
+QUANTILES = sorted(
+    {i / 100 for i in range(1, 100)}
+    | {1 - 10 ** (-k / 8) for k in range(16, 33)}
+    | {0.5, 0.99, 0.999}
+)
+
+
+def quantile(sorted_values: array[float] | list[float], q: float) -> float:
+    """Nearest-rank quantile of already sorted values."""
+    if not sorted_values:
+        return math.nan
+    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def peak_rss() -> int:
+    """This process's peak resident set size in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+async def load(job: dict[str, Any]) -> dict[str, Any]:
+    contender = CONTENDERS[job["contender"]]
+    queue, concurrency = job["queue"], int(job["concurrency"])
+    payload = contender.payload(int(job["size"]))
+    latencies: array[float] = array("d")
+    measuring = False
+    stop = False
+    errors: list[str] = []
+    served = 0  # every answered call, warm-up and drain too: what the server did
+
+    async with contender.client(job["url"]) as client:
+
+        async def caller() -> None:
+            nonlocal served
+            clock = time.perf_counter
+            while not stop:
+                began = clock()
+                try:
+                    result = await client.call(queue, payload)
+                except Exception as exc:
+                    errors.append(repr(exc))
+                    await asyncio.sleep(0.01)  # a broken client must not spin
+                    continue
+                served += 1
+                if measuring:
+                    latencies.append(clock() - began)
+                    if result != payload:
+                        errors.append(f"wrong reply: {result!r:.60}")
+
+        tasks = [asyncio.create_task(caller()) for _ in range(concurrency)]
+        await asyncio.sleep(float(job["warmup"]))
+        errors.clear()
+        measuring = True
+        started, cpu0 = time.perf_counter(), time.process_time()
+        await asyncio.sleep(float(job["duration"]))
+        measuring = False
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu0
+        stop = True
+        # Calls still in flight finish uncounted; FastStream's are queued on its lock.
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
+
+    calls = len(latencies)
+    ordered = array("d", sorted(latencies))
+    return {
+        "calls": calls,
+        "served": served,
+        "seconds": elapsed,
+        "calls_per_s": calls / elapsed,
+        "p50_ms": quantile(ordered, 0.5) * 1e3,
+        "p99_ms": quantile(ordered, 0.99) * 1e3,
+        "p999_ms": quantile(ordered, 0.999) * 1e3,
+        "cpu_s_per_10k": cpu / calls * 10_000 if calls else math.nan,
+        "peak_rss_mib": peak_rss() / 2**20,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "quantiles": [[q, quantile(ordered, q) * 1e3] for q in QUANTILES],
+    }
+
+
+async def _held(
+    client: Any, channel: Any, hold_queue: str, payload: Any, n: int
+) -> tuple[list[asyncio.Task[Any]], int]:
+    """Start ``n`` calls to ``hold_queue``; return once the broker holds them all."""
+    tasks = [asyncio.create_task(client.call(hold_queue, payload)) for _ in range(n)]
+    began, held = time.perf_counter(), 0
+    while held < n and time.perf_counter() - began < 120:
+        await asyncio.sleep(0.05)
+        held = (await channel.queue_declare(hold_queue, passive=True)).message_count or 0
+        if any(t.done() for t in tasks):
+            break  # one failed or was answered: no point waiting for the rest
+    return tasks, held
+
+
+async def _bare_task_bytes(n: int) -> float:
+    """Python heap per task that just awaits a future: the caller's own share."""
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in range(n)]
+
+    async def wait(f: asyncio.Future[None]) -> None:
+        await f
+
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    tasks = [asyncio.create_task(wait(f)) for f in futures]
+    await asyncio.sleep(0.05)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    for f in futures:
+        f.set_result(None)
+    await asyncio.gather(*tasks)
+    return (after - before) / n
+
+
+async def hold(job: dict[str, Any]) -> dict[str, Any]:
+    """RSS per held request (``n`` of them), then the Python heap per request
+    (tracemalloc, n/10 of them, exact but slow to trace) and the part of it that
+    is the calling task itself."""
+    contender = CONTENDERS[job["contender"]]
+    n, url, hold_queue = int(job["n"]), job["url"], job["hold_queue"]
+    payload = contender.payload(int(job["size"]))
+    expected = contender.echoed(payload)
+    admin = await aiormq.connect(url)
+    try:
+        channel = await admin.channel(publisher_confirms=False)
+        await channel.queue_declare(hold_queue, auto_delete=False)
+        await channel.queue_purge(hold_queue)
+        async with contender.client(url) as client:
+            # Warm the client's code paths (and allocator) on the echo server first.
+            for _ in range(200):
+                await client.call(contender.queue, payload)
+            gc.collect()
+            process = psutil.Process()
+            before = process.memory_info().rss
+            began = time.perf_counter()
+            tasks, held = await _held(client, channel, hold_queue, payload, n)
+            gc.collect()
+            during = process.memory_info().rss
+            # Now answer them all, and check every reply.
+            tag = (await raw_echo(channel, hold_queue, ack=False)).consumer_tag or ""
+            results = await asyncio.wait_for(
+                asyncio.gather(*tasks, return_exceptions=True), timeout=120
+            )
+            seconds = time.perf_counter() - began
+            await channel.basic_cancel(tag)
+            bad = [r for r in results if r != expected]
+
+            small = max(1, n // 10)
+            gc.collect()
+            tracemalloc.start()
+            traced0 = tracemalloc.get_traced_memory()[0]
+            tasks, traced_held = await _held(client, channel, hold_queue, payload, small)
+            traced = (tracemalloc.get_traced_memory()[0] - traced0) / small
+            tracemalloc.stop()
+            await raw_echo(channel, hold_queue, ack=False)
+            results = await asyncio.wait_for(
+                asyncio.gather(*tasks, return_exceptions=True), timeout=120
+            )
+            bad += [r for r in results if r != expected]
+            bare = await _bare_task_bytes(small)
+        await channel.queue_delete(hold_queue)
+    finally:
+        await admin.close()
+    return {
+        "n": n,
+        "held": min(held, traced_held * n // small),
+        "errors": len(bad),
+        "first_error": repr(bad[0])[:120] if bad else None,
+        "bytes_per_request": (during - before) / n,
+        "heap_bytes_per_request": traced,
+        "task_bytes": bare,
+        "seconds": seconds,
+    }
+
+
+async def serve(job: dict[str, Any]) -> None:
+    contender = CONTENDERS[job["contender"]]
+    loop = asyncio.get_running_loop()
+    stdin_closed = loop.create_future()
+
+    def ready() -> None:
+        print("READY", flush=True)
+
+    def watch_stdin() -> None:
+        sys.stdin.read()  # returns at EOF: the orchestrator is done with us
+        loop.call_soon_threadsafe(stdin_closed.set_result, None)
+
+    server = asyncio.create_task(contender.serve(job["url"], job["queue"], ready))
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    await asyncio.wait([server, stdin_closed], return_when=asyncio.FIRST_COMPLETED)
+    if server.done():
+        server.result()  # raise why the server ended
+    server.cancel()
+    await asyncio.gather(server, return_exceptions=True)
+
+
+def main() -> None:
+    quiet_logs()
+    job = json.loads(sys.argv[1])
+    kind = job["job"]
+    if kind == "serve":
+        asyncio.run(serve(job))
+        return
+    result = asyncio.run(load(job) if kind == "load" else hold(job))
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

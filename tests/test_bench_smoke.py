@@ -1,0 +1,71 @@
+"""A smoke run of the benchmark harness (bench/): every contender, every figure.
+
+Benchmarks are not timed tests: this only checks that ``python -m bench
+--smoke`` runs every contender against the session's broker and produces the
+table and the plots with sane numbers. ``make bench`` runs the real thing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    # Pinned to asyncio: aio-pika and FastStream, two of the contenders, run on
+    # asyncio only (their worker processes use asyncio whatever this says).
+    return "asyncio"
+
+
+async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="make bench installs the bench extra")
+    pytest.importorskip("psutil", reason="make bench installs the bench extra")
+    with anyio.fail_after(300):
+        done = await anyio.run_process(
+            [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
+            cwd=ROOT,
+            env=os.environ | {"HARE_BENCH_AMQP_URL": rabbitmq_url},
+            check=False,
+        )
+    stdout, stderr = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "[round 1/1]" in stdout  # one progress line per measurement
+
+    table = (tmp_path / "results.md").read_text()
+    for label in ("raw aiormq", "hare_py", "hare_py direct_reply_to", "aio-pika patterns.RPC"):
+        assert f"| {label} |" in table
+    assert "FastStream request/reply" in table
+    for png in ("latency.png", "throughput.png"):
+        data = (tmp_path / png).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    contenders = {entry["contender"] for entry in results["load"]}
+    assert contenders == {"aiormq", "hare", "hare_drt", "aiopika", "faststream"}
+    assert len(results["load"]) == 5 * 4  # every contender in every case
+    for entry in results["load"]:
+        for run in entry["rounds"]:
+            assert run["errors"] == 0, (entry["contender"], run["first_error"])
+            assert run["calls"] > 0
+            for key in ("calls_per_s", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_10k"):
+                assert math.isfinite(run[key]) and run[key] > 0, (entry["contender"], key)
+            assert run["p50_ms"] <= run["p99_ms"] <= run["p999_ms"]
+            assert run["peak_rss_mib"] > 0
+    for name, runs in results["hold"].items():
+        for run in runs:
+            assert run["errors"] == 0 and run["held"] == run["n"], (name, run)
+            assert math.isfinite(run["bytes_per_request"])
+            assert run["heap_bytes_per_request"] > 0
+    assert set(results["hold"]) == {"aiormq", "hare", "hare_drt", "aiopika"}
+    assert results["targets"]  # each computed (met or not: that is a finding, not a failure)
