@@ -24,6 +24,7 @@ from typing import Any, Generic, Self, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
+from .._log import debug_enabled
 from ..actor.actor import _GAVE_UP, Actor, check_timeout
 from ..actor.backoff import Backoff
 from ..actor.caller import Caller
@@ -317,6 +318,8 @@ class RPCClient(Actor[S], Generic[S]):
     # -- runtime -------------------------------------------------------------------
 
     def _log_request(self, caller: Caller, started: float) -> None:
+        if not debug_enabled(self._log):
+            return  # the canonical event is debug: skip building it when filtered out
         value = caller._value
         now = anyio.current_time()
         if value is _GAVE_UP:

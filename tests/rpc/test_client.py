@@ -639,3 +639,26 @@ async def test_password_never_appears_in_logs_or_reprs() -> None:
     assert secret not in str(info.value)
     assert secret not in repr(logs)
     del url
+
+
+async def test_one_canonical_log_event_per_request(broker: SandboxBroker) -> None:
+    """Each request logs one rpc.request event with outcome, duration, key and id."""
+
+    async def silent(delivery: Delivery) -> bytes | None:
+        return None if delivery.body == b"quiet" else delivery.body
+
+    with capture_logs() as logs:
+        async with (
+            echo_server(broker.url, handler=silent),
+            RPCClient.start(broker.url, timeout=0.2) as client,
+        ):
+            with anyio.fail_after(5):
+                assert await client.request(b"x", "echo") == b"x"
+                with pytest.raises(RequestTimeout):
+                    await client.request(b"quiet", "echo")
+                with pytest.raises(Unroutable):
+                    await client.request(b"x", "nowhere")
+    events = [e for e in logs if e["event"] == "rpc.request"]
+    assert [e["outcome"] for e in events] == ["ok", "RequestTimeout", "Unroutable"]
+    assert [e["routing_key"] for e in events] == ["echo", "echo", "nowhere"]
+    assert all(e["duration_ms"] >= 0 and len(e["correlation_id"]) >= 20 for e in events)
