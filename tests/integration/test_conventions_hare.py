@@ -123,14 +123,27 @@ async def test_lasting_reply_queue_is_consumed_by_its_owner_only(target: Target)
 
 
 async def test_direct_reply_to_round_trip(target: Target) -> None:
-    """direct_reply_to: no reply queue is declared; replies come on amq.rabbitmq.reply-to."""
+    """direct_reply_to: no reply queue is declared; replies, error replies included,
+    come on amq.rabbitmq.reply-to."""
     queue = unique("q")
+
+    class Failing(Held):
+        async def handle_request(self, request: Request, caller: Caller, held: Any) -> Any:
+            if request.payload == b"fail":
+                raise KeyError("nope")
+            return await super().handle_request(request, caller, held)
+
+    before = set((await target.topology()).queues)
     async with (
         Connection(target.url) as conn,
-        held_server(conn, queue),
+        Failing.start(conn, queue=queue, auto_delete=True) as server,
         Counting.start(conn, convention=direct_reply_to()) as client,
     ):
         with anyio.fail_after(10):
+            await wait_for(lambda: server.connected and client.connected)
+            assert set((await target.topology()).queues) - before == {queue}
+            with pytest.raises(RemoteError, match="KeyError"):
+                await client.request(b"fail", queue)
             async with anyio.create_task_group() as tg:
                 for i in range(50):
 
