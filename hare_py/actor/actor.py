@@ -348,6 +348,10 @@ class Actor(Generic[S]):
     async def _on_start(self, tg: TaskGroup) -> None:
         """Start helper tasks of the incarnation (subclasses)."""
 
+    async def _on_idle(self) -> bool:
+        """Work deferred until the mailbox is empty (subclasses); True if any was done."""
+        return False
+
     def _next_deadline(self) -> float:
         """When the loop must wake up for timers (subclasses)."""
         return math.inf
@@ -364,6 +368,8 @@ class Actor(Generic[S]):
                 try:
                     message = recv.receive_nowait()
                 except anyio.WouldBlock:
+                    if await self._on_idle():
+                        continue  # it awaited: messages may have arrived meanwhile
                     deadline = self._next_deadline()
                     if deadline == math.inf:
                         message = await recv.receive()

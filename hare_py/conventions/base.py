@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RemoteError
-from ..transport.base import Channel, Delivery, OnCancel, OnDelivery, Properties
+from ..transport.base import Channel, Delivery, Message, OnCancel, OnDelivery
 
 __all__ = [
     "ClientConvention",
@@ -35,14 +35,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A message ready to publish."""
-
-    exchange: str
-    routing_key: str
-    body: bytes
-    properties: Properties
+#: A message ready to publish: exchange, routing_key, body, properties.
+Outgoing = Message
 
 
 @dataclass(frozen=True, slots=True)

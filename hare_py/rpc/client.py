@@ -44,11 +44,12 @@ from ..errors import (
 from ..transport.base import (
     Channel,
     Delivery,
+    Message,
     OnCancel,
     ReturnedMessage,
 )
 from ..transport.url import BrokerURL
-from .calls import CallTable
+from .calls import Call, CallTable
 from .channel import ChannelDown, ChannelUp, check_exchange, keep_channel
 from .messages import (
     ConnectedMeta,
@@ -59,6 +60,9 @@ from .messages import (
 )
 
 __all__ = ["RPCClient"]
+
+#: Requests published in one write at most (and flushed at least this often).
+_BATCH = 64
 
 S = TypeVar("S")
 
@@ -131,6 +135,7 @@ class RPCClient(Actor[S], Generic[S]):
         self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
         self._slots = anyio.Semaphore(max_in_flight)
         self._calls = CallTable()
+        self._unflushed = 0  # requests queued since the last flush
         self._channel: Channel | None = None
         self._last_channel: Channel | None = None
         self._reply_queue: str | None = None
@@ -371,6 +376,7 @@ class RPCClient(Actor[S], Generic[S]):
 
     async def _on_start(self, tg: TaskGroup) -> None:
         self._calls = CallTable()
+        self._unflushed = 0
         self._channel = self._last_channel = None
         self._reply_queue = None
         tg.start_soon(
@@ -403,18 +409,76 @@ class RPCClient(Actor[S], Generic[S]):
                 )
             caller.request = result.request
         self._calls.add(caller, caller.request)
-        if self._channel is not None:
+        self._unflushed += 1
+        if self._unflushed >= _BATCH:
+            await self._flush()  # a busy mailbox must not hold requests back
+
+    async def _on_idle(self) -> bool:
+        if self._unflushed and self._channel is not None:
             await self._flush()
+            return True
+        return False
 
     async def _flush(self) -> None:
-        """Publish queued calls, oldest first, while a channel is open."""
-        while self._channel is not None:
-            call = self._calls.next_queued()
-            if call is None:
-                return
-            await self._publish(self._channel, call)
+        """Publish queued calls, oldest first, in batches, while a channel is open.
 
-    async def _publish(self, channel: Channel, call: Any) -> None:
+        Requests are queued as they arrive and published when the mailbox runs
+        dry (or every ``_BATCH`` requests), so that a burst leaves in one write.
+        """
+        self._unflushed = 0
+        while self._channel is not None:
+            channel = self._channel
+            batch: list[Call] = []
+            messages: list[Message] = []
+            while len(batch) < _BATCH and (call := self._calls.next_queued()) is not None:
+                message = self._prepare(call)
+                if message is not None:
+                    batch.append(call)
+                    messages.append(message)
+            if not batch:
+                return
+            try:
+                await channel.basic_publish_many(messages, mandatory=self.mandatory)
+            except ConnectionLost as exc:
+                # Nothing reached the broker: wait for the next channel, in order.
+                for call in reversed(batch):
+                    self._calls.unsend(call)
+                if self._channel is channel:
+                    self._channel = None
+                self.last_error = exc
+                return
+            except HareError as exc:
+                if len(batch) == 1:  # refused (BrokerError) or unsendable (ConfigError)
+                    self._forget(batch[0].caller)
+                    batch[0].caller._resolve(exc)
+                else:  # find the culprit: publish them one by one
+                    for call in reversed(batch):
+                        self._calls.unsend(call)
+                    await self._flush_one_by_one(len(batch))
+
+    async def _flush_one_by_one(self, count: int) -> None:
+        for _ in range(count):
+            channel = self._channel
+            call = self._calls.next_queued()
+            if channel is None or call is None:
+                return
+            message = self._prepare(call)
+            if message is None:
+                continue
+            try:
+                await channel.basic_publish_many([message], mandatory=self.mandatory)
+            except ConnectionLost as exc:
+                self._calls.unsend(call)
+                if self._channel is channel:
+                    self._channel = None
+                self.last_error = exc
+                return
+            except HareError as exc:
+                self._forget(call.caller)
+                call.caller._resolve(exc)
+
+    def _prepare(self, call: Call) -> Message | None:
+        """Mark ``call`` sent and build its message; None if it was answered instead."""
         request: Request = call.request
         caller: Caller = call.caller
         try:
@@ -422,19 +486,19 @@ class RPCClient(Actor[S], Generic[S]):
         except Exception as exc:
             self._forget(caller)
             caller._resolve(exc)
-            return
+            return None
         if not self._calls.sent(call):
             self._forget(caller)
             caller._resolve(
                 ConfigError(f"correlation id {request.correlation_id!r} is already in flight")
             )
-            return
+            return None
         expiration = None
         if self.request_ttl and request.deadline != float("inf"):
             left = request.deadline - anyio.current_time()
             expiration = str(max(1, int(left * 1000)))
         try:
-            out = self.convention.wrap(
+            return self.convention.wrap(
                 request.routing_key,
                 body,
                 self.codec.content_type,
@@ -446,24 +510,7 @@ class RPCClient(Actor[S], Generic[S]):
         except ConfigError as exc:  # a request the convention cannot express (cloud keys)
             self._forget(caller)
             caller._resolve(exc)
-            return
-        try:
-            await channel.basic_publish(
-                out.body,
-                exchange=out.exchange,
-                routing_key=out.routing_key,
-                properties=out.properties,
-                mandatory=self.mandatory,
-            )
-        except ConnectionLost as exc:
-            # Nothing reached the broker: wait for the next channel.
-            self._calls.unsend(call)
-            if self._channel is channel:
-                self._channel = None
-            self.last_error = exc
-        except HareError as exc:  # refused (BrokerError) or unsendable (ConfigError)
-            self._forget(caller)
-            caller._resolve(exc)
+            return None
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         try:

@@ -21,11 +21,11 @@ Rules this module keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, NamedTuple, TypeAlias
 
 from .url import BrokerURL
 
@@ -37,6 +37,7 @@ __all__ = [
     "ConnectOptions",
     "Delivery",
     "ExchangeType",
+    "Message",
     "OnCancel",
     "OnDelivery",
     "OnReturn",
@@ -82,6 +83,15 @@ class Properties:
 
 
 EMPTY_PROPERTIES = Properties()
+
+
+class Message(NamedTuple):
+    """A message to publish (see ``Channel.basic_publish_many``)."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: Properties = EMPTY_PROPERTIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +306,24 @@ class Channel(ABC):
         message is reported through the channel's ``on_return`` before its
         confirm.
         """
+
+    async def basic_publish_many(
+        self, messages: Sequence[Message], *, mandatory: bool = False
+    ) -> None:
+        """Publish ``messages`` in order, as ``basic_publish`` would one by one.
+
+        A backend may hand them to the connection in one write (the aiormq one
+        does, without confirms). Raises like ``basic_publish``; on an error it
+        is unknown which of the messages left.
+        """
+        for message in messages:
+            await self.basic_publish(
+                message.body,
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+                properties=message.properties,
+                mandatory=mandatory,
+            )
 
     @abstractmethod
     async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None: ...

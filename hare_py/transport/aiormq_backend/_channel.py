@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from ..base import (
     Channel,
     CloseReason,
     ExchangeType,
+    Message,
     OnCancel,
     OnDelivery,
     OnReturn,
@@ -134,6 +135,29 @@ class _RawChannel(AiormqChannelBase):
                 written.cancel()
                 raise
         return confirmation if confirmation is not None else written
+
+    async def hare_publish_batch(self, frames: list[Any], count: int) -> asyncio.Future[Any]:
+        """Queue ``count`` publishes (no confirms) as one write; returns the write's future.
+
+        One ``send()`` instead of one per message: aiormq writes each queued
+        frame set separately.
+        """
+        async with self.hare_publish_lock:
+            if self.is_closed:
+                raise ChannelInvalidStateError(f"channel {self.number} is closed")
+            self.delivery_tag += count
+            written = self.create_future()
+            try:
+                await self.write_queue.put(
+                    ChannelFrame.marshall(
+                        channel_number=self.number, frames=frames, drain_future=written
+                    )
+                )
+            except BaseException:
+                self.delivery_tag -= count
+                written.cancel()
+                raise
+        return written
 
 
 class AiormqChannel(Channel):
@@ -403,22 +427,49 @@ class AiormqChannel(Channel):
             pending = await self._raw.hare_publish(
                 bytes(body), exchange, routing_key, wire, mandatory
             )
-            try:
-                await pending
-            except BaseException as exc:
-                reason = self._close_reason
-                if reason is None or isinstance(exc, asyncio.CancelledError):
-                    raise
-                # The confirm was cut short by the channel's close: when the
-                # broker closed it, it refused the publish (404 for a missing
-                # exchange, 403 for an internal one); otherwise it is lost.
-                if reason.by == "broker" and reason.code:
-                    raise BrokerError(reason.code, reason.text) from exc
-                raise ConnectionLost(
-                    f"channel {self.number} closed before the broker confirmed the "
-                    f"message: {reason}",
-                    code=reason.code,
-                ) from exc
+            await self._settle_publish(pending)
+
+    async def basic_publish_many(
+        self, messages: Sequence[Message], *, mandatory: bool = False
+    ) -> None:
+        if self._raw.publisher_confirms or len(messages) < 2:
+            await super().basic_publish_many(messages, mandatory=mandatory)
+            return
+        async with self._translate():
+            frames: list[Any] = []
+            for message in messages:
+                if len(message.routing_key.encode()) > 255:
+                    raise ValueError("routing key longer than 255 bytes")
+                body = bytes(message.body)
+                frames += [
+                    spec.Basic.Publish(
+                        exchange=message.exchange,
+                        routing_key=message.routing_key,
+                        mandatory=mandatory,
+                    ),
+                    ContentHeader(properties=to_pamqp(message.properties), body_size=len(body)),
+                    *self._raw._split_body(body),
+                ]
+            pending = await self._raw.hare_publish_batch(frames, len(messages))
+            await self._settle_publish(pending)
+
+    async def _settle_publish(self, pending: asyncio.Future[Any]) -> None:
+        """Wait for a publish's write (or confirm) and report how it ended."""
+        try:
+            await pending
+        except BaseException as exc:
+            reason = self._close_reason
+            if reason is None or isinstance(exc, asyncio.CancelledError):
+                raise
+            # The confirm was cut short by the channel's close: when the
+            # broker closed it, it refused the publish (404 for a missing
+            # exchange, 403 for an internal one); otherwise it is lost.
+            if reason.by == "broker" and reason.code:
+                raise BrokerError(reason.code, reason.text) from exc
+            raise ConnectionLost(
+                f"channel {self.number} closed before the broker confirmed the message: {reason}",
+                code=reason.code,
+            ) from exc
 
     # Acks wait for the write (aiormq's default): a connection closed right
     # after would otherwise drop frames still queued for its writer.
