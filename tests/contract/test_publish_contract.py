@@ -10,6 +10,7 @@ from contract_helpers import Amqp, Inbox, assert_broker_closed, drain
 
 from hare_py.errors import BrokerError, ConnectionLost
 from hare_py.transport import Properties, ReturnedMessage
+from hare_py.transport.base import Message
 
 pytestmark = pytest.mark.anyio
 
@@ -218,3 +219,33 @@ async def test_queue_message_ttl(amqp: Amqp) -> None:
         await ch.basic_publish(b"short", routing_key=q)
         await anyio.sleep(0.3)
         assert (await ch.queue_declare(q, passive=True)).message_count == 0
+
+
+async def test_publish_many_keeps_order_bodies_and_properties(amqp: Amqp) -> None:
+    """basic_publish_many delivers every message, in order, with its own properties,
+    including bodies larger than one frame."""
+    with anyio.fail_after(10):
+        ch = await amqp.channel()
+        q = amqp.queue_name()
+        await ch.queue_declare(q)
+        big = bytes(range(256)) * 1024  # 256 KiB: several body frames
+        messages = [
+            Message("", q, b"first", Properties(correlation_id="1")),
+            Message("", q, big, Properties(correlation_id="2", headers={"k": "v"})),
+            Message("", q, b"", Properties(correlation_id="3")),
+        ] + [Message("", q, f"m{i}".encode(), Properties(message_id=str(i))) for i in range(50)]
+        await ch.basic_publish_many(messages)
+        confirm = await amqp.channel(publisher_confirms=True)
+        await confirm.basic_publish(b"last", routing_key=q)  # enqueued after the batch
+        got = await drain(confirm, q)
+        assert [d.body for d in got] == [m.body for m in messages] + [b"last"]
+        assert [d.properties for d in got[:53]] == [m.properties for m in messages]
+
+
+async def test_publish_many_on_a_closed_channel_is_connection_lost(amqp: Amqp) -> None:
+    """A batch published on a closed channel raises ConnectionLost."""
+    with anyio.fail_after(5):
+        ch = await amqp.channel()
+        await ch.close()
+        with pytest.raises(ConnectionLost):
+            await ch.basic_publish_many([Message("", "q", b"a"), Message("", "q", b"b")])
