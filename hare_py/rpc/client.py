@@ -294,9 +294,9 @@ class RPCClient(Actor[S], Generic[S]):
         try:
             slots.acquire_nowait()
         except anyio.WouldBlock:
-            with anyio.CancelScope(deadline=deadline):
+            with anyio.CancelScope(deadline=deadline) as waiting:
                 await slots.acquire()
-            if anyio.current_time() >= deadline:
+            if waiting.cancelled_caught:  # not acquired: nothing to release
                 raise RequestTimeout(
                     f"request to {routing_key!r} waited {seconds:g} s for one of "
                     f"max_in_flight={self.max_in_flight} slots"
@@ -327,7 +327,9 @@ class RPCClient(Actor[S], Generic[S]):
             return  # the canonical event is debug: skip building it when filtered out
         value = caller._value
         now = anyio.current_time()
-        if value is _GAVE_UP:
+        if not caller.done:
+            outcome = "not sent"  # refused before it reached the actor
+        elif value is _GAVE_UP:
             outcome = "timeout" if now >= caller.deadline else "cancelled"
         elif isinstance(value, BaseException):
             outcome = type(value).__name__

@@ -662,3 +662,28 @@ async def test_one_canonical_log_event_per_request(broker: SandboxBroker) -> Non
     assert [e["outcome"] for e in events] == ["ok", "RequestTimeout", "Unroutable"]
     assert [e["routing_key"] for e in events] == ["echo", "echo", "nowhere"]
     assert all(e["duration_ms"] >= 0 and len(e["correlation_id"]) >= 20 for e in events)
+
+
+async def test_waiting_for_an_in_flight_slot_is_bounded_and_leaks_nothing(
+    broker: SandboxBroker,
+) -> None:
+    """A request that times out waiting for a max_in_flight slot frees no slot it never had."""
+
+    async def slow_first(delivery: Delivery) -> bytes | None:
+        if delivery.body == b"slow":
+            await anyio.sleep(0.5)
+        return delivery.body
+
+    async with (
+        echo_server(broker.url, handler=slow_first),
+        RPCClient.start(broker.url, max_in_flight=1, timeout=5) as client,
+    ):
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.request, b"slow", "echo")
+                await anyio.sleep(0.05)
+                with pytest.raises(RequestTimeout, match="slots"):
+                    await client.request(b"waits", "echo", timeout=0.1)
+            for payload in (b"a", b"b"):  # the one slot is free again, exactly once
+                assert await client.request(payload, "echo") == payload
+            assert client._slots.value == 1
