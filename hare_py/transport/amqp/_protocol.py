@@ -1,0 +1,581 @@
+"""A sans-I/O AMQP 0-9-1 client: bytes in, events out; calls in, bytes out.
+
+Rules this module keeps:
+
+- No I/O, no event loop, no clock. ``receive_data`` parses every whole frame in
+  the buffer, keeps the partial tail, and returns the events those frames make;
+  ``data_to_send`` hands back everything queued since its last call as one
+  buffer. The caller owns the socket, the timers and the waiting.
+- Everything that changes connection or channel state lives here: the
+  handshake (protocol header, Start/StartOk with PLAIN, Tune/TuneOk, Open/OpenOk),
+  channel open/close in both directions, connection close in both directions.
+  Replies the protocol owes the broker (StartOk, TuneOk, Open, the CloseOk
+  handshakes) are queued automatically.
+- Content (``basic.deliver``, ``basic.return``, ``basic.get-ok`` followed by a
+  header and body frames) is reassembled per channel and surfaces as one
+  ``ContentReceived`` with the whole body. Any other method from the broker on an
+  open channel surfaces as ``MethodReceived``; matching replies to requests is
+  the caller's job.
+- While a channel (or the connection) is closing, incoming methods other than
+  Close/CloseOk are dropped, as AMQP 0-9-1 says.
+- A broken stream or a call the state does not allow raises ``ProtocolError``;
+  the backend translates it into a ``hare_py.errors`` exception.
+- The codec is pamqp; properties and methods are pamqp objects.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+from pamqp import commands, constants, frame as pamqp_frame, header as pamqp_header
+from pamqp.base import Frame
+from pamqp.body import ContentBody
+from pamqp.exceptions import UnmarshalingException
+from pamqp.header import ContentHeader
+from pamqp.heartbeat import Heartbeat
+
+__all__ = [
+    "PROTOCOL_HEADER",
+    "AMQPClientProtocol",
+    "ChannelClosed",
+    "ChannelOpened",
+    "ConnectionBlocked",
+    "ConnectionClosed",
+    "ConnectionOpened",
+    "ConnectionStarted",
+    "ConnectionState",
+    "ConnectionTuned",
+    "ConnectionUnblocked",
+    "ContentReceived",
+    "Event",
+    "HeartbeatReceived",
+    "MethodReceived",
+    "ProtocolError",
+]
+
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+_FRAME_HEADER = struct.Struct(">BHI")
+_FRAME_OVERHEAD = constants.FRAME_HEADER_SIZE + 1  # type, channel, size + frame-end
+_REPLY_SUCCESS = 200
+
+ContentMethod: TypeAlias = commands.Basic.Deliver | commands.Basic.Return | commands.Basic.GetOk
+
+
+class ProtocolError(Exception):
+    """The byte stream broke AMQP 0-9-1, or a call came in a state that forbids it."""
+
+
+class ConnectionState(enum.Enum):
+    AWAIT_START = "await-start"
+    AWAIT_TUNE = "await-tune"
+    AWAIT_OPEN_OK = "await-open-ok"
+    OPEN = "open"
+    CLOSING = "closing"  # we sent connection.close
+    CLOSED = "closed"
+
+
+class _ChannelState(enum.Enum):
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"  # we sent channel.close
+
+
+# -- events ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStarted:
+    """``connection.start`` arrived; StartOk (PLAIN) is queued."""
+
+    server_properties: Mapping[str, Any]
+    mechanisms: str
+    locales: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTuned:
+    """``connection.tune`` arrived; TuneOk and ``connection.open`` are queued."""
+
+    channel_max: int
+    frame_max: int
+    heartbeat: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOpened:
+    """``connection.open-ok``: channels may be opened."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The connection closed: the broker's close (CloseOk is queued) or our CloseOk."""
+
+    reply_code: int
+    reply_text: str
+    by: Literal["client", "broker"]
+    class_id: int = 0
+    method_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionBlocked:
+    """``connection.blocked``: the broker stops reading publishes (resource alarm)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionUnblocked:
+    """``connection.unblocked``: publishing is accepted again."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOpened:
+    """``channel.open-ok`` for a channel we opened."""
+
+    channel: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelClosed:
+    """A channel closed: the broker's close (CloseOk is queued) or our CloseOk."""
+
+    channel: int
+    reply_code: int
+    reply_text: str
+    by: Literal["client", "broker"]
+    class_id: int = 0
+    method_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MethodReceived:
+    """Any other method on an open channel (declare-oks, acks, cancels, ...)."""
+
+    channel: int
+    method: Frame
+
+
+@dataclass(frozen=True, slots=True)
+class ContentReceived:
+    """A deliver/return/get-ok with its properties and its whole body."""
+
+    channel: int
+    method: ContentMethod
+    properties: commands.Basic.Properties
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReceived:
+    """A heartbeat frame arrived."""
+
+
+Event: TypeAlias = (
+    ConnectionStarted
+    | ConnectionTuned
+    | ConnectionOpened
+    | ConnectionClosed
+    | ConnectionBlocked
+    | ConnectionUnblocked
+    | ChannelOpened
+    | ChannelClosed
+    | MethodReceived
+    | ContentReceived
+    | HeartbeatReceived
+)
+
+
+@dataclass(slots=True)
+class _Content:
+    """A content method waiting for its header and body frames."""
+
+    method: ContentMethod
+    header: ContentHeader | None = None
+    chunks: list[bytes] = field(default_factory=list)
+    received: int = 0
+
+
+# -- the protocol ---------------------------------------------------------------
+
+
+class AMQPClientProtocol:
+    """The client side of one AMQP 0-9-1 connection, without I/O.
+
+    The protocol header is queued on construction. ``heartbeat`` is what TuneOk
+    asks for, in whole seconds (0 disables); ``frame_max`` and ``channel_max``
+    (0: no wish) only ever lower what the broker offers.
+    """
+
+    def __init__(
+        self,
+        *,
+        username: str = "guest",
+        password: str = "guest",
+        virtual_host: str = "/",
+        heartbeat: int = 60,
+        client_properties: Mapping[str, Any] | None = None,
+        frame_max: int = 0,
+        channel_max: int = 0,
+        locale: str = "en_US",
+    ) -> None:
+        self._username = username
+        self._password = password
+        self._virtual_host = virtual_host
+        self._requested_heartbeat = heartbeat
+        self._client_properties = dict(client_properties or {})
+        self._requested_frame_max = frame_max
+        self._requested_channel_max = channel_max
+        self._locale = locale
+
+        self.state = ConnectionState.AWAIT_START
+        self.server_properties: Mapping[str, Any] = {}
+        self.frame_max = 0  # 0 until tuned; then the negotiated limit (0: none)
+        self.channel_max = 0
+        self.heartbeat = 0
+        self.blocked = False
+
+        self._channels: dict[int, _ChannelState] = {}
+        self._content: dict[int, _Content] = {}
+        self._closing: tuple[int, str] = (0, "")
+        self._inbuf = bytearray()
+        self._outbuf: list[bytes] = [PROTOCOL_HEADER]
+
+    # -- outgoing -----------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Everything queued since the last call, as one buffer (``b""`` if none)."""
+        data = b"".join(self._outbuf)
+        self._outbuf.clear()
+        return data
+
+    def _send(self, channel: int, value: pamqp_frame.FrameTypes) -> None:
+        self._outbuf.append(pamqp_frame.marshal(value, channel))
+
+    def send_heartbeat(self) -> None:
+        """Queue a heartbeat frame."""
+        self._outbuf.append(Heartbeat.marshal())
+
+    def open_channel(self, channel: int | None = None) -> int:
+        """Queue ``channel.open`` on ``channel`` (lowest free number if None); return it."""
+        self._require_open()
+        if channel is None:
+            channel = 1
+            while channel in self._channels:
+                channel += 1
+        limit = self.channel_max or 65535
+        if not 1 <= channel <= limit:
+            raise ProtocolError(f"channel {channel} is outside 1..{limit}")
+        if channel in self._channels:
+            raise ProtocolError(f"channel {channel} is already in use")
+        self._channels[channel] = _ChannelState.OPENING
+        self._send(channel, commands.Channel.Open())
+        return channel
+
+    def close_channel(
+        self,
+        channel: int,
+        reply_code: int = _REPLY_SUCCESS,
+        reply_text: str = "Normal shutdown",
+        class_id: int = 0,
+        method_id: int = 0,
+    ) -> None:
+        """Queue ``channel.close``; ``ChannelClosed(by="client")`` follows the CloseOk."""
+        self._require_open()
+        state = self._channels.get(channel)
+        if state is None:
+            raise ProtocolError(f"channel {channel} is not open")
+        if state is _ChannelState.CLOSING:
+            return
+        self._channels[channel] = _ChannelState.CLOSING
+        self._content.pop(channel, None)
+        self._send(channel, commands.Channel.Close(reply_code, reply_text, class_id, method_id))
+
+    def send_method(self, channel: int, method: Frame) -> None:
+        """Queue any method (declare, bind, consume, qos, ack, ...) on an open channel."""
+        self._require_channel(channel)
+        self._send(channel, method)
+
+    def publish(
+        self,
+        channel: int,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: commands.Basic.Properties | None = None,
+        mandatory: bool = False,
+    ) -> None:
+        """Queue ``basic.publish``, its content header and its body in frame_max pieces."""
+        self._require_channel(channel)
+        self._send(
+            channel,
+            commands.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory),
+        )
+        self._send(channel, ContentHeader(0, len(body), properties))
+        step = self.frame_max - _FRAME_OVERHEAD if self.frame_max else len(body) or 1
+        view = memoryview(body)
+        for start in range(0, len(body), step):
+            self._send(channel, ContentBody(bytes(view[start : start + step])))
+
+    def close(
+        self,
+        reply_code: int = _REPLY_SUCCESS,
+        reply_text: str = "Normal shutdown",
+        class_id: int = 0,
+        method_id: int = 0,
+    ) -> None:
+        """Queue ``connection.close``; ``ConnectionClosed(by="client")`` follows the CloseOk.
+
+        Idempotent once closing or closed.
+        """
+        if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            return
+        self.state = ConnectionState.CLOSING
+        self._closing = (reply_code, reply_text)
+        self._content.clear()
+        self._send(0, commands.Connection.Close(reply_code, reply_text, class_id, method_id))
+
+    def _require_open(self) -> None:
+        if self.state is not ConnectionState.OPEN:
+            raise ProtocolError(f"the connection is {self.state.value}, not open")
+
+    def _require_channel(self, channel: int) -> None:
+        self._require_open()
+        if self._channels.get(channel) is not _ChannelState.OPEN:
+            raise ProtocolError(f"channel {channel} is not open")
+
+    @property
+    def closed(self) -> bool:
+        """True once the close handshake finished, in either direction."""
+        return self.state is ConnectionState.CLOSED
+
+    def channel_is_open(self, channel: int) -> bool:
+        """True once ``channel.open-ok`` arrived and until the channel closes."""
+        return self._channels.get(channel) is _ChannelState.OPEN
+
+    # -- incoming -----------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Parse every whole frame buffered so far; return the events they make."""
+        if self.closed:
+            return []
+        buf = self._inbuf
+        buf += data
+        events: list[Event] = []
+        offset = 0
+        try:
+            while not self.closed:
+                size = self._next_frame_size(buf, offset)
+                if size is None:
+                    break
+                raw = bytes(buf[offset : offset + size])
+                offset += size
+                try:
+                    _, channel, value = pamqp_frame.unmarshal(raw)
+                except UnmarshalingException as exc:
+                    raise ProtocolError(f"malformed frame: {exc}") from None
+                self._handle(channel, value, events)
+        finally:
+            del buf[:offset]
+        if self.closed:
+            buf.clear()  # nothing after close-ok / close matters
+        return events
+
+    def _next_frame_size(self, buf: bytearray, offset: int) -> int | None:
+        """The size of the whole frame at ``offset``, or None if it is not all here."""
+        available = len(buf) - offset
+        if available >= 4 and buf[offset : offset + 4] == constants.AMQP:
+            return 8 if available >= 8 else None
+        if available < constants.FRAME_HEADER_SIZE:
+            return None
+        frame_type, _, payload = _FRAME_HEADER.unpack_from(buf, offset)
+        if frame_type not in (
+            constants.FRAME_METHOD,
+            constants.FRAME_HEADER,
+            constants.FRAME_BODY,
+            constants.FRAME_HEARTBEAT,
+        ):
+            raise ProtocolError(f"unknown frame type {frame_type}")
+        size = payload + _FRAME_OVERHEAD
+        if self.frame_max and size > self.frame_max:
+            raise ProtocolError(f"frame of {size} bytes exceeds frame_max {self.frame_max}")
+        return size if available >= size else None
+
+    def _handle(self, channel: int, value: pamqp_frame.FrameTypes, events: list[Event]) -> None:
+        if isinstance(value, Heartbeat):
+            events.append(HeartbeatReceived())
+        elif isinstance(value, pamqp_header.ProtocolHeader):
+            raise ProtocolError(
+                "the broker refused AMQP 0-9-1 and offers "
+                f"{value.major_version}-{value.minor_version}-{value.revision}"
+            )
+        elif channel == 0:
+            if not isinstance(value, Frame):
+                raise ProtocolError(f"{value.name} frame on channel 0")
+            self._handle_connection_method(value, events)
+        elif isinstance(value, Frame):
+            self._handle_channel_method(channel, value, events)
+        else:
+            self._handle_content(channel, value, events)
+
+    def _handle_connection_method(self, method: Frame, events: list[Event]) -> None:
+        state = self.state
+        if isinstance(method, commands.Connection.Close):
+            self._send(0, commands.Connection.CloseOk())
+            self._connection_closed(
+                ConnectionClosed(
+                    method.reply_code or 0,
+                    method.reply_text,
+                    "broker",
+                    method.class_id or 0,
+                    method.method_id or 0,
+                ),
+                events,
+            )
+        elif isinstance(method, commands.Connection.CloseOk):
+            if state is not ConnectionState.CLOSING:
+                raise ProtocolError("connection.close-ok without a connection.close")
+            code, text = self._closing
+            self._connection_closed(ConnectionClosed(code, text, "client"), events)
+        elif state is ConnectionState.CLOSING:
+            pass  # AMQP: discard everything but close/close-ok while closing
+        elif isinstance(method, commands.Connection.Start) and state is ConnectionState.AWAIT_START:
+            self._on_start(method, events)
+        elif isinstance(method, commands.Connection.Tune) and state is ConnectionState.AWAIT_TUNE:
+            self._on_tune(method, events)
+        elif (
+            isinstance(method, commands.Connection.OpenOk)
+            and state is ConnectionState.AWAIT_OPEN_OK
+        ):
+            self.state = ConnectionState.OPEN
+            events.append(ConnectionOpened())
+        elif isinstance(method, commands.Connection.Blocked):
+            self.blocked = True
+            events.append(ConnectionBlocked(method.reason))
+        elif isinstance(method, commands.Connection.Unblocked):
+            self.blocked = False
+            events.append(ConnectionUnblocked())
+        else:
+            raise ProtocolError(f"unexpected {method.name} while {state.value}")
+
+    def _on_start(self, method: commands.Connection.Start, events: list[Event]) -> None:
+        mechanisms = method.mechanisms
+        if "PLAIN" not in mechanisms.split():
+            raise ProtocolError(f"the broker offers no PLAIN login (only {mechanisms!r})")
+        self.server_properties = dict(method.server_properties or {})
+        self._send(
+            0,
+            commands.Connection.StartOk(
+                client_properties=self._client_properties,
+                mechanism="PLAIN",
+                response=f"\0{self._username}\0{self._password}",
+                locale=self._locale,
+            ),
+        )
+        self.state = ConnectionState.AWAIT_TUNE
+        events.append(ConnectionStarted(self.server_properties, mechanisms, method.locales))
+
+    def _on_tune(self, method: commands.Connection.Tune, events: list[Event]) -> None:
+        self.channel_max = _lower(method.channel_max, self._requested_channel_max)
+        self.frame_max = _lower(method.frame_max, self._requested_frame_max)
+        self.heartbeat = self._requested_heartbeat
+        self._send(0, commands.Connection.TuneOk(self.channel_max, self.frame_max, self.heartbeat))
+        self._send(0, commands.Connection.Open(virtual_host=self._virtual_host))
+        self.state = ConnectionState.AWAIT_OPEN_OK
+        events.append(ConnectionTuned(self.channel_max, self.frame_max, self.heartbeat))
+
+    def _connection_closed(self, event: ConnectionClosed, events: list[Event]) -> None:
+        self.state = ConnectionState.CLOSED
+        self._channels.clear()
+        self._content.clear()
+        events.append(event)
+
+    def _handle_channel_method(self, channel: int, method: Frame, events: list[Event]) -> None:
+        if self.state is ConnectionState.CLOSING:
+            return
+        if self.state is not ConnectionState.OPEN:
+            raise ProtocolError(f"{method.name} on channel {channel} before the connection opened")
+        state = self._channels.get(channel)
+        if state is None:
+            raise ProtocolError(f"{method.name} on channel {channel}, which is not open")
+        if isinstance(method, commands.Channel.Close):
+            self._send(channel, commands.Channel.CloseOk())
+            del self._channels[channel]
+            self._content.pop(channel, None)
+            events.append(
+                ChannelClosed(
+                    channel,
+                    method.reply_code or 0,
+                    method.reply_text,
+                    "broker",
+                    method.class_id or 0,
+                    method.method_id or 0,
+                )
+            )
+        elif isinstance(method, commands.Channel.CloseOk):
+            if state is not _ChannelState.CLOSING:
+                raise ProtocolError(f"channel.close-ok on channel {channel} without a close")
+            del self._channels[channel]
+            events.append(ChannelClosed(channel, _REPLY_SUCCESS, "", "client"))
+        elif state is _ChannelState.CLOSING:
+            pass  # AMQP: discard everything but close/close-ok while closing
+        elif isinstance(method, commands.Channel.OpenOk):
+            if state is not _ChannelState.OPENING:
+                raise ProtocolError(f"channel.open-ok on channel {channel}, which is open")
+            self._channels[channel] = _ChannelState.OPEN
+            events.append(ChannelOpened(channel))
+        elif state is not _ChannelState.OPEN:
+            raise ProtocolError(f"{method.name} on channel {channel} before channel.open-ok")
+        elif isinstance(
+            method, commands.Basic.Deliver | commands.Basic.Return | commands.Basic.GetOk
+        ):
+            if channel in self._content:
+                raise ProtocolError(f"{method.name} on channel {channel} inside another message")
+            self._content[channel] = _Content(method)
+        else:
+            events.append(MethodReceived(channel, method))
+
+    def _handle_content(
+        self, channel: int, value: ContentHeader | ContentBody, events: list[Event]
+    ) -> None:
+        state = self._channels.get(channel)
+        if self.state is ConnectionState.CLOSING or state is _ChannelState.CLOSING:
+            return
+        pending = self._content.get(channel)
+        if pending is None:
+            raise ProtocolError(f"{value.name} on channel {channel} without a content method")
+        if isinstance(value, ContentHeader):
+            if pending.header is not None:
+                raise ProtocolError(f"a second content header on channel {channel}")
+            pending.header = value
+        else:
+            if pending.header is None:
+                raise ProtocolError(f"content body before its header on channel {channel}")
+            pending.chunks.append(value.value)
+            pending.received += len(value.value)
+        header = pending.header
+        if pending.received > header.body_size:
+            raise ProtocolError(
+                f"{pending.received} body bytes on channel {channel}, "
+                f"the header announced {header.body_size}"
+            )
+        if pending.received == header.body_size:
+            del self._content[channel]
+            events.append(
+                ContentReceived(
+                    channel, pending.method, header.properties, b"".join(pending.chunks)
+                )
+            )
+
+
+def _lower(offered: int, wanted: int) -> int:
+    """The negotiated limit: the broker's offer, lowered to ours; 0 means no limit."""
+    if not wanted:
+        return offered
+    if not offered:
+        return wanted
+    return min(offered, wanted)

@@ -1,0 +1,523 @@
+"""The sans-I/O AMQP 0-9-1 client core: scripted broker frames in, exact frames out."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given, strategies as st
+from pamqp import commands, frame as pamqp_frame
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader, ProtocolHeader
+from pamqp.heartbeat import Heartbeat
+
+from hare_py.transport.amqp._protocol import (
+    PROTOCOL_HEADER,
+    AMQPClientProtocol,
+    ChannelClosed,
+    ChannelOpened,
+    ConnectionBlocked,
+    ConnectionClosed,
+    ConnectionOpened,
+    ConnectionStarted,
+    ConnectionState,
+    ConnectionTuned,
+    ConnectionUnblocked,
+    ContentReceived,
+    Event,
+    HeartbeatReceived,
+    MethodReceived,
+    ProtocolError,
+)
+
+Wire = pamqp_frame.FrameTypes
+FRAME_MAX = 4096
+
+
+def marshal(*frames: tuple[int, Wire]) -> bytes:
+    """Frames as the broker would write them, back to back."""
+    return b"".join(pamqp_frame.marshal(value, channel) for channel, value in frames)
+
+
+def parse(data: bytes) -> list[tuple[int, Wire]]:
+    """Every frame in ``data`` as (channel, frame); the protocol header included."""
+    frames = []
+    while data:
+        used, channel, value = pamqp_frame.unmarshal(data)
+        frames.append((channel, value))
+        data = data[used:]
+    return frames
+
+
+def plain(events: Sequence[Event]) -> list[object]:
+    """Events comparable by value: pamqp methods compare by identity, so use their bytes."""
+    return [
+        (
+            type(e),
+            e.channel,
+            pamqp_frame.marshal(e.method, 0),
+            getattr(e, "properties", None),
+            getattr(e, "body", None),
+        )
+        if isinstance(e, MethodReceived | ContentReceived)
+        else e
+        for e in events
+    ]
+
+
+def start_frame(mechanisms: str = "PLAIN AMQPLAIN") -> bytes:
+    return marshal(
+        (
+            0,
+            commands.Connection.Start(
+                server_properties={"product": "RabbitMQ"}, mechanisms=mechanisms
+            ),
+        )
+    )
+
+
+def open_client(frame_max: int = FRAME_MAX, channels: int = 1) -> AMQPClientProtocol:
+    """A client through the handshake with ``channels`` open channels, output drained."""
+    client = AMQPClientProtocol(username="u", password="p", heartbeat=30)
+    client.receive_data(start_frame())
+    client.receive_data(marshal((0, commands.Connection.Tune(2047, frame_max, 60))))
+    client.receive_data(marshal((0, commands.Connection.OpenOk())))
+    for _ in range(channels):
+        number = client.open_channel()
+        client.receive_data(marshal((number, commands.Channel.OpenOk())))
+    client.data_to_send()
+    return client
+
+
+def delivery_frames(
+    channel: int,
+    body: bytes,
+    chunk: int,
+    tag: int = 1,
+    properties: commands.Basic.Properties | None = None,
+) -> bytes:
+    """A basic.deliver with its header and the body cut in ``chunk``-byte frames."""
+    frames: list[tuple[int, Wire]] = [
+        (channel, commands.Basic.Deliver("ctag", tag, False, "ex", "rk")),
+        (channel, ContentHeader(0, len(body), properties)),
+    ]
+    frames += [(channel, ContentBody(body[i : i + chunk])) for i in range(0, len(body), chunk)]
+    return marshal(*frames)
+
+
+def feed_split(client: AMQPClientProtocol, data: bytes, cuts: Sequence[int]) -> list[Event]:
+    """Feed ``data`` in pieces cut at ``cuts``; collect every event."""
+    events: list[Event] = []
+    bounds = [0, *sorted(set(cuts)), len(data)]
+    for start, end in itertools.pairwise(bounds):
+        events += client.receive_data(data[start:end])
+    return events
+
+
+# -- handshake --------------------------------------------------------------------
+
+
+def test_protocol_header_is_queued_first() -> None:
+    """A new client has exactly the AMQP 0-9-1 protocol header to send."""
+    client = AMQPClientProtocol()
+    assert client.data_to_send() == PROTOCOL_HEADER == ProtocolHeader().marshal()
+    assert client.data_to_send() == b""
+    assert client.state is ConnectionState.AWAIT_START
+
+
+def test_scripted_handshake_sends_startok_tuneok_open() -> None:
+    """Start -> StartOk(PLAIN), Tune -> TuneOk + Open(vhost), OpenOk -> open, as events."""
+    client = AMQPClientProtocol(
+        username="user",
+        password="secret",
+        virtual_host="/rpc",
+        heartbeat=15,
+        client_properties={"connection_name": "hare"},
+    )
+    client.data_to_send()
+
+    events = client.receive_data(start_frame())
+    assert events == [ConnectionStarted({"product": "RabbitMQ"}, "PLAIN AMQPLAIN", "en_US")]
+    assert client.data_to_send() == marshal(
+        (
+            0,
+            commands.Connection.StartOk(
+                client_properties={"connection_name": "hare"},
+                mechanism="PLAIN",
+                response="\0user\0secret",
+                locale="en_US",
+            ),
+        )
+    )
+
+    events = client.receive_data(marshal((0, commands.Connection.Tune(2047, 131072, 60))))
+    assert events == [ConnectionTuned(channel_max=2047, frame_max=131072, heartbeat=15)]
+    assert client.data_to_send() == marshal(
+        (0, commands.Connection.TuneOk(2047, 131072, 15)),
+        (0, commands.Connection.Open(virtual_host="/rpc")),
+    )
+    states = [client.state]
+
+    assert client.receive_data(marshal((0, commands.Connection.OpenOk()))) == [ConnectionOpened()]
+    states.append(client.state)
+    assert states == [ConnectionState.AWAIT_OPEN_OK, ConnectionState.OPEN]
+    assert client.data_to_send() == b""
+
+
+def test_tune_lowers_the_brokers_limits_to_ours() -> None:
+    """frame_max/channel_max take the lower wish; the broker's 0 (no limit) yields to ours."""
+    client = AMQPClientProtocol(frame_max=8192, channel_max=16, heartbeat=0)
+    client.receive_data(start_frame())
+    client.data_to_send()
+    events = client.receive_data(marshal((0, commands.Connection.Tune(0, 131072, 60))))
+    assert events == [ConnectionTuned(channel_max=16, frame_max=8192, heartbeat=0)]
+    assert client.data_to_send().startswith(marshal((0, commands.Connection.TuneOk(16, 8192, 0))))
+
+
+def test_handshake_split_at_every_byte_gives_the_same_events() -> None:
+    """The whole handshake fed one byte at a time yields the same three events."""
+    client = AMQPClientProtocol()
+    data = start_frame() + marshal(
+        (0, commands.Connection.Tune(2047, 131072, 60)), (0, commands.Connection.OpenOk())
+    )
+    events = feed_split(client, data, range(1, len(data)))
+    assert [type(e) for e in events] == [ConnectionStarted, ConnectionTuned, ConnectionOpened]
+
+
+def test_no_plain_mechanism_is_a_protocol_error() -> None:
+    """A broker that offers no PLAIN login is refused."""
+    client = AMQPClientProtocol()
+    with pytest.raises(ProtocolError, match="PLAIN"):
+        client.receive_data(start_frame("EXTERNAL"))
+
+
+def test_broker_protocol_header_is_a_protocol_error() -> None:
+    """A protocol header back from the broker (version refused) raises with its version."""
+    client = AMQPClientProtocol()
+    with pytest.raises(ProtocolError, match="0-9-1"):
+        client.receive_data(PROTOCOL_HEADER)
+
+
+def test_calls_before_open_are_refused() -> None:
+    """Channels cannot be opened before connection.open-ok."""
+    client = AMQPClientProtocol()
+    with pytest.raises(ProtocolError, match="not open"):
+        client.open_channel()
+
+
+# -- channels ---------------------------------------------------------------------
+
+
+def test_channel_open_sends_open_and_reports_open_ok() -> None:
+    """open_channel picks the lowest free number, sends channel.open; open-ok is an event."""
+    client = open_client(channels=0)
+    assert client.open_channel() == 1
+    assert client.open_channel() == 2
+    assert client.data_to_send() == marshal(
+        (1, commands.Channel.Open()),
+        (2, commands.Channel.Open()),
+    )
+    assert not client.channel_is_open(1)
+    assert client.receive_data(marshal((2, commands.Channel.OpenOk()))) == [ChannelOpened(2)]
+    assert client.channel_is_open(2)
+
+
+def test_client_channel_close_handshake() -> None:
+    """close_channel sends code and text, drops methods meanwhile, and closes on close-ok."""
+    client = open_client()
+    client.close_channel(1, 200, "bye")
+    assert client.data_to_send() == marshal((1, commands.Channel.Close(200, "bye", 0, 0)))
+    with pytest.raises(ProtocolError):
+        client.send_method(1, commands.Basic.Qos(prefetch_count=1))
+    assert client.receive_data(delivery_frames(1, b"late", 10)) == []
+    assert client.receive_data(marshal((1, commands.Channel.CloseOk()))) == [
+        ChannelClosed(1, 200, "", "client")
+    ]
+    assert client.open_channel() == 1
+
+
+def test_broker_channel_close_is_an_event_and_gets_close_ok() -> None:
+    """A channel.close from the broker carries its reply, is answered, and frees the channel."""
+    client = open_client()
+    events = client.receive_data(
+        marshal((1, commands.Channel.Close(404, "NOT_FOUND - no queue 'q'", 50, 10)))
+    )
+    assert events == [ChannelClosed(1, 404, "NOT_FOUND - no queue 'q'", "broker", 50, 10)]
+    assert client.data_to_send() == marshal((1, commands.Channel.CloseOk()))
+    assert not client.channel_is_open(1)
+    with pytest.raises(ProtocolError, match="not open"):
+        client.send_method(1, commands.Queue.Declare(queue="q"))
+
+
+def test_broker_close_discards_a_half_received_message() -> None:
+    """A channel closed mid-message forgets the partial content."""
+    client = open_client()
+    partial = delivery_frames(1, b"abcdef", 3)
+    last_body_frame = 8 + 3
+    assert client.receive_data(partial[:-last_body_frame]) == []
+    client.receive_data(marshal((1, commands.Channel.Close(406, "PRECONDITION_FAILED", 0, 0))))
+    client.open_channel(1)
+    client.receive_data(marshal((1, commands.Channel.OpenOk())))
+    events = client.receive_data(delivery_frames(1, b"fresh", 5))
+    assert [e.body for e in events if isinstance(e, ContentReceived)] == [b"fresh"]
+
+
+# -- methods and publishing ---------------------------------------------------------
+
+
+def test_send_method_sends_exact_frame() -> None:
+    """send_method queues the method frame on its channel, byte for byte."""
+    client = open_client()
+    declare = commands.Queue.Declare(queue="rpc", durable=True)
+    client.send_method(1, declare)
+    assert client.data_to_send() == pamqp_frame.marshal(declare, 1)
+
+
+def test_other_methods_surface_as_method_received() -> None:
+    """Replies such as queue.declare-ok arrive as MethodReceived."""
+    client = open_client()
+    ok = commands.Queue.DeclareOk("amq.gen-1", 3, 1)
+    assert plain(client.receive_data(marshal((1, ok)))) == plain([MethodReceived(1, ok)])
+
+
+def test_publish_sends_method_header_and_body() -> None:
+    """publish sends basic.publish (mandatory), a header with size and properties, one body."""
+    client = open_client()
+    props = commands.Basic.Properties(correlation_id="c1", reply_to="amq.rabbitmq.reply-to")
+    client.publish(1, "ex", "rk", b"hello", props, mandatory=True)
+    assert client.data_to_send() == marshal(
+        (1, commands.Basic.Publish(exchange="ex", routing_key="rk", mandatory=True)),
+        (1, ContentHeader(0, 5, props)),
+        (1, ContentBody(b"hello")),
+    )
+
+
+def test_publish_splits_a_big_body_at_frame_max_minus_8() -> None:
+    """A body over frame_max - 8 goes out in frames whose payloads are frame_max - 8."""
+    client = open_client(frame_max=FRAME_MAX)
+    body = bytes(range(256)) * 40  # 10240 bytes
+    client.publish(1, "", "q", body)
+    data = client.data_to_send()
+    frames = parse(data)
+    bodies = [f for _, f in frames if isinstance(f, ContentBody)]
+    assert [len(b.value) for b in bodies] == [
+        FRAME_MAX - 8,
+        FRAME_MAX - 8,
+        10240 - 2 * (FRAME_MAX - 8),
+    ]
+    assert b"".join(b.value for b in bodies) == body
+    assert frames[1][1].body_size == 10240  # type: ignore[union-attr]
+    # every frame on the wire fits frame_max
+    offset = 0
+    while offset < len(data):
+        size = int.from_bytes(data[offset + 3 : offset + 7], "big") + 8
+        assert size <= FRAME_MAX
+        offset += size
+
+
+def test_publish_empty_body_sends_no_body_frame() -> None:
+    """An empty body is a method and a header of size 0, nothing more."""
+    client = open_client()
+    client.publish(1, "", "q", b"")
+    assert [type(f) for _, f in parse(client.data_to_send())] == [
+        commands.Basic.Publish,
+        ContentHeader,
+    ]
+
+
+def test_data_to_send_coalesces_several_publishes() -> None:
+    """Three publishes since the last call come back as one buffer, in order."""
+    client = open_client()
+    for i in range(3):
+        client.publish(1, "", "q", b"m%d" % i)
+    data = client.data_to_send()
+    expected = b"".join(
+        pamqp_frame.marshal(commands.Basic.Publish(exchange="", routing_key="q"), 1)
+        + pamqp_frame.marshal(ContentHeader(0, 2), 1)
+        + pamqp_frame.marshal(ContentBody(b"m%d" % i), 1)
+        for i in range(3)
+    )
+    assert data == expected
+    assert client.data_to_send() == b""
+
+
+# -- incoming content -----------------------------------------------------------------
+
+
+@given(
+    body=st.binary(min_size=0, max_size=300),
+    chunk=st.integers(min_value=1, max_value=120),
+    cuts=st.lists(st.integers(min_value=1, max_value=2000), max_size=30),
+)
+def test_delivery_split_at_arbitrary_bytes_is_one_event(
+    body: bytes, chunk: int, cuts: list[int]
+) -> None:
+    """However the bytes are cut, a multi-frame delivery is one event with its whole body."""
+    client = open_client()
+    props = commands.Basic.Properties(content_type="application/json", headers={"k": "v"})
+    data = delivery_frames(1, body, chunk, tag=7, properties=props)
+    events = feed_split(client, data, [c for c in cuts if c < len(data)])
+    assert len(events) == 1
+    (event,) = events
+    assert isinstance(event, ContentReceived)
+    assert event.channel == 1
+    assert event.body == body
+    assert event.properties == props
+    assert isinstance(event.method, commands.Basic.Deliver)
+    assert event.method.delivery_tag == 7
+
+
+def test_delivery_split_at_every_offset() -> None:
+    """A delivery cut in two at every byte offset yields the same single event."""
+    data = delivery_frames(1, b"0123456789" * 5, 17)
+    for cut in range(len(data) + 1):
+        client = open_client()
+        events = client.receive_data(data[:cut]) + client.receive_data(data[cut:])
+        assert [e.body for e in events if isinstance(e, ContentReceived)] == [b"0123456789" * 5]
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        commands.Basic.Return(312, "NO_ROUTE", "ex", "rk"),
+        commands.Basic.GetOk(5, False, "ex", "rk", 0),
+    ],
+)
+def test_return_and_get_ok_carry_content(
+    method: commands.Basic.Return | commands.Basic.GetOk,
+) -> None:
+    """basic.return and basic.get-ok are reassembled with their bodies like deliveries."""
+    client = open_client()
+    events = client.receive_data(
+        marshal(
+            (1, method),
+            (1, ContentHeader(0, 6)),
+            (1, ContentBody(b"abc")),
+            (1, ContentBody(b"def")),
+        )
+    )
+    assert plain(events) == plain(
+        [ContentReceived(1, method, commands.Basic.Properties(), b"abcdef")]
+    )
+
+
+def test_empty_body_completes_on_the_header() -> None:
+    """A zero-length body is delivered as soon as its header arrives."""
+    client = open_client()
+    events = client.receive_data(delivery_frames(1, b"", 10))
+    assert [e.body for e in events if isinstance(e, ContentReceived)] == [b""]
+
+
+def test_interleaved_channels_and_a_batch_of_frames() -> None:
+    """Frames of two channels interleaved in one read give both messages, in completion order."""
+    client = open_client(channels=2)
+    a = commands.Basic.Deliver("a", 1, False, "", "qa")
+    b = commands.Basic.Deliver("b", 1, False, "", "qb")
+    data = marshal(
+        (1, a),
+        (2, b),
+        (1, ContentHeader(0, 4)),
+        (2, ContentHeader(0, 2)),
+        (1, ContentBody(b"aa")),
+        (2, ContentBody(b"bb")),
+        (1, ContentBody(b"aa")),
+        (0, Heartbeat()),
+    )
+    events = client.receive_data(data)
+    assert plain(events) == plain(
+        [
+            ContentReceived(2, b, commands.Basic.Properties(), b"bb"),
+            ContentReceived(1, a, commands.Basic.Properties(), b"aaaa"),
+            HeartbeatReceived(),
+        ]
+    )
+
+
+def test_body_longer_than_announced_is_a_protocol_error() -> None:
+    """More body bytes than the header announced break the stream."""
+    client = open_client()
+    data = marshal(
+        (1, commands.Basic.Deliver("c", 1, False, "", "q")),
+        (1, ContentHeader(0, 2)),
+        (1, ContentBody(b"abc")),
+    )
+    with pytest.raises(ProtocolError, match="announced"):
+        client.receive_data(data)
+
+
+def test_frame_over_frame_max_is_a_protocol_error() -> None:
+    """A frame bigger than the negotiated frame_max is refused before it is buffered whole."""
+    client = open_client(frame_max=FRAME_MAX)
+    data = delivery_frames(1, b"x" * FRAME_MAX, FRAME_MAX)
+    with pytest.raises(ProtocolError, match="frame_max"):
+        client.receive_data(data)
+
+
+def test_unknown_frame_type_is_a_protocol_error() -> None:
+    """A frame type AMQP 0-9-1 does not define breaks the stream."""
+    client = open_client()
+    with pytest.raises(ProtocolError, match="frame type"):
+        client.receive_data(b"\x09\x00\x00\x00\x00\x00\x00\xce")
+
+
+# -- heartbeats, blocking, connection close ---------------------------------------------
+
+
+def test_heartbeats_in_and_out() -> None:
+    """A heartbeat frame is an event; send_heartbeat queues the 8-byte heartbeat frame."""
+    client = open_client()
+    assert client.receive_data(Heartbeat.marshal()) == [HeartbeatReceived()]
+    client.send_heartbeat()
+    assert client.data_to_send() == b"\x08\x00\x00\x00\x00\x00\x00\xce"
+
+
+def test_heartbeat_split_across_reads() -> None:
+    """A heartbeat cut in two is reported once, when whole."""
+    client = open_client()
+    assert client.receive_data(Heartbeat.marshal()[:3]) == []
+    assert client.receive_data(Heartbeat.marshal()[3:]) == [HeartbeatReceived()]
+
+
+def test_blocked_and_unblocked_are_events() -> None:
+    """connection.blocked/unblocked surface as events and flip ``blocked``."""
+    client = open_client()
+    assert client.receive_data(marshal((0, commands.Connection.Blocked("low on memory")))) == [
+        ConnectionBlocked("low on memory")
+    ]
+    assert client.blocked
+    assert client.receive_data(marshal((0, commands.Connection.Unblocked()))) == [
+        ConnectionUnblocked()
+    ]
+    assert not client.blocked
+
+
+def test_broker_connection_close_is_answered_and_final() -> None:
+    """connection.close from the broker is an event, gets close-ok, and ends the stream."""
+    client = open_client()
+    events = client.receive_data(
+        marshal((0, commands.Connection.Close(320, "CONNECTION_FORCED - shutdown", 0, 0)))
+        + marshal((1, commands.Basic.Ack(1)))
+    )
+    assert events == [ConnectionClosed(320, "CONNECTION_FORCED - shutdown", "broker")]
+    assert client.data_to_send() == marshal((0, commands.Connection.CloseOk()))
+    assert client.closed
+    assert not client.channel_is_open(1)
+    assert client.receive_data(Heartbeat.marshal()) == []
+    with pytest.raises(ProtocolError):
+        client.publish(1, "", "q", b"x")
+
+
+def test_client_connection_close_handshake() -> None:
+    """close sends connection.close, drops methods meanwhile, and closes on close-ok."""
+    client = open_client()
+    client.close(200, "bye")
+    client.close()  # idempotent
+    assert client.data_to_send() == marshal((0, commands.Connection.Close(200, "bye", 0, 0)))
+    with pytest.raises(ProtocolError):
+        client.send_method(1, commands.Basic.Ack(1))
+    assert client.receive_data(delivery_frames(1, b"late", 4)) == []
+    assert client.receive_data(marshal((0, commands.Connection.CloseOk()))) == [
+        ConnectionClosed(200, "bye", "client")
+    ]
+    assert client.state is ConnectionState.CLOSED
