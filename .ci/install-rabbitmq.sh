@@ -14,9 +14,16 @@ else
     SUDO=
 fi
 
+# openssl makes the test broker's TLS certificates; without it the TLS tests skip.
+packages=rabbitmq-server
+command -v openssl >/dev/null 2>&1 || packages="$packages openssl"
+
 if command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
-    echo "rabbitmq-server is already installed"
-    exit 0
+    if [ "$packages" = rabbitmq-server ]; then
+        echo "rabbitmq-server and openssl are already installed"
+        exit 0
+    fi
+    packages=openssl
 fi
 
 # policy-rc.d exiting 101 tells invoke-rc.d not to start services.
@@ -31,7 +38,7 @@ trap 'if [ -n "$added_policy" ]; then $SUDO rm -f "$policy"; fi' EXIT
 
 $SUDO apt-get update </dev/null
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-    rabbitmq-server </dev/null
+    $packages </dev/null
 
 # systemd ignores policy-rc.d for enabling; stop and disable the unit there.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
