@@ -47,25 +47,45 @@ _BACKENDS: dict[str, str] = {
     "amqp": "hare_py.transport.aiormq_backend:AiormqBackend",
     "amqps": "hare_py.transport.aiormq_backend:AiormqBackend",
 }
-_ASYNCIO_ONLY = {"hare_py.transport.aiormq_backend:AiormqBackend"}
+_AIORMQ = "hare_py.transport.aiormq_backend:AiormqBackend"
+_ANYIO_AMQP = "hare_py.transport.amqp:AnyioAmqpBackend"
+# The URL's ``backend=`` for amqp:// and amqps://
+_AMQP_BACKENDS = {"aiormq": _AIORMQ, "anyio": _ANYIO_AMQP}
 _instances: dict[str, Backend] = {}
 
 
 def backend_for(url: BrokerURL) -> Backend:
-    """The backend for ``url``'s scheme, for the running async library."""
+    """The backend for ``url``'s scheme, for the running async library.
+
+    AMQP URLs go to aiormq on asyncio and to the anyio-native backend on trio;
+    ``?backend=anyio`` picks the latter on asyncio too.
+    """
     target = _BACKENDS.get(url.scheme)
     if target is None:  # parse_url already rejects unknown schemes
         raise ConfigError(f"no backend for URL scheme {url.scheme!r}")
-    if target in _ASYNCIO_ONLY:
-        library = sniffio.current_async_library()
-        if library != "asyncio":
-            raise ConfigError(
-                f"{url.scheme}:// uses the aiormq backend, which runs on asyncio only "
-                f"(running on {library})"
-            )
+    if target == _AIORMQ:
+        target = _amqp_backend(url)
     backend = _instances.get(target)
     if backend is None:
         module_name, _, class_name = target.partition(":")
         backend = getattr(importlib.import_module(module_name), class_name)()
         _instances[target] = backend
     return backend
+
+
+def _amqp_backend(url: BrokerURL) -> str:
+    library = sniffio.current_async_library()
+    wanted = url.param("backend")
+    if wanted is None:
+        return _AIORMQ if library == "asyncio" else _ANYIO_AMQP
+    target = _AMQP_BACKENDS.get(wanted)
+    if target is None:
+        raise ConfigError(
+            f"backend={wanted!r} in {url}: use one of {', '.join(sorted(_AMQP_BACKENDS))}"
+        )
+    if target == _AIORMQ and library != "asyncio":
+        raise ConfigError(
+            f"backend=aiormq in {url} runs on asyncio only (running on {library}); "
+            "leave backend= out to use the anyio backend"
+        )
+    return target

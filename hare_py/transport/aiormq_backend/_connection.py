@@ -5,7 +5,7 @@ Rules this module keeps:
 - The URL with its password goes to aiormq and nowhere else; everything we
   log or raise names the redacted ``str(url)``.
 - A failed connect raises ``ConnectFailed`` built outside the ``except`` block
-  and scrubbed (``_errors.scrub``), so neither its text nor its cause chain can
+  and scrubbed (``amqp._common.scrub``), so neither its text nor its cause chain can
   carry the password.
 - The close reason is settled once: ours (``close``), the broker's
   ``connection.close``, or the network (socket error, missed heartbeats).
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,19 +24,19 @@ import anyio
 from aiormq import exceptions as ax
 
 from ..._log import get_logger
-from ...errors import BrokerError, ConfigError, ConnectionLost, HareError
+from ...errors import BrokerError, ConnectionLost, HareError
+from ..amqp._common import heartbeat_seconds, scrub, tls_context
 from ..base import (
     REPLY_SUCCESS,
     Channel,
     CloseReason,
     ConnectOptions,
     OnReturn,
-    TLSOptions,
     TransportConnection,
 )
 from ..url import BrokerURL
 from ._channel import AiormqChannel, _RawChannel
-from ._errors import NOT_ALLOWED, connect_error, operation_error, reply_of, scrub
+from ._errors import NOT_ALLOWED, connect_error, operation_error, reply_of
 
 __all__ = ["AiormqConnection", "connect"]
 
@@ -48,39 +46,6 @@ log = get_logger("hare_py.transport.aiormq")
 CLOSE_TIMEOUT = 10.0
 # aiormq reads these query parameters; we pass none of the user's others on.
 _PASSED_PARAMS = ("auth",)
-
-
-def heartbeat_seconds(url: BrokerURL, options: ConnectOptions) -> int:
-    """Whole seconds for connection.tune-ok: the URL's ``heartbeat=`` wins over the options."""
-    raw = url.param("heartbeat")
-    try:
-        value = float(raw) if raw is not None else float(options.heartbeat)
-    except ValueError:
-        raise ConfigError(f"heartbeat={raw!r} in {url} is not a number of seconds") from None
-    if not 0 <= value < 65536 or math.isnan(value):
-        raise ConfigError(f"heartbeat must be 0 (off) to 65535 seconds, got {value:g}")
-    return 0 if value == 0 else max(1, math.ceil(value))
-
-
-def tls_context(
-    url: BrokerURL, options: ConnectOptions
-) -> tuple[ssl.SSLContext | None, str | None]:
-    """The SSL context (verifying by default) and server_hostname for ``amqps://``."""
-    if url.scheme != "amqps":
-        # TLS follows the scheme; a failover list may mix amqp:// and amqps://
-        # URLs under one set of options.
-        return None, None
-    tls = options.tls or TLSOptions()
-    try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
-        if tls.cert_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-    except OSError as exc:  # ssl.SSLError included
-        raise ConfigError(f"cannot load the TLS certificates or key: {exc}") from None
-    if not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context, tls.server_hostname
 
 
 class _RawConnection(aiormq.Connection):

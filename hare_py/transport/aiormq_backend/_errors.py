@@ -7,7 +7,7 @@ Rules this module keeps:
   operation is ``ConnectionLost`` (with the broker's code when it gave one); a
   connection that could not be made is ``ConnectFailed``.
 - No text from an exception that may hold the broker URL's password leaves
-  this module: ``scrub`` checks the message and the whole cause chain.
+  this module; callers pass connect errors through ``amqp._common.scrub``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from aiormq import exceptions as ax
 from ...errors import BrokerError, ConfigError, ConnectFailed, ConnectionLost, HareError
 from ..base import ACCESS_REFUSED, CloseReason
 
-__all__ = ["REPLY_OF_CLASS", "connect_error", "operation_error", "reply_of", "scrub"]
+__all__ = ["REPLY_OF_CLASS", "connect_error", "operation_error", "reply_of"]
 
 NOT_ALLOWED = 530
 NOT_IMPLEMENTED = 540
@@ -64,24 +64,6 @@ def _text(exc: BaseException) -> str:
     if args and isinstance(args[0], str):
         return args[0]
     return type(exc).__name__
-
-
-def scrub(error: HareError, cause: BaseException | None, secret: str) -> HareError:
-    """Attach ``cause`` to ``error`` unless the secret shows up anywhere in its chain.
-
-    ``error`` itself is built from the redacted URL only.
-    """
-    seen: set[int] = set()
-    link = cause
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        if secret and (secret in str(link) or secret in repr(link)):
-            cause = None
-            break
-        link = link.__cause__ or link.__context__
-    error.__cause__ = cause
-    error.__suppress_context__ = True
-    return error
 
 
 def connect_error(exc: BaseException, where: str) -> HareError:

@@ -7,7 +7,8 @@ Rules this module keeps:
   ``data_to_send`` hands back everything queued since its last call as one
   buffer. The caller owns the socket, the timers and the waiting.
 - Everything that changes connection or channel state lives here: the
-  handshake (protocol header, Start/StartOk with PLAIN, Tune/TuneOk, Open/OpenOk),
+  handshake (protocol header, Start/StartOk with PLAIN, AMQPLAIN or EXTERNAL,
+  Tune/TuneOk, Open/OpenOk),
   channel open/close in both directions, connection close in both directions.
   Replies the protocol owes the broker (StartOk, TuneOk, Open, the CloseOk
   handshakes) are queued automatically.
@@ -31,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
-from pamqp import commands, constants, frame as pamqp_frame, header as pamqp_header
+from pamqp import commands, constants, encode, frame as pamqp_frame, header as pamqp_header
 from pamqp.base import Frame
 from pamqp.body import ContentBody
 from pamqp.exceptions import UnmarshalingException
@@ -61,6 +62,7 @@ PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 _FRAME_HEADER = struct.Struct(">BHI")
 _FRAME_OVERHEAD = constants.FRAME_HEADER_SIZE + 1  # type, channel, size + frame-end
 _REPLY_SUCCESS = 200
+MECHANISMS = ("PLAIN", "AMQPLAIN", "EXTERNAL")
 
 ContentMethod: TypeAlias = commands.Basic.Deliver | commands.Basic.Return | commands.Basic.GetOk
 
@@ -89,7 +91,7 @@ class _ChannelState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ConnectionStarted:
-    """``connection.start`` arrived; StartOk (PLAIN) is queued."""
+    """``connection.start`` arrived; StartOk is queued."""
 
     server_properties: Mapping[str, Any]
     mechanisms: str
@@ -206,9 +208,10 @@ class _Content:
 class AMQPClientProtocol:
     """The client side of one AMQP 0-9-1 connection, without I/O.
 
-    The protocol header is queued on construction. ``heartbeat`` is what TuneOk
-    asks for, in whole seconds (0 disables); ``frame_max`` and ``channel_max``
-    (0: no wish) only ever lower what the broker offers.
+    The protocol header is queued on construction. ``mechanism`` is the login
+    (one of ``MECHANISMS``); ``heartbeat`` is what TuneOk asks for, in whole
+    seconds (0 disables); ``frame_max`` and ``channel_max`` (0: no wish) only
+    ever lower what the broker offers.
     """
 
     def __init__(
@@ -222,7 +225,11 @@ class AMQPClientProtocol:
         frame_max: int = 0,
         channel_max: int = 0,
         locale: str = "en_US",
+        mechanism: str = "PLAIN",
     ) -> None:
+        if mechanism not in MECHANISMS:
+            raise ValueError(f"unknown login mechanism {mechanism!r}; use one of {MECHANISMS}")
+        self._mechanism = mechanism
         self._username = username
         self._password = password
         self._virtual_host = virtual_host
@@ -244,6 +251,7 @@ class AMQPClientProtocol:
         self._closing: tuple[int, str] = (0, "")
         self._inbuf = bytearray()
         self._outbuf: list[bytes] = [PROTOCOL_HEADER]
+        self._outsize = len(PROTOCOL_HEADER)
 
     # -- outgoing -----------------------------------------------------------------
 
@@ -251,14 +259,24 @@ class AMQPClientProtocol:
         """Everything queued since the last call, as one buffer (``b""`` if none)."""
         data = b"".join(self._outbuf)
         self._outbuf.clear()
+        self._outsize = 0
         return data
 
+    @property
+    def bytes_to_send(self) -> int:
+        """How many bytes are queued for ``data_to_send``."""
+        return self._outsize
+
+    def _queue(self, data: bytes) -> None:
+        self._outbuf.append(data)
+        self._outsize += len(data)
+
     def _send(self, channel: int, value: pamqp_frame.FrameTypes) -> None:
-        self._outbuf.append(pamqp_frame.marshal(value, channel))
+        self._queue(pamqp_frame.marshal(value, channel))
 
     def send_heartbeat(self) -> None:
         """Queue a heartbeat frame."""
-        self._outbuf.append(Heartbeat.marshal())
+        self._queue(Heartbeat.marshal())
 
     def open_channel(self, channel: int | None = None) -> int:
         """Queue ``channel.open`` on ``channel`` (lowest free number if None); return it."""
@@ -309,17 +327,27 @@ class AMQPClientProtocol:
         properties: commands.Basic.Properties | None = None,
         mandatory: bool = False,
     ) -> None:
-        """Queue ``basic.publish``, its content header and its body in frame_max pieces."""
+        """Queue ``basic.publish``, its content header and its body in frame_max pieces.
+
+        All or nothing: a value pamqp cannot marshal raises before anything is queued.
+        """
         self._require_channel(channel)
-        self._send(
-            channel,
-            commands.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory),
-        )
-        self._send(channel, ContentHeader(0, len(body), properties))
+        marshal = pamqp_frame.marshal
+        frames = [
+            marshal(
+                commands.Basic.Publish(
+                    exchange=exchange, routing_key=routing_key, mandatory=mandatory
+                ),
+                channel,
+            ),
+            marshal(ContentHeader(0, len(body), properties), channel),
+        ]
         step = self.frame_max - _FRAME_OVERHEAD if self.frame_max else len(body) or 1
         view = memoryview(body)
         for start in range(0, len(body), step):
-            self._send(channel, ContentBody(bytes(view[start : start + step])))
+            frames.append(marshal(ContentBody(bytes(view[start : start + step])), channel))
+        self._outbuf += frames
+        self._outsize += sum(map(len, frames))
 
     def close(
         self,
@@ -464,18 +492,38 @@ class AMQPClientProtocol:
 
     def _on_start(self, method: commands.Connection.Start, events: list[Event]) -> None:
         mechanisms = method.mechanisms
-        if "PLAIN" not in mechanisms.split():
-            raise ProtocolError(f"the broker offers no PLAIN login (only {mechanisms!r})")
+        if self._mechanism not in mechanisms.split():
+            raise ProtocolError(
+                f"the broker offers no {self._mechanism} login (only {mechanisms!r})"
+            )
         self.server_properties = dict(method.server_properties or {})
-        self._send(
-            0,
-            commands.Connection.StartOk(
-                client_properties=self._client_properties,
-                mechanism="PLAIN",
-                response=f"\0{self._username}\0{self._password}",
-                locale=self._locale,
-            ),
-        )
+        if self._mechanism == "AMQPLAIN":
+            # The response is a field table without its length; pamqp's
+            # long strings are text, so this one frame is marshalled here.
+            table = encode.field_table({"LOGIN": self._username, "PASSWORD": self._password})
+            payload = b"".join(
+                (
+                    struct.pack(">HH", 10, 11),
+                    encode.field_table(self._client_properties),
+                    encode.short_string("AMQPLAIN"),
+                    struct.pack(">I", len(table) - 4),
+                    table[4:],
+                    encode.short_string(self._locale),
+                )
+            )
+            frame = _FRAME_HEADER.pack(constants.FRAME_METHOD, 0, len(payload))
+            self._queue(frame + payload + constants.FRAME_END_CHAR)
+        else:
+            response = f"\0{self._username}\0{self._password}" if self._mechanism == "PLAIN" else ""
+            self._send(
+                0,
+                commands.Connection.StartOk(
+                    client_properties=self._client_properties,
+                    mechanism=self._mechanism,
+                    response=response,
+                    locale=self._locale,
+                ),
+            )
         self.state = ConnectionState.AWAIT_TUNE
         events.append(ConnectionStarted(self.server_properties, mechanisms, method.locales))
 

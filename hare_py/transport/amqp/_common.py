@@ -1,0 +1,79 @@
+"""What both AMQP 0-9-1 backends share: URL options, TLS, and keeping secrets out.
+
+No aiormq here: the anyio backend must not import it.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+
+from ...errors import ConfigError, HareError
+from ..base import ConnectOptions, TLSOptions
+from ..url import BrokerURL
+
+__all__ = ["heartbeat_seconds", "login_mechanism", "scrub", "tls_context"]
+
+_MECHANISMS = {"plain": "PLAIN", "amqplain": "AMQPLAIN", "external": "EXTERNAL"}
+
+
+def heartbeat_seconds(url: BrokerURL, options: ConnectOptions) -> int:
+    """Whole seconds for connection.tune-ok: the URL's ``heartbeat=`` wins over the options."""
+    raw = url.param("heartbeat")
+    try:
+        value = float(raw) if raw is not None else float(options.heartbeat)
+    except ValueError:
+        raise ConfigError(f"heartbeat={raw!r} in {url} is not a number of seconds") from None
+    if not 0 <= value < 65536 or math.isnan(value):
+        raise ConfigError(f"heartbeat must be 0 (off) to 65535 seconds, got {value:g}")
+    return 0 if value == 0 else max(1, math.ceil(value))
+
+
+def tls_context(
+    url: BrokerURL, options: ConnectOptions
+) -> tuple[ssl.SSLContext | None, str | None]:
+    """The SSL context (verifying by default) and server_hostname for ``amqps://``."""
+    if url.scheme != "amqps":
+        # TLS follows the scheme; a failover list may mix amqp:// and amqps://
+        # URLs under one set of options.
+        return None, None
+    tls = options.tls or TLSOptions()
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except OSError as exc:  # ssl.SSLError included
+        raise ConfigError(f"cannot load the TLS certificates or key: {exc}") from None
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context, tls.server_hostname
+
+
+def login_mechanism(url: BrokerURL) -> str:
+    """The SASL mechanism named by the URL's ``auth=`` (PLAIN when absent)."""
+    raw = url.param("auth")
+    if raw is None:
+        return "PLAIN"
+    mechanism = _MECHANISMS.get(raw.lower())
+    if mechanism is None:
+        raise ConfigError(f"auth={raw!r} in {url}: use one of {', '.join(_MECHANISMS)}")
+    return mechanism
+
+
+def scrub(error: HareError, cause: BaseException | None, secret: str) -> HareError:
+    """Attach ``cause`` to ``error`` unless the secret shows up anywhere in its chain.
+
+    ``error`` itself is built from the redacted URL only.
+    """
+    seen: set[int] = set()
+    link = cause
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if secret and (secret in str(link) or secret in repr(link)):
+            cause = None
+            break
+        link = link.__cause__ or link.__context__
+    error.__cause__ = cause
+    error.__suppress_context__ = True
+    return error
