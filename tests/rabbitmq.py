@@ -44,6 +44,7 @@ __all__ = [
     "ExternalRabbitMQ",
     "RabbitMQError",
     "RabbitMQNode",
+    "with_amqp_backend",
     "RabbitMQUnavailable",
     "find_rabbitmq_server",
 ]
@@ -52,6 +53,13 @@ __all__ = [
 # user with its HOME and /var paths; the scripts in /usr/lib/rabbitmq/bin do not.
 _SCRIPT_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/local/lib/rabbitmq/bin")
 _AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
+
+
+def with_amqp_backend(url: str, backend: str | None) -> str:
+    """``url`` with ``backend=`` set, to pick an AMQP backend on asyncio (None: the default)."""
+    if backend is None:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}backend={backend}"
 
 
 class RabbitMQUnavailable(RuntimeError):

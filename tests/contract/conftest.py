@@ -1,8 +1,8 @@
 """The transport contract, held against every broker kind.
 
 ``broker_kind`` runs each test on the sandbox (asyncio and trio) and on a real
-RabbitMQ through the aiormq backend (asyncio only: that combination is not
-generated for trio at all). ``amqp`` opens connections, makes unique names
+RabbitMQ through each AMQP backend: aiormq (asyncio only) and the anyio-native
+one (on trio, and on asyncio with ``?backend=anyio``). ``amqp`` opens connections, makes unique names
 and deletes what the test declared, so tests never collide on a shared broker.
 """
 
@@ -16,6 +16,7 @@ import anyio
 import anyio.to_thread
 import pytest
 from contract_helpers import Amqp, ForceClose
+from rabbitmq import with_amqp_backend
 
 from hare_py.testing import SandboxBroker
 
@@ -24,6 +25,7 @@ from hare_py.testing import SandboxBroker
 class BrokerKind:
     broker: str  # "sandbox" or "rabbitmq"
     anyio_backend: str
+    amqp_backend: str | None = None  # the URL's backend=; None: the default for the loop
 
 
 @pytest.fixture(
@@ -32,6 +34,14 @@ class BrokerKind:
         pytest.param(BrokerKind("sandbox", "trio"), id="sandbox-trio"),
         pytest.param(
             BrokerKind("rabbitmq", "asyncio"), id="rabbitmq-asyncio", marks=pytest.mark.rabbitmq
+        ),
+        pytest.param(
+            BrokerKind("rabbitmq", "asyncio", "anyio"),
+            id="rabbitmq-asyncio-anyio",
+            marks=pytest.mark.rabbitmq,
+        ),
+        pytest.param(
+            BrokerKind("rabbitmq", "trio"), id="rabbitmq-trio", marks=pytest.mark.rabbitmq
         ),
     ]
 )
@@ -58,17 +68,20 @@ def sandbox(broker_kind: BrokerKind) -> Iterator[SandboxBroker | None]:
 
 
 @pytest.fixture
-def broker_url(sandbox: SandboxBroker | None, request: pytest.FixtureRequest) -> str:
+def broker_url(
+    sandbox: SandboxBroker | None, broker_kind: BrokerKind, request: pytest.FixtureRequest
+) -> str:
     """A fresh sandbox broker's URL, or the session's RabbitMQ URL."""
     if sandbox is not None:
         return sandbox.url
     try:
-        return str(request.getfixturevalue("rabbitmq_url"))
+        url = str(request.getfixturevalue("rabbitmq_url"))
     except pytest.FixtureLookupError:
         env = os.environ.get("HARE_TEST_AMQP_URL")
         if not env:
             pytest.skip("no RabbitMQ: set HARE_TEST_AMQP_URL")
-        return env
+        url = env
+    return with_amqp_backend(url, broker_kind.amqp_backend)
 
 
 @pytest.fixture

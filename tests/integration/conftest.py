@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from rabbitmq import with_amqp_backend
 
 from hare_py.testing import SandboxBroker
 from hare_py.transport import backend_for, parse_url
@@ -24,16 +25,22 @@ from hare_py.transport.base import ConnectOptions, Properties
 class Kind:
     broker: str
     anyio_backend: str
+    amqp_backend: str | None = None  # the URL's backend=; None: the default for the loop
 
 
 @pytest.fixture(
     params=[
         pytest.param(Kind("sandbox", "asyncio"), id="sandbox-asyncio"),
         pytest.param(Kind("sandbox", "trio"), id="sandbox-trio"),
-        # aiormq runs on asyncio only; the trio AMQP backend is a separate issue.
         pytest.param(
             Kind("rabbitmq", "asyncio"), id="rabbitmq-asyncio", marks=pytest.mark.rabbitmq
         ),
+        pytest.param(
+            Kind("rabbitmq", "asyncio", "anyio"),
+            id="rabbitmq-asyncio-anyio",
+            marks=pytest.mark.rabbitmq,
+        ),
+        pytest.param(Kind("rabbitmq", "trio"), id="rabbitmq-trio", marks=pytest.mark.rabbitmq),
     ]
 )
 def kind(request: pytest.FixtureRequest) -> Kind:
@@ -121,9 +128,9 @@ class SandboxTarget(Target):
 
 
 class RabbitTarget(Target):
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Any, amqp_backend: str | None) -> None:
         self.node = node
-        self.url = node.url
+        self.url = with_amqp_backend(node.url, amqp_backend)
 
     async def topology(self) -> Topology:
         def listing(*args: str) -> list[dict[str, Any]]:
@@ -182,4 +189,4 @@ def target(kind: Kind, request: pytest.FixtureRequest) -> Iterator[Target]:
         with SandboxBroker() as broker:
             yield SandboxTarget(broker)
     else:
-        yield RabbitTarget(request.getfixturevalue("rabbitmq"))
+        yield RabbitTarget(request.getfixturevalue("rabbitmq"), kind.amqp_backend)

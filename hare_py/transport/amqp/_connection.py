@@ -334,12 +334,19 @@ class AmqpConnection(TransportConnection):
 async def connect(url: BrokerURL, options: ConnectOptions) -> AsyncIterator[AmqpConnection]:
     """Connect to ``url``; the connection closes when the block exits."""
     connection = await _open(url, options)
+    body_error: BaseException | None = None
     async with anyio.create_task_group() as tg:
         await tg.start(connection.run)
+        # The block's error is re-raised outside the task group, so that it is
+        # not wrapped in an ExceptionGroup.
         try:
             yield connection
+        except BaseException as exc:
+            body_error = exc
         finally:
             await connection.close()
+    if body_error is not None:
+        raise body_error
 
 
 async def _open(url: BrokerURL, options: ConnectOptions) -> AmqpConnection:
