@@ -16,10 +16,11 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    # The aiormq backend runs on asyncio only; trio on RabbitMQ is a separate issue.
-    return "asyncio"
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """asyncio (the aiormq backend) and trio (the anyio-native AMQP backend)."""
+    backend: str = request.param
+    return backend
 
 
 @pytest.fixture
@@ -57,9 +58,14 @@ _report: list[dict[str, Any]] = []
 
 
 @pytest.fixture
-def report() -> Any:
+def report(anyio_backend: str) -> Any:
     """Record a fault's figures; they are printed at the end of the run."""
-    return _report.append
+    backend = "aiormq/asyncio" if anyio_backend == "asyncio" else "anyio/trio"
+
+    def add(row: dict[str, Any]) -> None:
+        _report.append({"backend": backend, **row})
+
+    return add
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
