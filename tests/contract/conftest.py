@@ -2,7 +2,8 @@
 
 ``broker_kind`` runs each test on the sandbox (asyncio and trio) and on a real
 RabbitMQ through each AMQP backend: aiormq (asyncio only) and the anyio-native
-one (on trio, and on asyncio with ``?backend=anyio``). ``amqp`` opens connections, makes unique names
+one (on trio, and on asyncio with ``?backend=anyio``). ``amqp`` opens connections,
+makes unique names
 and deletes what the test declared, so tests never collide on a shared broker.
 """
 
