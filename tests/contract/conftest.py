@@ -2,9 +2,9 @@
 
 ``broker_kind`` runs each test on the sandbox (asyncio and trio) and on a real
 RabbitMQ through each AMQP backend: aiormq (asyncio only) and the anyio-native
-one (on trio, and on asyncio with ``?backend=anyio``). ``amqp`` opens connections,
-makes unique names
-and deletes what the test declared, so tests never collide on a shared broker.
+one (on trio, and on asyncio with ``?backend=anyio``). ``amqp`` opens
+connections, makes unique names and deletes what the test declared, so tests
+never collide on a shared broker.
 """
 
 from __future__ import annotations
