@@ -209,6 +209,22 @@ class HareDirect(Hare):
         return HareClient(url, direct_reply_to())
 
 
+class HareAnyio(Hare):
+    """hare_py on its anyio-native AMQP backend (``?backend=anyio``), client and server."""
+
+    name, label, queue = "hare_anyio", "hare_py anyio backend", "bench.hare_anyio"
+
+    def client(self, url: str) -> Any:
+        return HareClient(_anyio(url), None)
+
+    async def serve(self, url: str, queue: str, ready: Ready) -> None:
+        await super().serve(_anyio(url), queue, ready)
+
+
+def _anyio(url: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}backend=anyio"
+
+
 # --- aio-pika patterns.RPC --------------------------------------------------------------
 
 
@@ -316,5 +332,5 @@ class FastStream(Raw):
 
 BASELINE = "aiormq"
 CONTENDERS: dict[str, Contender] = {
-    c.name: c for c in (Raw(), Hare(), HareDirect(), AioPika(), FastStream())
+    c.name: c for c in (Raw(), Hare(), HareAnyio(), HareDirect(), AioPika(), FastStream())
 }

@@ -176,7 +176,7 @@ def plots(results: Results, settings: Settings, out: Path) -> list[Path]:
     from matplotlib.ticker import FixedLocator, FuncFormatter
 
     small = [c for c in settings.cases if c.size != 64 * 1024]
-    palette = ("black", "tab:blue", "tab:cyan", "tab:orange", "tab:green")
+    palette = ("black", "tab:blue", "tab:red", "tab:cyan", "tab:orange", "tab:green")
     colours = dict(zip(CONTENDERS, palette, strict=True))
     styles = {BASELINE: "--"}
 

@@ -247,24 +247,26 @@ def _frame_name(frame: str) -> str:
     return f"{func} ({path})"
 
 
-def profile(url: str, settings: Settings, concurrency: int = 64) -> str | None:
+def profile(
+    url: str, settings: Settings, contender: str = "hare", concurrency: int = 64
+) -> str | None:
     """Sample a hare_py client at ``concurrency`` with py-spy; the top functions as Markdown."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         print("py-spy is not installed: no profile", flush=True)
         return None
-    raw = settings.out / "profile-hare-c64.txt"
+    raw = settings.out / f"profile-{contender}-c{concurrency}.txt"
     job = {
         "job": "load",
-        "contender": "hare",
+        "contender": contender,
         "url": url,
-        "queue": CONTENDERS["hare"].queue,
+        "queue": CONTENDERS[contender].queue,
         "concurrency": concurrency,
         "size": SMALL,
         "warmup": settings.warmup,
         "duration": max(settings.duration * 2, 1.0),
     }
-    with servers(url, ["hare"]):
+    with servers(url, [contender]):
         spy_args = ["record", "--rate", "250", "--format", "raw", "--output", str(raw), "--"]
         done = subprocess.run(
             [spy, *spy_args, *_command(job)],
@@ -301,7 +303,7 @@ def profile(url: str, settings: Settings, concurrency: int = 64) -> str | None:
 
     parts = [
         f"py-spy, {total:,} samples of the client process's CPU time (idle time not sampled), "
-        f"hare_py client at concurrency {concurrency}, 100 B.",
+        f"{CONTENDERS[contender].label} client at concurrency {concurrency}, 100 B.",
         "",
         "Self time (the function itself was running):",
         "",
@@ -321,7 +323,12 @@ def profile(url: str, settings: Settings, concurrency: int = 64) -> str | None:
 # --- main ------------------------------------------------------------------------------
 
 
-def write(results: Results, settings: Settings, url_note: str, profile_md: str | None) -> None:
+def write(
+    results: Results,
+    settings: Settings,
+    url_note: str,
+    profiles: Sequence[tuple[str, str | None]] = (),
+) -> None:
     from . import report
 
     out = settings.out
@@ -350,8 +357,9 @@ def write(results: Results, settings: Settings, url_note: str, profile_md: str |
         "",
         *[f"![{p.stem}]({p.name})" for p in pngs],
     ]
-    if profile_md:
-        md += ["", "## Profile of the hare_py client", "", profile_md]
+    for name, profile_md in profiles:
+        if profile_md:
+            md += ["", f"## Profile of the {CONTENDERS[name].label} client", "", profile_md]
     (out / "results.md").write_text("\n".join(md) + "\n")
     serialisable = {
         "settings": {k: str(v) for k, v in vars(settings).items()},
@@ -412,6 +420,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             else "a private RabbitMQ node started by the run"
         )
         results = measure(settings, url)
-        profile_md = profile(url, settings) if settings.profile else None
-    write(results, settings, note, profile_md)
+        profiles = [
+            (name, profile(url, settings, name))
+            for name in ("hare", "hare_anyio")
+            if settings.profile and name in settings.contenders
+        ]
+    write(results, settings, note, profiles)
     print(f"done in {time.monotonic() - began:.0f} s", flush=True)

@@ -261,21 +261,6 @@ async def test_connect_to_a_closed_port_fails_fast(amqp: AmqpCombo) -> None:
     assert time.monotonic() - started < 2
 
 
-REFUSED_LOSES_ITS_REASON = pytest.mark.xfail(
-    strict=True,
-    reason="anyio backend: describe() reports anyio.connect_tcp's wrapper OSError "
-    "('All connection attempts failed'), not the ECONNREFUSED in its __cause__",
-)
-
-
-@pytest.mark.parametrize(
-    "amqp",
-    [
-        pytest.param(COMBOS["aiormq-asyncio"], id="aiormq-asyncio"),
-        *(pytest.param(COMBOS[n], id=n, marks=REFUSED_LOSES_ITS_REASON) for n in ANYIO),
-    ],
-    indirect=True,
-)
 async def test_a_refused_connect_says_refused(amqp: AmqpCombo) -> None:
     """The ConnectFailed for a closed port says the connection was refused, so that it reads
     differently from a timeout or an unknown host."""

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from .._clock import now
 from .._log import get_logger
 from ..errors import ClientCrashed, ClientStopped, ConfigError, RequestTimeout
 from .caller import Caller
@@ -172,7 +173,7 @@ class Actor(Generic[S]):
         reply that is an exception instance is raised.
         """
         timeout = check_timeout(timeout)
-        caller = Caller(anyio.current_time() + timeout)
+        caller = Caller(now() + timeout)
         self._post(_Call(message, caller))
         return await self._await_caller(caller, f"call {message!r:.100}")
 
@@ -180,7 +181,7 @@ class Actor(Generic[S]):
         """Stop the actor with ``reason`` (``terminate`` runs) and wait until it has."""
         if self._status == "stopped":
             return
-        caller = Caller(anyio.current_time() + check_timeout(timeout))
+        caller = Caller(now() + check_timeout(timeout))
         self._post(_StopRequest(reason, caller))
         await self._await_caller(caller, "stop")
 
@@ -362,7 +363,7 @@ class Actor(Generic[S]):
     async def _loop(self) -> Any:
         recv = self._recv
         handlers = self._handlers
-        current_time = anyio.current_time
+        current_time = now
         try:
             while True:
                 try:

@@ -24,6 +24,7 @@ from typing import Any, Generic, Self, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
+from .._clock import now
 from .._log import debug_enabled
 from ..actor.actor import _GAVE_UP, Actor, check_timeout
 from ..actor.backoff import Backoff
@@ -279,8 +280,8 @@ class RPCClient(Actor[S], Generic[S]):
         if headers is not None and not isinstance(headers, Mapping):
             raise ConfigError(f"headers must be a mapping, got {headers!r}")
         seconds = self.timeout if timeout is None else check_timeout(timeout)
-        now = anyio.current_time()
-        deadline = now + seconds
+        started = now()
+        deadline = started + seconds
         request = Request(
             payload,
             routing_key,
@@ -312,7 +313,7 @@ class RPCClient(Actor[S], Generic[S]):
                         caller._resolve(_GAVE_UP)
         finally:
             slots.release()
-            self._log_request(caller, now)
+            self._log_request(caller, started)
         value = caller._value
         if value is _GAVE_UP:
             raise self._timeout_error(caller)
@@ -326,11 +327,11 @@ class RPCClient(Actor[S], Generic[S]):
         if not debug_enabled(self._log):
             return  # the canonical event is debug: skip building it when filtered out
         value = caller._value
-        now = anyio.current_time()
+        ended = now()
         if not caller.done:
             outcome = "not sent"  # refused before it reached the actor
         elif value is _GAVE_UP:
-            outcome = "timeout" if now >= caller.deadline else "cancelled"
+            outcome = "timeout" if ended >= caller.deadline else "cancelled"
         elif isinstance(value, BaseException):
             outcome = type(value).__name__
         else:
@@ -339,7 +340,7 @@ class RPCClient(Actor[S], Generic[S]):
         self._log.debug(
             "rpc.request",
             outcome=outcome,
-            duration_ms=round((now - started) * 1000, 3),
+            duration_ms=round((ended - started) * 1000, 3),
             routing_key=request.routing_key,
             correlation_id=request.correlation_id,
         )
@@ -357,7 +358,7 @@ class RPCClient(Actor[S], Generic[S]):
         self._calls.remove(caller)
 
     def _hold(self, caller: Caller) -> None:
-        if caller.request is not None and caller.deadline > anyio.current_time():
+        if caller.request is not None and caller.deadline > now():
             self._calls.hold(caller)
         else:
             super()._hold(caller)
@@ -497,7 +498,7 @@ class RPCClient(Actor[S], Generic[S]):
             return None
         expiration = None
         if self.request_ttl and request.deadline != float("inf"):
-            left = request.deadline - anyio.current_time()
+            left = request.deadline - now()
             expiration = str(max(1, int(left * 1000)))
         try:
             return self.convention.wrap(

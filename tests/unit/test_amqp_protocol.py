@@ -30,6 +30,7 @@ from hare_py.transport.amqp._protocol import (
     MethodReceived,
     ProtocolError,
 )
+from hare_py.transport.base import Properties
 
 Wire = pamqp_frame.FrameTypes
 FRAME_MAX = 4096
@@ -284,11 +285,12 @@ def test_other_methods_surface_as_method_received() -> None:
 def test_publish_sends_method_header_and_body() -> None:
     """publish sends basic.publish (mandatory), a header with size and properties, one body."""
     client = open_client()
-    props = commands.Basic.Properties(correlation_id="c1", reply_to="amq.rabbitmq.reply-to")
+    props = Properties(correlation_id="c1", reply_to="amq.rabbitmq.reply-to")
     client.publish(1, "ex", "rk", b"hello", props, mandatory=True)
+    wire = commands.Basic.Properties(correlation_id="c1", reply_to="amq.rabbitmq.reply-to")
     assert client.data_to_send() == marshal(
         (1, commands.Basic.Publish(exchange="ex", routing_key="rk", mandatory=True)),
-        (1, ContentHeader(0, 5, props)),
+        (1, ContentHeader(0, 5, wire)),
         (1, ContentBody(b"hello")),
     )
 
@@ -355,15 +357,15 @@ def test_delivery_split_at_arbitrary_bytes_is_one_event(
 ) -> None:
     """However the bytes are cut, a multi-frame delivery is one event with its whole body."""
     client = open_client()
-    props = commands.Basic.Properties(content_type="application/json", headers={"k": "v"})
-    data = delivery_frames(1, body, chunk, tag=7, properties=props)
+    wire = commands.Basic.Properties(content_type="application/json", headers={"k": "v"})
+    data = delivery_frames(1, body, chunk, tag=7, properties=wire)
     events = feed_split(client, data, [c for c in cuts if c < len(data)])
     assert len(events) == 1
     (event,) = events
     assert isinstance(event, ContentReceived)
     assert event.channel == 1
     assert event.body == body
-    assert event.properties == props
+    assert event.properties == Properties(content_type="application/json", headers={"k": "v"})
     assert isinstance(event.method, commands.Basic.Deliver)
     assert event.method.delivery_tag == 7
 
@@ -397,9 +399,7 @@ def test_return_and_get_ok_carry_content(
             (1, ContentBody(b"def")),
         )
     )
-    assert plain(events) == plain(
-        [ContentReceived(1, method, commands.Basic.Properties(), b"abcdef")]
-    )
+    assert plain(events) == plain([ContentReceived(1, method, Properties(), b"abcdef")])
 
 
 def test_empty_body_completes_on_the_header() -> None:
@@ -427,8 +427,8 @@ def test_interleaved_channels_and_a_batch_of_frames() -> None:
     events = client.receive_data(data)
     assert plain(events) == plain(
         [
-            ContentReceived(2, b, commands.Basic.Properties(), b"bb"),
-            ContentReceived(1, a, commands.Basic.Properties(), b"aaaa"),
+            ContentReceived(2, b, Properties(), b"bb"),
+            ContentReceived(1, a, Properties(), b"aaaa"),
             HeartbeatReceived(),
         ]
     )

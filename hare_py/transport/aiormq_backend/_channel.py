@@ -30,7 +30,6 @@ from pamqp.header import ContentHeader
 
 from ..._log import get_logger
 from ...errors import BrokerError, ConnectionLost
-from ..amqp._convert import to_delivery, to_pamqp, to_returned
 from ..base import (
     CHANNEL_ERROR,
     EMPTY_PROPERTIES,
@@ -45,6 +44,7 @@ from ..base import (
     Properties,
     QueueInfo,
 )
+from ._convert import to_delivery, to_pamqp, to_returned
 from ._errors import operation_error
 
 if TYPE_CHECKING:

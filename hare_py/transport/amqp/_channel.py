@@ -36,6 +36,7 @@ from ..base import (
     REPLY_SUCCESS,
     Channel,
     CloseReason,
+    Delivery,
     ExchangeType,
     Message,
     OnCancel,
@@ -43,9 +44,9 @@ from ..base import (
     OnReturn,
     Properties,
     QueueInfo,
+    ReturnedMessage,
 )
 from . import _protocol as p
-from ._convert import to_delivery, to_pamqp, to_returned
 
 if TYPE_CHECKING:
     from ._connection import AmqpConnection
@@ -173,7 +174,17 @@ class AmqpChannel(Channel):
             if callback is None:
                 return  # a consumer we cancelled; the broker requeues unacked messages
             try:
-                callback(to_delivery(method, event.properties, event.body))
+                callback(
+                    Delivery(
+                        event.body,
+                        event.properties,
+                        method.exchange,
+                        method.routing_key or "",
+                        method.delivery_tag or 0,
+                        method.consumer_tag or "",
+                        bool(method.redelivered),
+                    )
+                )
             except Exception:
                 log.exception(
                     "on_delivery callback failed",
@@ -184,7 +195,16 @@ class AmqpChannel(Channel):
             if self._on_return is None:
                 return
             try:
-                self._on_return(to_returned(method, event.properties, event.body))
+                self._on_return(
+                    ReturnedMessage(
+                        event.body,
+                        event.properties,
+                        method.exchange,
+                        method.routing_key or "",
+                        method.reply_code or 0,
+                        method.reply_text,
+                    )
+                )
             except Exception:
                 log.exception("on_return callback failed", channel=self._number)
 
@@ -472,13 +492,11 @@ class AmqpChannel(Channel):
     ) -> _Waiter | None:
         """Queue one publish; the confirm to wait for when in confirm mode."""
         self._check_open()
-        if len(routing_key.encode()) > 255:
-            raise ConfigError("routing key longer than 255 bytes")
         try:
             self._protocol.publish(
-                self._number, exchange, routing_key, bytes(body), to_pamqp(properties), mandatory
+                self._number, exchange, routing_key, bytes(body), properties, mandatory
             )
-        except (TypeError, ValueError) as exc:  # pamqp refused a value
+        except (TypeError, ValueError) as exc:  # a value AMQP cannot carry
             raise ConfigError(f"cannot publish: {exc}") from None
         confirms = self._confirms
         if confirms is None:

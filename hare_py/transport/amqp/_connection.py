@@ -20,6 +20,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import os
 import platform
 import ssl
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ..._clock import now
 from ..._log import get_logger
 from ...errors import BrokerError, ConnectFailed, ConnectionLost, HareError
 from ..base import (
@@ -87,6 +89,20 @@ def describe(exc: BaseException) -> str:
     """A short text for a network error (never holds a URL: we build none into them)."""
     if isinstance(exc, anyio.EndOfStream):
         return "the broker closed the socket"
+    if isinstance(exc, OSError) and exc.errno is None and exc.__cause__ is not None:
+        # anyio.connect_tcp: OSError("All connection attempts failed") from the
+        # real error, or from an ExceptionGroup of them (one per address).
+        cause = exc.__cause__
+        causes = cause.exceptions if isinstance(cause, BaseExceptionGroup) else (cause,)
+        texts = sorted(
+            {
+                os.strerror(c.errno) if c.errno else describe(c)
+                for c in causes
+                if isinstance(c, OSError)
+            }
+        )
+        if texts:
+            return "; ".join(texts)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc)
@@ -110,9 +126,10 @@ class AmqpConnection(TransportConnection):
         self._writable = anyio.Event()
         self._writable.set()
         self._scope = anyio.CancelScope()
-        now = anyio.current_time()
-        self._last_received = now
-        self._last_sent = now
+        self._last_words = False  # stop once the queued frames are written
+        started = now()
+        self._last_received = started
+        self._last_sent = started
         self.blocked = False
 
     def __repr__(self) -> str:
@@ -160,7 +177,7 @@ class AmqpConnection(TransportConnection):
         try:
             while True:
                 data = await receive(READ_SIZE)
-                self._last_received = anyio.current_time()
+                self._last_received = now()
                 events = protocol.receive_data(data)
                 if events:
                     self.dispatch(events)
@@ -184,11 +201,11 @@ class AmqpConnection(TransportConnection):
                 data = protocol.data_to_send()
                 if data:
                     await send(data)
-                    self._last_sent = anyio.current_time()
+                    self._last_sent = now()
                 if not self._writable.is_set() and protocol.bytes_to_send < HIGH_WATER:
                     self._writable.set()
-                if protocol.closed and not protocol.bytes_to_send:
-                    # The close handshake is over, and our last word is out.
+                if self._last_words and not protocol.bytes_to_send:
+                    # The connection is over, and our last word (close-ok, 505) is out.
                     self._wire_closed.set()
                     self._scope.cancel()
                     return
@@ -198,11 +215,11 @@ class AmqpConnection(TransportConnection):
     async def _heartbeats(self, interval: int) -> None:
         while True:
             await anyio.sleep(interval / 2)
-            now = anyio.current_time()
-            if now - self._last_received > 2 * interval:
+            current = now()
+            if current - self._last_received > 2 * interval:
                 self._lost(CloseReason(0, "missed heartbeats: the broker went silent", "network"))
                 return
-            if now - self._last_sent >= interval / 2 and not self._protocol.closed:
+            if current - self._last_sent >= interval / 2 and not self._protocol.closed:
                 self._protocol.send_heartbeat()
                 self.wake_writer()
 
@@ -213,12 +230,11 @@ class AmqpConnection(TransportConnection):
 
     async def wait_writable(self) -> None:
         """Wait while too much is queued for the socket (a slow or blocked broker)."""
-        if self._protocol.bytes_to_send > HIGH_WATER:
-            self._writable = anyio.Event()
-            self.wake_writer()
-            while self._protocol.bytes_to_send > HIGH_WATER and self._close_reason is None:
-                await self._writable.wait()
+        while self._protocol.bytes_to_send > HIGH_WATER and self._close_reason is None:
+            if self._writable.is_set():  # the first to wait arms it; the writer sets it
                 self._writable = anyio.Event()
+            self.wake_writer()
+            await self._writable.wait()
 
     # -- events in -------------------------------------------------------------
 
@@ -242,7 +258,9 @@ class AmqpConnection(TransportConnection):
                 if channel is not None:
                     channel.on_closed(CloseReason(event.reply_code, event.reply_text, event.by))
             elif isinstance(event, p.ConnectionClosed):
-                self._lost(CloseReason(event.reply_code, event.reply_text, event.by))
+                self._lost(
+                    CloseReason(event.reply_code, event.reply_text, event.by), last_words=True
+                )
             elif isinstance(event, p.ConnectionBlocked):
                 self.blocked = True
                 log.warning("the broker blocked publishing", url=self._where, reason=event.reason)
@@ -259,8 +277,12 @@ class AmqpConnection(TransportConnection):
             level = log.info if reason.is_normal else log.warning
             level("connection closed", url=self._where, reason=str(reason))
 
-    def _lost(self, reason: CloseReason) -> None:
-        """The connection is gone: settle it and every channel, stop the tasks."""
+    def _lost(self, reason: CloseReason, *, last_words: bool = False) -> None:
+        """The connection is gone: settle it and every channel, stop the tasks.
+
+        With ``last_words``, frames still queued (our close-ok, a 505 close) go
+        out first: the writer stops the tasks once they are written.
+        """
         self._settle(reason)
         settled = self._close_reason
         assert settled is not None
@@ -269,8 +291,8 @@ class AmqpConnection(TransportConnection):
         for channel in channels:
             channel.on_closed(CloseReason(settled.code, settled.text, "connection"))
         self._writable.set()
-        if self._protocol.closed and self._protocol.bytes_to_send:
-            # Our close-ok to the broker's close still has to go out.
+        if last_words and self._protocol.bytes_to_send:
+            self._last_words = True
             self.wake_writer()
             return
         self._wire_closed.set()
@@ -278,10 +300,9 @@ class AmqpConnection(TransportConnection):
 
     def _broken(self, text: str) -> None:
         """The broker broke the protocol: tell it (505) and drop the connection."""
-        self._settle(CloseReason(UNEXPECTED_FRAME, text, "network"))
         with suppress(p.ProtocolError):
             self._protocol.close(UNEXPECTED_FRAME, f"UNEXPECTED_FRAME - {text}"[:255])
-        self._lost(CloseReason(UNEXPECTED_FRAME, text, "network"))
+        self._lost(CloseReason(UNEXPECTED_FRAME, text, "network"), last_words=True)
 
     async def wait_closed(self) -> CloseReason:
         await self._closed.wait()

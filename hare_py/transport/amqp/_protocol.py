@@ -21,7 +21,9 @@ Rules this module keeps:
   Close/CloseOk are dropped, as AMQP 0-9-1 says.
 - A broken stream or a call the state does not allow raises ``ProtocolError``;
   the backend translates it into a ``hare_py.errors`` exception.
-- The codec is pamqp; properties and methods are pamqp objects.
+- The codec is pamqp, except for the frames every RPC makes (publish, deliver,
+  content header, body: ``_codec``). Methods are pamqp objects; message
+  properties are hare_py ``Properties``.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from typing import Any, Literal, TypeAlias
 
 from pamqp import commands, constants, encode, frame as pamqp_frame, header as pamqp_header
 from pamqp.base import Frame
-from pamqp.body import ContentBody
 from pamqp.exceptions import UnmarshalingException
-from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
+
+from ..base import EMPTY_PROPERTIES, Properties
+from ._codec import decode_deliver, decode_header, encode_publish
 
 __all__ = [
     "PROTOCOL_HEADER",
@@ -62,6 +65,9 @@ PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 _FRAME_HEADER = struct.Struct(">BHI")
 _FRAME_OVERHEAD = constants.FRAME_HEADER_SIZE + 1  # type, channel, size + frame-end
 _REPLY_SUCCESS = 200
+_BODY = constants.FRAME_BODY
+_HEADER = constants.FRAME_HEADER
+_DELIVER = b"\x00\x3c\x00\x3c"  # class 60 (basic), method 60 (deliver)
 MECHANISMS = ("PLAIN", "AMQPLAIN", "EXTERNAL")
 
 ContentMethod: TypeAlias = commands.Basic.Deliver | commands.Basic.Return | commands.Basic.GetOk
@@ -168,7 +174,7 @@ class ContentReceived:
 
     channel: int
     method: ContentMethod
-    properties: commands.Basic.Properties
+    properties: Properties
     body: bytes
 
 
@@ -197,7 +203,8 @@ class _Content:
     """A content method waiting for its header and body frames."""
 
     method: ContentMethod
-    header: ContentHeader | None = None
+    body_size: int = -1  # -1 until the content header arrives
+    properties: Properties | None = None
     chunks: list[bytes] = field(default_factory=list)
     received: int = 0
 
@@ -324,28 +331,18 @@ class AMQPClientProtocol:
         exchange: str,
         routing_key: str,
         body: bytes,
-        properties: commands.Basic.Properties | None = None,
+        properties: Properties = EMPTY_PROPERTIES,
         mandatory: bool = False,
     ) -> None:
         """Queue ``basic.publish``, its content header and its body in frame_max pieces.
 
-        All or nothing: a value pamqp cannot marshal raises before anything is queued.
+        All or nothing: a value AMQP cannot carry raises ``ValueError`` before
+        anything is queued.
         """
         self._require_channel(channel)
-        marshal = pamqp_frame.marshal
-        frames = [
-            marshal(
-                commands.Basic.Publish(
-                    exchange=exchange, routing_key=routing_key, mandatory=mandatory
-                ),
-                channel,
-            ),
-            marshal(ContentHeader(0, len(body), properties), channel),
-        ]
-        step = self.frame_max - _FRAME_OVERHEAD if self.frame_max else len(body) or 1
-        view = memoryview(body)
-        for start in range(0, len(body), step):
-            frames.append(marshal(ContentBody(bytes(view[start : start + step])), channel))
+        frames = encode_publish(
+            channel, exchange, routing_key, mandatory, body, properties, self.frame_max
+        )
         self._outbuf += frames
         self._outsize += sum(map(len, frames))
 
@@ -402,6 +399,10 @@ class AMQPClientProtocol:
                     break
                 raw = bytes(buf[offset : offset + size])
                 offset += size
+                kind = raw[0]
+                if kind in (_BODY, _HEADER) or raw[7:11] == _DELIVER:
+                    self._fast_frame(kind, raw, events)
+                    continue
                 try:
                     _, channel, value = pamqp_frame.unmarshal(raw)
                 except UnmarshalingException as exc:
@@ -433,6 +434,23 @@ class AMQPClientProtocol:
             raise ProtocolError(f"frame of {size} bytes exceeds frame_max {self.frame_max}")
         return size if available >= size else None
 
+    def _fast_frame(self, kind: int, raw: bytes, events: list[Event]) -> None:
+        """A body, content header or basic.deliver frame, decoded by ``_codec``."""
+        if raw[-1] != constants.FRAME_END:
+            raise ProtocolError("malformed frame: no frame-end octet")
+        channel = (raw[1] << 8) | raw[2]
+        payload = raw[7:-1]
+        if kind == _BODY:
+            self._handle_content(channel, payload, events)
+            return
+        try:
+            if kind == _HEADER:
+                self._handle_content(channel, decode_header(payload), events)
+            else:
+                self._handle_channel_method(channel, decode_deliver(payload), events)
+        except (ValueError, IndexError, struct.error) as exc:
+            raise ProtocolError(f"malformed frame: {exc}") from None
+
     def _handle(self, channel: int, value: pamqp_frame.FrameTypes, events: list[Event]) -> None:
         if isinstance(value, Heartbeat):
             events.append(HeartbeatReceived())
@@ -447,8 +465,8 @@ class AMQPClientProtocol:
             self._handle_connection_method(value, events)
         elif isinstance(value, Frame):
             self._handle_channel_method(channel, value, events)
-        else:
-            self._handle_content(channel, value, events)
+        else:  # content arrives through _fast_frame
+            raise ProtocolError(f"unexpected {value.name} frame on channel {channel}")
 
     def _handle_connection_method(self, method: Frame, events: list[Event]) -> None:
         state = self.state
@@ -588,36 +606,35 @@ class AMQPClientProtocol:
             events.append(MethodReceived(channel, method))
 
     def _handle_content(
-        self, channel: int, value: ContentHeader | ContentBody, events: list[Event]
+        self, channel: int, value: bytes | tuple[int, Properties], events: list[Event]
     ) -> None:
+        """A body chunk, or a content header's (body size, properties)."""
         state = self._channels.get(channel)
         if self.state is ConnectionState.CLOSING or state is _ChannelState.CLOSING:
             return
         pending = self._content.get(channel)
         if pending is None:
-            raise ProtocolError(f"{value.name} on channel {channel} without a content method")
-        if isinstance(value, ContentHeader):
-            if pending.header is not None:
+            what = "body" if isinstance(value, bytes) else "content header"
+            raise ProtocolError(f"{what} on channel {channel} without a content method")
+        if isinstance(value, tuple):
+            if pending.properties is not None:
                 raise ProtocolError(f"a second content header on channel {channel}")
-            pending.header = value
+            pending.body_size, pending.properties = value
         else:
-            if pending.header is None:
+            if pending.properties is None:
                 raise ProtocolError(f"content body before its header on channel {channel}")
-            pending.chunks.append(value.value)
-            pending.received += len(value.value)
-        header = pending.header
-        if pending.received > header.body_size:
+            pending.chunks.append(value)
+            pending.received += len(value)
+        if pending.received > pending.body_size:
             raise ProtocolError(
                 f"{pending.received} body bytes on channel {channel}, "
-                f"the header announced {header.body_size}"
+                f"the header announced {pending.body_size}"
             )
-        if pending.received == header.body_size:
+        if pending.received == pending.body_size:
             del self._content[channel]
-            events.append(
-                ContentReceived(
-                    channel, pending.method, header.properties, b"".join(pending.chunks)
-                )
-            )
+            chunks = pending.chunks
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            events.append(ContentReceived(channel, pending.method, pending.properties, body))
 
 
 def _lower(offered: int, wanted: int) -> int:

@@ -6,12 +6,10 @@ timestamp comes back as an aware UTC datetime without its microseconds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from pamqp.commands import Basic
 
 from ...errors import ConfigError
+from ..amqp._codec import plain as _plain
 from ..base import Delivery, Properties, ReturnedMessage
 
 __all__ = ["to_delivery", "to_pamqp", "to_properties", "to_returned"]
@@ -37,15 +35,6 @@ def to_pamqp(properties: Properties) -> Basic.Properties:
         )
     except ValueError as exc:
         raise ConfigError(f"invalid message properties: {exc}") from None
-
-
-def _plain(value: Any) -> Any:
-    """Field tables as plain dicts and lists, all the way down."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def to_properties(wire: Basic.Properties) -> Properties:
