@@ -2,11 +2,13 @@
 
 python examples/first_rpc.py                    # on the in-memory broker
 HARE_URL=amqp://guest:guest@localhost/ python examples/first_rpc.py
+HARE_URL=amqp://guest:guest@localhost/ python examples/first_rpc.py trio   # on trio
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import anyio
@@ -51,4 +53,4 @@ async def main() -> bytes:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    anyio.run(main, backend=sys.argv[1] if len(sys.argv) > 1 else "asyncio")

@@ -83,7 +83,7 @@ ANYIO = ("anyio-asyncio", "anyio-trio")
 ANYIO_ONLY = [pytest.param(COMBOS[name], id=name) for name in ANYIO]
 
 # (amqp, auth=) pairs: aiormq knows PLAIN and EXTERNAL only, so AMQPLAIN is the anyio
-# backend's alone (aiormq refuses it at connect, as "no common authentication mechanism").
+# backend's alone (aiormq's backend refuses it with a ConfigError before connecting).
 AUTH_CASES = [
     *(pytest.param(combo, None, id=f"{name}-default") for name, combo in COMBOS.items()),
     *(pytest.param(combo, "plain", id=f"{name}-plain") for name, combo in COMBOS.items()),
@@ -816,13 +816,22 @@ async def test_aiormq_on_trio_is_a_config_error(rabbitmq_url: str) -> None:
         await connect_once(rabbitmq_url + "?backend=aiormq")
 
 
-@pytest.mark.parametrize("amqp", ANYIO_ONLY, indirect=True)
 async def test_an_unknown_auth_mechanism_is_a_config_error(
     amqp: AmqpCombo, rabbitmq_url: str
 ) -> None:
     """auth= must name a mechanism the backend knows; anything else is a ConfigError."""
     with anyio.fail_after(10), pytest.raises(ConfigError, match="auth"):
         async with amqp.connect(rabbitmq_url + "?auth=bogus"):
+            pass
+
+
+@pytest.mark.parametrize("amqp", [pytest.param(COMBOS["aiormq-asyncio"])], indirect=True)
+async def test_amqplain_on_aiormq_is_a_config_error_naming_the_way_out(
+    amqp: AmqpCombo, rabbitmq_url: str
+) -> None:
+    """aiormq cannot log in with AMQPLAIN: say so before connecting, and name backend=anyio."""
+    with anyio.fail_after(10), pytest.raises(ConfigError, match="backend=anyio"):
+        async with amqp.connect(rabbitmq_url + "?auth=amqplain"):
             pass
 
 

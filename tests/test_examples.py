@@ -103,6 +103,14 @@ async def test_first_rpc_tutorial(monkeypatch: pytest.MonkeyPatch) -> None:
         assert await load("first_rpc").main() == b"hello, world"
 
 
+@pytest.mark.rabbitmq
+async def test_first_rpc_on_rabbitmq(monkeypatch: pytest.MonkeyPatch, rabbitmq_url: str) -> None:
+    """The same file against RabbitMQ: through aiormq on asyncio, the anyio backend on trio."""
+    monkeypatch.setenv("HARE_URL", rabbitmq_url)
+    with anyio.fail_after(20):
+        assert await load("first_rpc").main() == b"hello, world"
+
+
 async def test_caching_client_answers_repeats_locally(monkeypatch: pytest.MonkeyPatch) -> None:
     """Repeated payloads get the cached reply; only distinct ones reach the server."""
     monkeypatch.delenv("HARE_URL", raising=False)

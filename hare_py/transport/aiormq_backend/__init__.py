@@ -6,7 +6,8 @@ separate piece of work).
 
 URL query parameters: ``heartbeat=SECONDS`` overrides ``ConnectOptions.heartbeat``,
 ``name=`` is the connection name when ``ConnectOptions.name`` is unset, and
-``auth=plain|amqplain|external`` picks the login mechanism. TLS settings come
+``auth=plain|external`` picks the login mechanism (``auth=amqplain`` is a
+``ConfigError`` here: the anyio backend has it). TLS settings come
 from ``ConnectOptions.tls`` only and apply to ``amqps://``; verification is on
 unless ``TLSOptions(verify=False)``.
 

@@ -24,8 +24,8 @@ import anyio
 from aiormq import exceptions as ax
 
 from ..._log import get_logger
-from ...errors import BrokerError, ConnectionLost, HareError
-from ..amqp._common import heartbeat_seconds, scrub, tls_context
+from ...errors import BrokerError, ConfigError, ConnectionLost, HareError
+from ..amqp._common import heartbeat_seconds, login_mechanism, scrub, tls_context
 from ..base import (
     REPLY_SUCCESS,
     Channel,
@@ -210,6 +210,11 @@ async def _open(url: BrokerURL, options: ConnectOptions) -> AiormqConnection:
     name = options.name or url.param("name")
     if name:
         properties["connection_name"] = name
+    if login_mechanism(url) == "AMQPLAIN":
+        raise ConfigError(
+            f"auth=amqplain in {url}: aiormq logs in with PLAIN or EXTERNAL only; "
+            "add backend=anyio to use AMQPLAIN"
+        )
     query = [("heartbeat", str(heartbeat))]
     query += [(k, v) for k, v in url.query if k in _PASSED_PARAMS]
     extra: dict[str, Any] = {"server_hostname": server_hostname} if server_hostname else {}
