@@ -47,15 +47,29 @@ def test_tls_example_builds_a_connection() -> None:
     assert "secret" not in text
 
 
+@pytest.mark.rabbitmq
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 @pytest.mark.anyio
-async def test_trio_example_runs_on_trio() -> None:
-    """The trio page's client starts and stops on trio against the sandbox."""
+async def test_trio_example_runs_on_trio(
+    rabbitmq_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The trio page's client gets its reply on trio from a real RabbitMQ."""
+    from hare_py import Caller, Reply, Request, RPCServer
+
+    class Greeter(RPCServer[None]):
+        async def handle_request(self, request: Request, caller: Caller, state: None) -> Reply:
+            return Reply(b"hello, " + request.payload, state)
+
     namespace: dict[str, object] = {}
     code = blocks("trio.md")[0].replace("trio.run(main)", "")
+    code = code.replace("amqp://guest:guest@localhost/", rabbitmq_url)
     exec(code, namespace)
-    with anyio.fail_after(10):
-        await namespace["main"]()  # type: ignore[operator]
+    with anyio.fail_after(20):
+        async with Greeter.start(rabbitmq_url, queue="greeter") as server:
+            while not server.connected:
+                await anyio.sleep(0.01)
+            await namespace["main"]()  # type: ignore[operator]
+    assert "hello, world" in capsys.readouterr().out
 
 
 @pytest.mark.anyio

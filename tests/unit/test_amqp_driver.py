@@ -400,7 +400,7 @@ async def test_wrong_reply_type_breaks_the_connection_with_505() -> None:
         async with session() as (conn, peer):
             ch = await open_channel(conn, peer)
             async with anyio.create_task_group() as tg:
-                spawn(tg, lambda: ch.exchange_declare("x"))  # see the xfail test below
+                spawn(tg, lambda: ch.exchange_declare("x"))  # see the test below
                 await peer.expect(commands.Exchange.Declare, 1)
                 behind = spawn(tg, lambda: ch.queue_declare("q"))
                 await peer.expect(commands.Queue.Declare, 1)
@@ -420,11 +420,6 @@ async def test_wrong_reply_type_breaks_the_connection_with_505() -> None:
                 await ch.queue_declare("after")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: AmqpChannel.on_method pops the waiter before checking the reply's type, "
-    "so on_closed never settles it: the call that got the wrong reply hangs forever",
-)
 async def test_the_call_answered_with_the_wrong_type_fails_with_connection_lost() -> None:
     with anyio.fail_after(10):
         async with session() as (conn, peer):

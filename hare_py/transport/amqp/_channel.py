@@ -154,6 +154,7 @@ class AmqpChannel(Channel):
         elif self._calls:
             waiter = self._calls.popleft()
             if not isinstance(method, waiter.expects):
+                self._calls.appendleft(waiter)  # on_closed fails it with the others
                 self._connection._broken(
                     f"{method.name} on channel {self._number}, "
                     f"expected {' or '.join(t.name for t in waiter.expects)}"
