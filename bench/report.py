@@ -87,7 +87,8 @@ def targets(results: Results, settings: Settings) -> list[tuple[str, bool, str]]
     mid = next((c for c in settings.cases if c.size != 64 * 1024 and c.concurrency > 1), None)
     one = next((c for c in settings.cases if c.concurrency == 1), None)
     out: list[tuple[str, bool, str]] = []
-    for name in ("hare", "hare_drt"):
+    out += _anyio_backend_targets(results, settings, mid)
+    for name in ("hare", "hare_anyio", "hare_drt"):
         if name not in settings.contenders:
             continue
         label = CONTENDERS[name].label
@@ -153,6 +154,31 @@ def targets(results: Results, settings: Settings) -> list[tuple[str, bool, str]]
                 )
             )
     return out
+
+
+def _anyio_backend_targets(
+    results: Results, settings: Settings, mid: Any
+) -> list[tuple[str, bool, str]]:
+    """Issue 8's targets: the anyio backend against the aiormq backend, same client."""
+    names = ("hare", "hare_anyio")
+    if mid is None or not all(name in settings.contenders for name in names):
+        return []
+    mine = results.median("hare_anyio", mid, "calls_per_s")
+    theirs = results.median("hare", mid, "calls_per_s")
+    cpu_ms = results.median("hare_anyio", mid, "cpu_s_per_10k") / 10  # s/10k -> ms/call
+    return [
+        (
+            f"anyio backend: throughput at {mid.label} >= 2x the aiormq backend's",
+            mine / theirs >= 2,
+            f"{mine:,.0f} vs {theirs:,.0f} calls/s = {mine / theirs:.2f}x",
+        ),
+        (
+            f"anyio backend: client CPU per call at {mid.label} <= 0.08 ms",
+            cpu_ms <= 0.08,
+            f"{cpu_ms:.3f} ms (aiormq backend: "
+            f"{results.median('hare', mid, 'cpu_s_per_10k') / 10:.3f} ms)",
+        ),
+    ]
 
 
 def targets_table(rows: list[tuple[str, bool, str]]) -> str:
