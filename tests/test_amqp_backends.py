@@ -968,3 +968,14 @@ async def test_a_cancelled_call_does_not_shift_later_replies(
             if isinstance(conn, AmqpConnection):
                 # The abandoned declare did reach the broker: its reply was the late one.
                 assert (await channel.queue_declare(abandoned, passive=True)).name == abandoned
+
+
+async def test_names_amqp_refuses_are_config_errors(amqp: AmqpCombo, rabbitmq_url: str) -> None:
+    """A name pamqp will not put on the wire is a ConfigError, not a pamqp ValueError."""
+    with anyio.fail_after(10):
+        async with amqp.connect(rabbitmq_url) as conn:
+            channel = await conn.open_channel()
+            with pytest.raises(ConfigError):
+                await channel.exchange_declare("bad*name")
+            with pytest.raises(ConfigError):
+                await channel.queue_declare("q" * 300)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from pamqp import commands as spec
@@ -54,8 +54,17 @@ if TYPE_CHECKING:
 __all__ = ["AmqpChannel"]
 
 log = get_logger("hare_py.transport.amqp")
+_F = TypeVar("_F", bound=Frame)
 
 CLOSE_TIMEOUT = 10.0
+
+
+def _build(method: type[_F], *args: Any, **fields: Any) -> _F:
+    """The method frame; ``ConfigError`` for a value pamqp refuses (a bad queue name, ...)."""
+    try:
+        return method(*args, **fields)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid {method.name}: {exc}") from None
 
 
 class _Waiter:
@@ -311,7 +320,8 @@ class AmqpChannel(Channel):
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         await self._call(
-            spec.Exchange.Declare(
+            _build(
+                spec.Exchange.Declare,
                 exchange=exchange,
                 exchange_type=exchange_type,
                 passive=passive,
@@ -325,7 +335,8 @@ class AmqpChannel(Channel):
 
     async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
         await self._call(
-            spec.Exchange.Delete(exchange=exchange, if_unused=if_unused), spec.Exchange.DeleteOk
+            _build(spec.Exchange.Delete, exchange=exchange, if_unused=if_unused),
+            spec.Exchange.DeleteOk,
         )
 
     async def queue_declare(
@@ -339,7 +350,8 @@ class AmqpChannel(Channel):
         arguments: Mapping[str, Any] | None = None,
     ) -> QueueInfo:
         ok = await self._call(
-            spec.Queue.Declare(
+            _build(
+                spec.Queue.Declare,
                 queue=queue,
                 passive=passive,
                 durable=durable,
@@ -356,7 +368,7 @@ class AmqpChannel(Channel):
         self, queue: str, *, if_unused: bool = False, if_empty: bool = False
     ) -> int:
         ok = await self._call(
-            spec.Queue.Delete(queue=queue, if_unused=if_unused, if_empty=if_empty),
+            _build(spec.Queue.Delete, queue=queue, if_unused=if_unused, if_empty=if_empty),
             spec.Queue.DeleteOk,
         )
         assert isinstance(ok, spec.Queue.DeleteOk)
@@ -370,7 +382,8 @@ class AmqpChannel(Channel):
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         await self._call(
-            spec.Queue.Bind(
+            _build(
+                spec.Queue.Bind,
                 queue=queue,
                 exchange=exchange,
                 routing_key=routing_key,
@@ -387,7 +400,8 @@ class AmqpChannel(Channel):
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         await self._call(
-            spec.Queue.Unbind(
+            _build(
+                spec.Queue.Unbind,
                 queue=queue,
                 exchange=exchange,
                 routing_key=routing_key,
@@ -397,13 +411,13 @@ class AmqpChannel(Channel):
         )
 
     async def queue_purge(self, queue: str) -> int:
-        ok = await self._call(spec.Queue.Purge(queue=queue), spec.Queue.PurgeOk)
+        ok = await self._call(_build(spec.Queue.Purge, queue=queue), spec.Queue.PurgeOk)
         assert isinstance(ok, spec.Queue.PurgeOk)
         return ok.message_count or 0
 
     async def basic_qos(self, prefetch_count: int, *, global_: bool = False) -> None:
         await self._call(
-            spec.Basic.Qos(prefetch_count=prefetch_count, global_=global_), spec.Basic.QosOk
+            _build(spec.Basic.Qos, prefetch_count=prefetch_count, global_=global_), spec.Basic.QosOk
         )
 
     async def basic_consume(
@@ -421,18 +435,19 @@ class AmqpChannel(Channel):
         self._check_open()
         if tag in self._deliveries:
             raise BrokerError(NOT_ALLOWED, f"NOT_ALLOWED - attempt to reuse consumer tag '{tag}'")
-        # Registered before basic.consume goes out: deliveries can follow
-        # consume-ok in the same read.
-        self._deliveries[tag] = on_delivery
-        if on_cancel is not None:
-            self._cancels[tag] = on_cancel
-        method = spec.Basic.Consume(
+        method = _build(
+            spec.Basic.Consume,
             queue=queue,
             consumer_tag=tag,
             no_ack=no_ack,
             exclusive=exclusive,
             arguments=dict(arguments) if arguments else None,
         )
+        # Registered before basic.consume goes out: deliveries can follow
+        # consume-ok in the same read.
+        self._deliveries[tag] = on_delivery
+        if on_cancel is not None:
+            self._cancels[tag] = on_cancel
         waiter = _Waiter((spec.Basic.ConsumeOk,))
         try:
             self._send(method)
@@ -453,7 +468,7 @@ class AmqpChannel(Channel):
 
     async def basic_cancel(self, consumer_tag: str) -> None:
         self._cancels.pop(consumer_tag, None)
-        await self._call(spec.Basic.Cancel(consumer_tag), spec.Basic.CancelOk)
+        await self._call(_build(spec.Basic.Cancel, consumer_tag), spec.Basic.CancelOk)
         # Deliveries already on the wire before cancel-ok are still handed on.
         self._deliveries.pop(consumer_tag, None)
 
@@ -508,12 +523,14 @@ class AmqpChannel(Channel):
         return waiter
 
     async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
-        self._send(spec.Basic.Ack(delivery_tag=delivery_tag, multiple=multiple))
+        self._send(_build(spec.Basic.Ack, delivery_tag=delivery_tag, multiple=multiple))
 
     async def basic_nack(
         self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True
     ) -> None:
-        self._send(spec.Basic.Nack(delivery_tag=delivery_tag, multiple=multiple, requeue=requeue))
+        self._send(
+            _build(spec.Basic.Nack, delivery_tag=delivery_tag, multiple=multiple, requeue=requeue)
+        )
 
     async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> None:
-        self._send(spec.Basic.Reject(delivery_tag=delivery_tag, requeue=requeue))
+        self._send(_build(spec.Basic.Reject, delivery_tag=delivery_tag, requeue=requeue))
