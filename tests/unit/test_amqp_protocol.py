@@ -193,6 +193,33 @@ def test_no_plain_mechanism_is_a_protocol_error() -> None:
         client.receive_data(start_frame("EXTERNAL"))
 
 
+def test_amqplain_start_ok_carries_login_and_password_as_a_table() -> None:
+    """AMQPLAIN's response is a field table (LOGIN, PASSWORD) without its length prefix."""
+    client = AMQPClientProtocol(username="user", password="s3cret", mechanism="AMQPLAIN")
+    client.data_to_send()
+    client.receive_data(start_frame())
+    _, channel, start_ok = pamqp_frame.unmarshal(client.data_to_send())
+    assert channel == 0
+    assert isinstance(start_ok, commands.Connection.StartOk)
+    assert start_ok.mechanism == "AMQPLAIN"
+    table = b"\x05LOGINS\x00\x00\x00\x04user" + b"\x08PASSWORDS\x00\x00\x00\x06s3cret"
+    assert start_ok.response.encode() == table
+
+
+def test_external_start_ok_has_an_empty_response() -> None:
+    client = AMQPClientProtocol(mechanism="EXTERNAL")
+    client.data_to_send()
+    client.receive_data(start_frame("EXTERNAL PLAIN"))
+    _, _, start_ok = pamqp_frame.unmarshal(client.data_to_send())
+    assert isinstance(start_ok, commands.Connection.StartOk)
+    assert (start_ok.mechanism, start_ok.response) == ("EXTERNAL", "")
+
+
+def test_an_unknown_mechanism_is_refused_up_front() -> None:
+    with pytest.raises(ValueError, match="mechanism"):
+        AMQPClientProtocol(mechanism="CRAM-MD5")
+
+
 def test_broker_protocol_header_is_a_protocol_error() -> None:
     """A protocol header back from the broker (version refused) raises with its version."""
     client = AMQPClientProtocol()
