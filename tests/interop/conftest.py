@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from rabbitmq import with_amqp_backend
 
 HERE = Path(__file__).resolve().parent
 PIKA_TUTORIAL = HERE / "pika_tutorial.py"
@@ -34,8 +35,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def anyio_backend() -> str:
-    """asyncio only: hare_py's AMQP backend (aiormq), FastStream and aio-pika are asyncio-only."""
+    """asyncio only: the peers (FastStream, aio-pika) run in this process, on asyncio."""
     return "asyncio"
+
+
+@pytest.fixture(params=["aiormq", "anyio"])
+def hare_url(rabbitmq_url: str, request: pytest.FixtureRequest) -> str:
+    """The URL for hare_py's side: through each of its AMQP backends on asyncio."""
+    return with_amqp_backend(rabbitmq_url, request.param)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_faststream_subscriber_answers_bytes_and_json_clients(
-    rabbitmq_url: str, queue: str
+    hare_url: str, rabbitmq_url: str, queue: str
 ) -> None:
     """A FastStream subscriber's return value reaches both a bytes and a JSON hare_py client."""
     broker = RabbitBroker(rabbitmq_url, logger=None)
@@ -43,8 +43,8 @@ async def test_faststream_subscriber_answers_bytes_and_json_clients(
 
     async with (
         broker,
-        RPCClient.start(rabbitmq_url) as raw,
-        RPCClient.start(rabbitmq_url, codec=hare_py.JSON) as typed,
+        RPCClient.start(hare_url) as raw,
+        RPCClient.start(hare_url, codec=hare_py.JSON) as typed,
     ):
         await broker.start()
         with anyio.fail_after(10):
@@ -55,7 +55,7 @@ async def test_faststream_subscriber_answers_bytes_and_json_clients(
     assert seen == [10, {"n": 10}, 20]
 
 
-async def test_faststream_json_round_trip(rabbitmq_url: str, queue: str) -> None:
+async def test_faststream_json_round_trip(hare_url: str, rabbitmq_url: str, queue: str) -> None:
     """Nested JSON (unicode, floats, null, lists) survives hare_py -> FastStream -> hare_py."""
     broker = RabbitBroker(rabbitmq_url, logger=None)
 
@@ -64,14 +64,14 @@ async def test_faststream_json_round_trip(rabbitmq_url: str, queue: str) -> None
         return {"got": body, "keys": sorted(body)}
 
     value = {"name": "Zoë ✓", "ratio": 0.25, "none": None, "items": [1, [2, 3], {"x": True}]}
-    async with broker, RPCClient.start(rabbitmq_url, codec=hare_py.JSON) as client:
+    async with broker, RPCClient.start(hare_url, codec=hare_py.JSON) as client:
         await broker.start()
         with anyio.fail_after(10):
             reply = await client.request(value, queue)
     assert reply == {"got": value, "keys": ["items", "name", "none", "ratio"]}
 
 
-async def test_faststream_text_reply(rabbitmq_url: str, queue: str) -> None:
+async def test_faststream_text_reply(hare_url: str, rabbitmq_url: str, queue: str) -> None:
     """A str return value comes back as text/plain: bytes clients get it, JSON clients cannot."""
     broker = RabbitBroker(rabbitmq_url, logger=None)
 
@@ -81,8 +81,8 @@ async def test_faststream_text_reply(rabbitmq_url: str, queue: str) -> None:
 
     async with (
         broker,
-        RPCClient.start(rabbitmq_url) as raw,
-        RPCClient.start(rabbitmq_url, codec=hare_py.JSON) as typed,
+        RPCClient.start(hare_url) as raw,
+        RPCClient.start(hare_url, codec=hare_py.JSON) as typed,
     ):
         await broker.start()
         with anyio.fail_after(10):
@@ -93,7 +93,9 @@ async def test_faststream_text_reply(rabbitmq_url: str, queue: str) -> None:
     assert info.value.type == "UndecodableReply"
 
 
-async def test_faststream_handler_error_sends_no_reply(rabbitmq_url: str, queue: str) -> None:
+async def test_faststream_handler_error_sends_no_reply(
+    hare_url: str, rabbitmq_url: str, queue: str
+) -> None:
     """A FastStream handler that raises answers nothing: the hare_py caller gets RequestTimeout."""
     broker = RabbitBroker(rabbitmq_url, logger=None)
     calls = 0
@@ -104,7 +106,7 @@ async def test_faststream_handler_error_sends_no_reply(rabbitmq_url: str, queue:
         calls += 1
         raise ValueError("no")
 
-    async with broker, RPCClient.start(rabbitmq_url) as client:
+    async with broker, RPCClient.start(hare_url) as client:
         await broker.start()
         with anyio.fail_after(10):
             with pytest.raises(RequestTimeout):
@@ -124,12 +126,12 @@ def _fib_reply(message: AbstractIncomingMessage) -> aio_pika.Message:
     return aio_pika.Message(str(fib(int(message.body))).encode())
 
 
-async def test_aio_pika_plain_server(rabbitmq_url: str, queue: str) -> None:
+async def test_aio_pika_plain_server(hare_url: str, rabbitmq_url: str, queue: str) -> None:
     """A plain aio-pika consumer that replies to reply_to with the correlation id serves hare_py."""
     async with (
         aio_pika_server(rabbitmq_url, queue, _fib_reply),
-        RPCClient.start(rabbitmq_url) as raw,
-        RPCClient.start(rabbitmq_url, codec=hare_py.JSON) as typed,
+        RPCClient.start(hare_url) as raw,
+        RPCClient.start(hare_url, codec=hare_py.JSON) as typed,
     ):
         with anyio.fail_after(10):
             assert await raw.request(b"10", queue) == b"55"
@@ -145,7 +147,7 @@ async def test_aio_pika_plain_server(rabbitmq_url: str, queue: str) -> None:
     assert results == {n: str(fib(n)).encode() for n in range(20)}
 
 
-async def test_aio_pika_json_rpc_server(rabbitmq_url: str, queue: str) -> None:
+async def test_aio_pika_json_rpc_server(hare_url: str, rabbitmq_url: str, queue: str) -> None:
     """aio-pika's JsonRPC server takes a JSON object of kwargs; its errors arrive as values."""
 
     async def fib_method(*, n: int) -> int:
@@ -154,7 +156,7 @@ async def test_aio_pika_json_rpc_server(rabbitmq_url: str, queue: str) -> None:
         return fib(n)
 
     connection = await aio_pika.connect(rabbitmq_url)
-    async with connection, RPCClient.start(rabbitmq_url, codec=hare_py.JSON) as client:
+    async with connection, RPCClient.start(hare_url, codec=hare_py.JSON) as client:
         rpc = await JsonRPC.create(await connection.channel())
         await rpc.register(queue, fib_method, auto_delete=True)
         with anyio.fail_after(10):
@@ -164,7 +166,7 @@ async def test_aio_pika_json_rpc_server(rabbitmq_url: str, queue: str) -> None:
             error = await client.request({"n": -1}, queue)
             # kwargs that do not fit the function fail the same way.
             bad = await client.request({"m": 1}, queue)
-            async with JsonRPCClient.start(rabbitmq_url, codec=hare_py.JSON) as wrapped:
+            async with JsonRPCClient.start(hare_url, codec=hare_py.JSON) as wrapped:
                 assert await wrapped.request({"n": 12}, queue) == 144
                 with pytest.raises(RemoteError) as info:
                     await wrapped.request({"n": -2}, queue)
@@ -183,12 +185,12 @@ async def test_aio_pika_json_rpc_server(rabbitmq_url: str, queue: str) -> None:
 # --- pika, the RabbitMQ tutorial ---------------------------------------------------
 
 
-async def test_pika_tutorial_server(rabbitmq_url: str, pika_fib_server: PikaServer) -> None:
+async def test_pika_tutorial_server(hare_url: str, pika_fib_server: PikaServer) -> None:
     """The tutorial's pika server answers hare_py callers, each reply to its own caller."""
     queue = pika_fib_server.queue
     async with (
-        RPCClient.start(rabbitmq_url) as raw,
-        RPCClient.start(rabbitmq_url, codec=hare_py.JSON) as typed,
+        RPCClient.start(hare_url) as raw,
+        RPCClient.start(hare_url, codec=hare_py.JSON) as typed,
     ):
         with anyio.fail_after(20):
             assert await raw.request(b"10", queue) == b"55"
@@ -206,11 +208,11 @@ async def test_pika_tutorial_server(rabbitmq_url: str, pika_fib_server: PikaServ
 
 
 async def test_pika_tutorial_server_poison_request_expires(
-    rabbitmq_url: str, pika_fib_server: PikaServer
+    hare_url: str, rabbitmq_url: str, pika_fib_server: PikaServer
 ) -> None:
     """A body int() rejects kills the tutorial's server; the request's TTL then drops it."""
     queue = pika_fib_server.queue
-    async with RPCClient.start(rabbitmq_url) as client:
+    async with RPCClient.start(hare_url) as client:
         with anyio.fail_after(20):
             with pytest.raises(RequestTimeout):
                 await client.request(b"ten", queue, timeout=1.0)

@@ -29,10 +29,10 @@ pytestmark = pytest.mark.anyio
 # --- FastStream ---------------------------------------------------------------------
 
 
-async def test_faststream_request_bytes(rabbitmq_url: str, queue: str) -> None:
+async def test_faststream_request_bytes(hare_url: str, rabbitmq_url: str, queue: str) -> None:
     """FastStream's request (direct reply-to) gets the bytes reply with its own correlation id."""
     async with (
-        hare_server(Fib, rabbitmq_url, queue) as server,
+        hare_server(Fib, hare_url, queue) as server,
         RabbitBroker(rabbitmq_url, logger=None) as broker,
     ):
         with anyio.fail_after(10):
@@ -59,11 +59,11 @@ async def test_faststream_request_bytes(rabbitmq_url: str, queue: str) -> None:
     assert replies == {n: str(fib(n)).encode() for n in range(10)}
 
 
-async def test_faststream_request_json(rabbitmq_url: str, queue: str) -> None:
+async def test_faststream_request_json(hare_url: str, rabbitmq_url: str, queue: str) -> None:
     """A dict from FastStream goes as JSON through a JSON hare_py server and back intact."""
     value = {"name": "Zoë ✓", "ratio": 0.25, "none": None, "items": [1, [2, 3], {"x": True}]}
     async with (
-        hare_server(Echo, rabbitmq_url, queue, codec=hare_py.JSON),
+        hare_server(Echo, hare_url, queue, codec=hare_py.JSON),
         RabbitBroker(rabbitmq_url, logger=None) as broker,
     ):
         with anyio.fail_after(10):
@@ -72,10 +72,10 @@ async def test_faststream_request_json(rabbitmq_url: str, queue: str) -> None:
             assert await reply.decode() == value
 
 
-async def test_faststream_request_error_reply(rabbitmq_url: str, queue: str) -> None:
+async def test_faststream_request_error_reply(hare_url: str, rabbitmq_url: str, queue: str) -> None:
     """A raising hare_py handler: FastStream gets a plain message, the error in headers and body."""
     async with (
-        hare_server(Fib, rabbitmq_url, queue),
+        hare_server(Fib, hare_url, queue),
         RabbitBroker(rabbitmq_url, logger=None) as broker,
     ):
         with anyio.fail_after(10):
@@ -90,11 +90,11 @@ async def test_faststream_request_error_reply(rabbitmq_url: str, queue: str) -> 
 
 
 async def test_faststream_text_to_json_server_is_not_answered(
-    rabbitmq_url: str, queue: str
+    hare_url: str, rabbitmq_url: str, queue: str
 ) -> None:
     """A str (text/plain) FastStream request to a JSON hare_py server is rejected unanswered."""
     async with (
-        hare_server(Echo, rabbitmq_url, queue, codec=hare_py.JSON) as server,
+        hare_server(Echo, hare_url, queue, codec=hare_py.JSON) as server,
         RabbitBroker(rabbitmq_url, logger=None) as broker,
     ):
         with anyio.fail_after(10):
@@ -107,11 +107,11 @@ async def test_faststream_text_to_json_server_is_not_answered(
 # --- aio-pika -----------------------------------------------------------------------
 
 
-async def test_aio_pika_plain_client(rabbitmq_url: str, queue: str) -> None:
+async def test_aio_pika_plain_client(hare_url: str, rabbitmq_url: str, queue: str) -> None:
     """aio-pika with a callback queue and a future per correlation id, bytes and JSON."""
     async with (
-        hare_server(Fib, rabbitmq_url, queue),
-        hare_server(Echo, rabbitmq_url, queue + ".json", codec=hare_py.JSON),
+        hare_server(Fib, hare_url, queue),
+        hare_server(Echo, hare_url, queue + ".json", codec=hare_py.JSON),
         aio_pika_client(rabbitmq_url) as client,
     ):
         with anyio.fail_after(10):
@@ -136,10 +136,12 @@ async def test_aio_pika_plain_client(rabbitmq_url: str, queue: str) -> None:
     assert replies == {n: str(fib(n)).encode() for n in range(20)}
 
 
-async def test_aio_pika_plain_client_error_reply(rabbitmq_url: str, queue: str) -> None:
+async def test_aio_pika_plain_client_error_reply(
+    hare_url: str, rabbitmq_url: str, queue: str
+) -> None:
     """A raising hare_py handler: the aio-pika client sees the error headers and message body."""
     async with (
-        hare_server(Echo, rabbitmq_url, queue),
+        hare_server(Echo, hare_url, queue),
         aio_pika_client(rabbitmq_url) as client,
     ):
         with anyio.fail_after(10):
@@ -151,9 +153,11 @@ async def test_aio_pika_plain_client_error_reply(rabbitmq_url: str, queue: str) 
     assert reply.type is None
 
 
-async def test_aio_pika_json_rpc_client_rejects_hare_replies(rabbitmq_url: str, queue: str) -> None:
+async def test_aio_pika_json_rpc_client_rejects_hare_replies(
+    hare_url: str, rabbitmq_url: str, queue: str
+) -> None:
     """aio-pika's JsonRPC client wants AMQP type "result" on a reply; hare_py sets none."""
-    async with hare_server(Fib, rabbitmq_url, queue, codec=hare_py.JSON) as server:
+    async with hare_server(Fib, hare_url, queue, codec=hare_py.JSON) as server:
         connection = await aio_pika.connect(rabbitmq_url)
         async with connection:
             rpc = await JsonRPC.create(await connection.channel())
@@ -172,7 +176,7 @@ async def test_aio_pika_json_rpc_client_rejects_hare_replies(rabbitmq_url: str, 
 # --- pika, the RabbitMQ tutorial ---------------------------------------------------
 
 
-async def test_pika_tutorial_client(rabbitmq_url: str, queue: str) -> None:
+async def test_pika_tutorial_client(hare_url: str, rabbitmq_url: str, queue: str) -> None:
     """The tutorial's blocking FibonacciRpcClient (in a thread) gets fib(n) from hare_py."""
 
     def run() -> dict[int, int]:
@@ -182,13 +186,15 @@ async def test_pika_tutorial_client(rabbitmq_url: str, queue: str) -> None:
         finally:
             client.close()
 
-    async with hare_server(Fib, rabbitmq_url, queue):
+    async with hare_server(Fib, hare_url, queue):
         with anyio.fail_after(30):
             results = await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
     assert results == {0: 0, 1: 1, 10: 55, 30: 832040}
 
 
-async def test_pika_tutorial_client_error_reply(rabbitmq_url: str, queue: str) -> None:
+async def test_pika_tutorial_client_error_reply(
+    hare_url: str, rabbitmq_url: str, queue: str
+) -> None:
     """A raising hare_py handler: the tutorial client's int() fails on the error text it gets."""
     seen: dict[str, Any] = {}
 
@@ -203,7 +209,7 @@ async def test_pika_tutorial_client_error_reply(rabbitmq_url: str, queue: str) -
         finally:
             client.close()
 
-    async with hare_server(Fib, rabbitmq_url, queue):
+    async with hare_server(Fib, hare_url, queue):
         with anyio.fail_after(30):
             await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
     assert seen == {
