@@ -118,7 +118,8 @@ async def main() -> list[dict[str, Any]]:
                         if result is not None:
                             await result
                         await anyio.sleep(0.01)
-                        while not client.connected:  # the client heals itself; watch it
+                        # Both heal themselves (each on its own backoff); watch them.
+                        while not (client.connected and server.connected):
                             await anyio.sleep(0.01)
                         back = anyio.current_time() - began
                         await anyio.sleep(PHASE)
