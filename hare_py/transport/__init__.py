@@ -41,12 +41,8 @@ __all__ = [
     "parse_url",
 ]
 
-# scheme -> "module:Class", imported on first use
-_BACKENDS: dict[str, str] = {
-    "sandbox": "hare_py.transport.sandbox:SandboxBackend",
-    "amqp": "hare_py.transport.aiormq_backend:AiormqBackend",
-    "amqps": "hare_py.transport.aiormq_backend:AiormqBackend",
-}
+# "module:Class", imported on first use
+_SANDBOX = "hare_py.transport.sandbox:SandboxBackend"
 _AIORMQ = "hare_py.transport.aiormq_backend:AiormqBackend"
 _ANYIO_AMQP = "hare_py.transport.amqp:AnyioAmqpBackend"
 # The URL's ``backend=`` for amqp:// and amqps://
@@ -60,11 +56,12 @@ def backend_for(url: BrokerURL) -> Backend:
     AMQP URLs go to aiormq on asyncio and to the anyio-native backend on trio;
     ``?backend=anyio`` picks the latter on asyncio too.
     """
-    target = _BACKENDS.get(url.scheme)
-    if target is None:  # parse_url already rejects unknown schemes
-        raise ConfigError(f"no backend for URL scheme {url.scheme!r}")
-    if target == _AIORMQ:
+    if url.scheme == "sandbox":
+        target = _SANDBOX
+    elif url.scheme in ("amqp", "amqps"):
         target = _amqp_backend(url)
+    else:  # parse_url already rejects unknown schemes
+        raise ConfigError(f"no backend for URL scheme {url.scheme!r}")
     backend = _instances.get(target)
     if backend is None:
         module_name, _, class_name = target.partition(":")
