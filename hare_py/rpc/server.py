@@ -11,7 +11,10 @@ reply is published, so a request whose server dies first is redelivered to
 another instance. A handler that raises sends an error reply (the client
 raises ``RemoteError``) and the server goes on; a request without
 ``reply_to`` is processed and not answered; a request the codec cannot decode
-is rejected (not requeued) with a log line.
+gets an error reply (``RemoteError("UndecodableRequest", ...)`` in a hare_py
+client) and is rejected, not requeued (so a dead-letter exchange keeps it),
+with a log line; one the convention cannot unwrap is rejected the same way,
+unanswered.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ from .messages import ConnectedMeta, Request
 __all__ = ["RPCServer"]
 
 S = TypeVar("S")
+
+
+class UndecodableRequest(ValueError):
+    """The reply to a request whose body the server's codec could not decode."""
 
 
 class _Pending:
@@ -248,17 +255,19 @@ class RPCServer(Actor[S], Generic[S]):
         delivery = message.delivery
         try:
             incoming = self.convention.unwrap(delivery)
-            payload = self.codec.decode(incoming.body, incoming.content_type)
-        except Exception as exc:
-            self._log.warning(
-                "rpc.request_rejected",
-                reason="malformed",
-                error=repr(exc),
-                correlation_id=delivery.properties.correlation_id,
-            )
+        except Exception as exc:  # no envelope: nobody to answer
+            self._reject_log("malformed", exc, delivery.properties.correlation_id)
             await self._settle(message.channel, delivery.delivery_tag, reject=True)
             return
         pending = _Pending(message.channel, delivery.delivery_tag, incoming)
+        try:
+            payload = self.codec.decode(incoming.body, incoming.content_type)
+        except Exception as exc:
+            # The caller is told at once rather than left to its timeout.
+            self._reject_log("undecodable", exc, incoming.correlation_id)
+            error = UndecodableRequest(f"{type(exc).__name__}: {exc}"[:500])
+            await self._send_reply(pending, b"", None, error, reject=True)
+            return
         cached = self._answered.get(incoming.request_id) if incoming.request_id else None
         if cached is not None:
             self._log.info("rpc.request_repeated", request_id=incoming.request_id)
@@ -314,8 +323,19 @@ class RPCServer(Actor[S], Generic[S]):
                 self._answered.popitem(last=False)
         await self._send_reply(pending, body, content_type, error)
 
+    def _reject_log(self, reason: str, exc: Exception, correlation_id: str | None) -> None:
+        self._log.warning(
+            "rpc.request_rejected", reason=reason, error=repr(exc), correlation_id=correlation_id
+        )
+
     async def _send_reply(
-        self, pending: _Pending, body: bytes, content_type: str | None, error: BaseException | None
+        self,
+        pending: _Pending,
+        body: bytes,
+        content_type: str | None,
+        error: BaseException | None,
+        *,
+        reject: bool = False,
     ) -> None:
         out = self.convention.wrap(pending.incoming, body, content_type, error)
         if out is not None:
@@ -331,7 +351,7 @@ class RPCServer(Actor[S], Generic[S]):
                 # Not acked either: the broker will redeliver the request.
                 self._log.warning("rpc.reply_failed", error=str(exc))
                 return
-        await self._settle(pending.channel, pending.delivery_tag)
+        await self._settle(pending.channel, pending.delivery_tag, reject=reject)
 
     async def _settle(self, channel: Channel, delivery_tag: int, *, reject: bool = False) -> None:
         if not channel.is_open:

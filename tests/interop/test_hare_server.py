@@ -89,17 +89,19 @@ async def test_faststream_request_error_reply(hare_url: str, rabbitmq_url: str, 
             assert (await broker.request(b"12", queue, timeout=5)).body == b"144"
 
 
-async def test_faststream_text_to_json_server_is_not_answered(
+async def test_faststream_text_to_json_server_gets_an_error_reply(
     hare_url: str, rabbitmq_url: str, queue: str
 ) -> None:
-    """A str (text/plain) FastStream request to a JSON hare_py server is rejected unanswered."""
+    """A str (text/plain) FastStream request to a JSON hare_py server is answered at once
+    with an error (the x-error headers), never reaching the handler."""
     async with (
         hare_server(Echo, hare_url, queue, codec=hare_py.JSON) as server,
         RabbitBroker(rabbitmq_url, logger=None) as broker,
     ):
         with anyio.fail_after(10):
-            with pytest.raises(TimeoutError):
-                await broker.request("not json", queue, timeout=0.5)
+            reply = await broker.request("not json", queue, timeout=5)
+            assert reply.headers["x-error-type"] == "UndecodableRequest"
+            assert "JSONDecodeError" in reply.headers["x-error-message"]
             assert await (await broker.request('"json"', queue, timeout=5)).decode() == "json"
     assert server.handled == 1
 

@@ -111,19 +111,27 @@ async def test_request_without_reply_to_is_processed_not_answered(broker: Sandbo
         assert server.seen[0].payload == b"fire and forget"
 
 
-async def test_malformed_request_is_rejected_without_crashing(broker: SandboxBroker) -> None:
-    """An undecodable request is rejected (not requeued); the server goes on."""
+async def test_undecodable_request_gets_an_error_reply_and_is_rejected(
+    broker: SandboxBroker,
+) -> None:
+    """A request the codec cannot decode is answered with an error at once and rejected
+    (not requeued, so a dead-letter exchange would keep it); the server goes on."""
     async with (
         Worker.start(broker.url, queue="work", codec=JSON) as server,
+        RPCClient.start(broker.url) as raw,
         RPCClient.start(broker.url, codec=JSON) as client,
     ):
         await wait_for(lambda: server.connected)
-        broker.publish("", "work", b"{not json", Properties(reply_to="nowhere"))
+        with anyio.fail_after(5), pytest.raises(RemoteError) as info:
+            await raw.request(b"{not json", "work")
+        assert info.value.type == "UndecodableRequest"
+        assert "JSONDecodeError" in info.value.message
         with anyio.fail_after(5):
             assert await client.request("fine", "work") == "FINE"
         await wait_for(lambda: len(broker.ops("basic_reject")) == 1)
         assert broker.queues["work"].messages == 0
         assert server.running
+        assert server.handled == 1  # only the good one reached the handler
 
 
 async def test_unanswered_request_is_redelivered_when_the_server_dies(
