@@ -1,7 +1,8 @@
 """Review tests for the anyio AMQP backend: races, odd broker bytes, codec edges.
 
-Tests marked ``xfail(strict=True, reason="bug: ...")`` show a bug found in
-review; the others pin behaviour that was checked and holds. The scripted fake
+Some of these showed bugs found in review (a crossed channel close, a channel
+number reused before its close-ok, reply texts and header keys that are not
+UTF-8), fixed since; the others pin behaviour that was checked and holds. The scripted fake
 broker is the one of ``test_amqp_driver``.
 """
 
@@ -81,11 +82,6 @@ async def quiet_for(conn: _connection.AmqpConnection, seconds: float = 0.3) -> N
 # -- 1. a channel close that crosses the broker's --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a broker channel.close crossing ours deletes the channel, so the "
-    "broker's close-ok for our close is a ProtocolError and the connection dies with 505",
-)
 async def test_crossed_channel_close_keeps_the_connection_open() -> None:
     # RabbitMQ's reader answers a channel.close that arrives while it is closing
     # the channel itself with channel.close-ok (rabbit_reader, "closing" state).
@@ -106,11 +102,6 @@ async def test_crossed_channel_close_keeps_the_connection_open() -> None:
             assert conn.is_open, conn.close_reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: after a crossed channel.close the number is free again before the "
-    "broker's close-ok for our close arrived; AMQP forbids reusing it until then",
-)
 async def test_channel_number_is_not_reused_before_our_close_ok_arrives() -> None:
     with anyio.fail_after(10):
         async with session() as (conn, peer):
@@ -133,11 +124,6 @@ async def test_channel_number_is_not_reused_before_our_close_ok_arrives() -> Non
 # -- 2. strings from the broker that are not UTF-8 --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a channel.close whose reply text is not UTF-8 is a malformed frame "
-    "(ProtocolError): the whole connection dies with 505 instead of that one channel",
-)
 async def test_non_utf8_reply_text_in_channel_close_closes_only_the_channel() -> None:
     # RabbitMQ cuts reply texts at 252 bytes (amqp_exception_explanation),
     # which can split a multi-byte character of a queue or exchange name.
@@ -182,11 +168,6 @@ async def test_non_utf8_text_during_handshake_is_connect_failed() -> None:
     assert isinstance(error, ConnectFailed), repr(error)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a header table key that is not UTF-8 is a ProtocolError: one bad "
-    "message from any publisher kills every anyio consumer's connection with 505",
-)
 async def test_non_utf8_header_key_does_not_kill_the_connection() -> None:
     got: list[Delivery] = []
     with anyio.fail_after(10):

@@ -182,7 +182,7 @@ class AmqpChannel(Channel):
         if isinstance(method, spec.Basic.Deliver):
             callback = self._deliveries.get(method.consumer_tag or "")
             if callback is None:
-                return  # a consumer we cancelled; the broker requeues unacked messages
+                return  # a consumer we cancelled: its unacked messages wait for the channel
             try:
                 callback(
                     Delivery(
@@ -468,9 +468,11 @@ class AmqpChannel(Channel):
 
     async def basic_cancel(self, consumer_tag: str) -> None:
         self._cancels.pop(consumer_tag, None)
-        await self._call(_build(spec.Basic.Cancel, consumer_tag), spec.Basic.CancelOk)
-        # Deliveries already on the wire before cancel-ok are still handed on.
-        self._deliveries.pop(consumer_tag, None)
+        try:
+            await self._call(_build(spec.Basic.Cancel, consumer_tag), spec.Basic.CancelOk)
+        finally:
+            # Deliveries already on the wire before cancel-ok are still handed on.
+            self._deliveries.pop(consumer_tag, None)
 
     async def basic_publish(
         self,

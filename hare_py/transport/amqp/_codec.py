@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from pamqp import constants, decode, encode
-from pamqp.commands import Basic
+from pamqp.commands import Basic, Channel, Connection
 
 from ..base import Properties
 
 __all__ = [
+    "decode_close",
     "decode_deliver",
     "plain",
     "decode_header",
@@ -133,6 +134,21 @@ def _str(data: bytes, offset: int) -> tuple[str, int]:
     return data[offset + 1 : end].decode("utf-8", "replace"), end
 
 
+_CLOSE_IDS = struct.Struct(">HH")
+_CLOSE = struct.Struct(">H")
+
+
+def decode_close(payload: bytes) -> Channel.Close | Connection.Close:
+    """A ``channel.close`` or ``connection.close`` payload; a reply text that is not
+    UTF-8 (RabbitMQ cuts long texts at a byte count) gets replacement characters."""
+    (class_id,) = _CLOSE.unpack_from(payload, 0)  # 20 channel or 10 connection; then 40/50
+    (code,) = _CLOSE.unpack_from(payload, 4)
+    text, offset = _str(payload, 6)
+    failed_class, failed_method = _CLOSE_IDS.unpack_from(payload, offset)
+    kind = Channel.Close if class_id == 20 else Connection.Close
+    return kind(code, text, failed_class, failed_method)
+
+
 def decode_deliver(payload: bytes) -> Basic.Deliver:
     """A ``basic.deliver`` method payload (after class and method ids at 0-3)."""
     consumer_tag, offset = _str(payload, 4)
@@ -167,8 +183,13 @@ def decode_header(payload: bytes) -> tuple[int, Properties]:
             values[name] = payload[offset]
             offset += 1
         elif kind == "t":
-            used, table = decode.field_table(payload[offset:])
-            values[name] = plain(table)
+            try:
+                used, table = decode.field_table(payload[offset:])
+                values[name] = plain(table)
+            except UnicodeDecodeError:
+                # A key that is not UTF-8, from whichever client published the
+                # message: drop the table rather than the connection.
+                used = 4 + struct.unpack_from(">I", payload, offset)[0]
             offset += used
         else:
             used, stamp = decode.timestamp(payload[offset:])

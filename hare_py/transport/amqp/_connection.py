@@ -130,7 +130,7 @@ class AmqpConnection(TransportConnection):
         started = now()
         self._last_received = started
         self._last_sent = started
-        self.blocked = False
+        self.blocked = protocol.blocked  # connection.blocked may come with open-ok
 
     def __repr__(self) -> str:
         state = "open" if self._close_reason is None else f"closed: {self._close_reason}"
@@ -336,8 +336,12 @@ class AmqpConnection(TransportConnection):
             raise BrokerError(NOT_ALLOWED, f"NOT_ALLOWED - all {limit} channels are in use")
         try:
             number = protocol.open_channel()
-        except p.ProtocolError as exc:
-            raise ConnectionLost(str(exc)) from None
+        except p.ProtocolError:
+            # Open for us, yet no number: the rest are held by closes not yet confirmed.
+            self.check_open()
+            raise BrokerError(
+                NOT_ALLOWED, f"NOT_ALLOWED - no free channel number of {limit}"
+            ) from None
         channel = AmqpChannel(self, number, on_return)
         self.channels[number] = channel
         self.wake_writer()

@@ -40,7 +40,7 @@ from pamqp.exceptions import UnmarshalingException
 from pamqp.heartbeat import Heartbeat
 
 from ..base import EMPTY_PROPERTIES, Properties
-from ._codec import decode_deliver, decode_header, encode_publish
+from ._codec import decode_close, decode_deliver, decode_header, encode_publish
 
 __all__ = [
     "PROTOCOL_HEADER",
@@ -68,6 +68,8 @@ _REPLY_SUCCESS = 200
 _BODY = constants.FRAME_BODY
 _HEADER = constants.FRAME_HEADER
 _DELIVER = b"\x00\x3c\x00\x3c"  # class 60 (basic), method 60 (deliver)
+# basic.deliver, and the closes, whose reply texts the broker may cut mid-character
+_BY_HAND = (_DELIVER, b"\x00\x14\x00\x28", b"\x00\x0a\x00\x32")
 MECHANISMS = ("PLAIN", "AMQPLAIN", "EXTERNAL")
 
 ContentMethod: TypeAlias = commands.Basic.Deliver | commands.Basic.Return | commands.Basic.GetOk
@@ -90,6 +92,10 @@ class _ChannelState(enum.Enum):
     OPENING = "opening"
     OPEN = "open"
     CLOSING = "closing"  # we sent channel.close
+    CLOSED = "closed"  # the broker's close crossed ours: its close-ok to ours is still due
+
+
+_WINDING_DOWN = (_ChannelState.CLOSING, _ChannelState.CLOSED)
 
 
 # -- events ---------------------------------------------------------------------
@@ -314,7 +320,7 @@ class AMQPClientProtocol:
         state = self._channels.get(channel)
         if state is None:
             raise ProtocolError(f"channel {channel} is not open")
-        if state is _ChannelState.CLOSING:
+        if state in _WINDING_DOWN:
             return
         self._channels[channel] = _ChannelState.CLOSING
         self._content.pop(channel, None)
@@ -400,7 +406,7 @@ class AMQPClientProtocol:
                 raw = bytes(buf[offset : offset + size])
                 offset += size
                 kind = raw[0]
-                if kind in (_BODY, _HEADER) or raw[7:11] == _DELIVER:
+                if kind in (_BODY, _HEADER) or raw[7:11] in _BY_HAND:
                     self._fast_frame(kind, raw, events)
                     continue
                 try:
@@ -435,7 +441,7 @@ class AMQPClientProtocol:
         return size if available >= size else None
 
     def _fast_frame(self, kind: int, raw: bytes, events: list[Event]) -> None:
-        """A body, content header or basic.deliver frame, decoded by ``_codec``."""
+        """A body, content header, basic.deliver or close frame, decoded by ``_codec``."""
         if raw[-1] != constants.FRAME_END:
             raise ProtocolError("malformed frame: no frame-end octet")
         channel = (raw[1] << 8) | raw[2]
@@ -446,8 +452,10 @@ class AMQPClientProtocol:
         try:
             if kind == _HEADER:
                 self._handle_content(channel, decode_header(payload), events)
-            else:
+            elif payload[:4] == _DELIVER:
                 self._handle_channel_method(channel, decode_deliver(payload), events)
+            else:
+                self._handle(channel, decode_close(payload), events)
         except (ValueError, IndexError, struct.error) as exc:
             raise ProtocolError(f"malformed frame: {exc}") from None
 
@@ -569,8 +577,15 @@ class AMQPClientProtocol:
         if state is None:
             raise ProtocolError(f"{method.name} on channel {channel}, which is not open")
         if isinstance(method, commands.Channel.Close):
+            if state is _ChannelState.CLOSED:
+                return  # closed already; only the close-ok to ours is still due
             self._send(channel, commands.Channel.CloseOk())
-            del self._channels[channel]
+            if state is _ChannelState.CLOSING:
+                # Our close crossed the broker's: the number stays taken until
+                # the broker's close-ok to ours arrives.
+                self._channels[channel] = _ChannelState.CLOSED
+            else:
+                del self._channels[channel]
             self._content.pop(channel, None)
             events.append(
                 ChannelClosed(
@@ -583,11 +598,14 @@ class AMQPClientProtocol:
                 )
             )
         elif isinstance(method, commands.Channel.CloseOk):
+            if state is _ChannelState.CLOSED:
+                del self._channels[channel]  # reported closed when the broker's close came
+                return
             if state is not _ChannelState.CLOSING:
                 raise ProtocolError(f"channel.close-ok on channel {channel} without a close")
             del self._channels[channel]
             events.append(ChannelClosed(channel, _REPLY_SUCCESS, "", "client"))
-        elif state is _ChannelState.CLOSING:
+        elif state in _WINDING_DOWN:
             pass  # AMQP: discard everything but close/close-ok while closing
         elif isinstance(method, commands.Channel.OpenOk):
             if state is not _ChannelState.OPENING:
@@ -610,7 +628,7 @@ class AMQPClientProtocol:
     ) -> None:
         """A body chunk, or a content header's (body size, properties)."""
         state = self._channels.get(channel)
-        if self.state is ConnectionState.CLOSING or state is _ChannelState.CLOSING:
+        if self.state is ConnectionState.CLOSING or state in _WINDING_DOWN:
             return
         pending = self._content.get(channel)
         if pending is None:
