@@ -12,15 +12,42 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rabbitmq import with_amqp_backend
 
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """asyncio (the aiormq backend) and trio (the anyio-native AMQP backend)."""
-    backend: str = request.param
-    return backend
+@pytest.fixture(
+    params=[("asyncio", None), ("asyncio", "anyio"), ("trio", None)],
+    ids=["aiormq-asyncio", "anyio-asyncio", "anyio-trio"],
+)
+def chaos_kind(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    """(anyio backend, the URL's backend=): every AMQP backend on every loop it runs on."""
+    kind: tuple[str, str | None] = request.param
+    return kind
+
+
+@pytest.fixture
+def anyio_backend(chaos_kind: tuple[str, str | None]) -> str:
+    return chaos_kind[0]
+
+
+class _Broker:
+    """The session's broker, with ``url`` choosing this test's AMQP backend."""
+
+    def __init__(self, node: Any, url: str) -> None:
+        self._node = node
+        self.url = url
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._node, name)
+
+
+@pytest.fixture
+def rabbitmq(rabbitmq: Any, chaos_kind: tuple[str, str | None]) -> Any:
+    """The session's RabbitMQ, its ``url`` with this test's ``backend=`` (clients and the
+    echo server alike)."""
+    return _Broker(rabbitmq, with_amqp_backend(rabbitmq.url, chaos_kind[1]))
 
 
 @pytest.fixture
@@ -58,9 +85,10 @@ _report: list[dict[str, Any]] = []
 
 
 @pytest.fixture
-def report(anyio_backend: str) -> Any:
+def report(chaos_kind: tuple[str, str | None]) -> Any:
     """Record a fault's figures; they are printed at the end of the run."""
-    backend = "aiormq/asyncio" if anyio_backend == "asyncio" else "anyio/trio"
+    loop, amqp = chaos_kind
+    backend = f"{amqp or ('aiormq' if loop == 'asyncio' else 'anyio')}/{loop}"
 
     def add(row: dict[str, Any]) -> None:
         _report.append({"backend": backend, **row})
