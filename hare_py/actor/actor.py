@@ -205,13 +205,12 @@ class Actor(Generic[S]):
             raise ClientStopped(self._stop_reason)
 
     async def _await_caller(self, caller: Caller, what: str) -> Any:
-        with anyio.CancelScope(deadline=caller.deadline):
-            try:
-                await caller._wait()
-            finally:
-                if not caller.done:  # timed out or cancelled: leave no trace
-                    self._forget(caller)
-                    caller._resolve(_GAVE_UP)
+        try:
+            await caller._wait(caller.deadline)
+        finally:
+            if not caller.done:  # timed out or cancelled: leave no trace
+                self._forget(caller)
+                caller._resolve(_GAVE_UP)
         value = caller._value
         if value is _GAVE_UP:
             raise RequestTimeout(f"{what} got no reply from {self.name} in time")

@@ -304,13 +304,14 @@ class RPCClient(Actor[S], Generic[S]):
                 ) from None
         try:
             self._post(_Request(caller))
-            with anyio.CancelScope(deadline=deadline + self.deadline_grace):
-                try:
-                    await caller._wait()
-                finally:
-                    if not caller.done:
-                        self._forget(caller)
-                        caller._resolve(_GAVE_UP)
+            try:
+                # The actor answers at the deadline; the grace is the backstop
+                # for an actor stuck in a slow callback.
+                await caller._wait(deadline + self.deadline_grace)
+            finally:
+                if not caller.done:
+                    self._forget(caller)
+                    caller._resolve(_GAVE_UP)
         finally:
             slots.release()
             self._log_request(caller, started)
