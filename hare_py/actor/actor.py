@@ -15,6 +15,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import math
+from asyncio import _get_running_loop
 from typing import Any, ClassVar, Generic, TypeVar
 
 import anyio
@@ -362,7 +363,8 @@ class Actor(Generic[S]):
     async def _loop(self) -> Any:
         recv = self._recv
         handlers = self._handlers
-        current_time = now
+        loop = _get_running_loop()
+        current_time = loop.time if loop is not None else now  # read per message: keep it cheap
         try:
             while True:
                 try:
