@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -168,21 +169,27 @@ async def test_non_utf8_text_during_handshake_is_connect_failed() -> None:
     assert isinstance(error, ConnectFailed), repr(error)
 
 
+async def consuming(conn: Any, peer: Any, got: list[Delivery]) -> str:
+    """Open channel 1 and consume from "q" into ``got``; the consumer tag."""
+    ch = await open_channel(conn, peer)
+
+    async def consume_ok() -> None:
+        consume = await peer.expect(commands.Basic.Consume, 1)
+        await peer.send((1, commands.Basic.ConsumeOk(consume.consumer_tag)))
+
+    async with anyio.create_task_group() as tg:
+        pending = spawn(tg, lambda: ch.basic_consume("q", got.append))
+        await consume_ok()
+        await pending.wait()
+    tag: str = pending.result
+    return tag
+
+
 async def test_non_utf8_header_key_does_not_kill_the_connection() -> None:
     got: list[Delivery] = []
     with anyio.fail_after(10):
         async with session() as (conn, peer):
-            ch = await open_channel(conn, peer)
-
-            async def consume_ok() -> None:
-                consume = await peer.expect(commands.Basic.Consume, 1)
-                await peer.send((1, commands.Basic.ConsumeOk(consume.consumer_tag)))
-
-            async with anyio.create_task_group() as tg:
-                pending = spawn(tg, lambda: ch.basic_consume("q", got.append))
-                await consume_ok()
-                await pending.wait()
-            tag = pending.result
+            tag = await consuming(conn, peer, got)
             # headers = {b"\xff": "v"}: the table is a long size then key, type, value.
             entry = shortstr(b"\xff") + b"S" + struct.pack(">I", 1) + b"v"
             table = struct.pack(">I", len(entry)) + entry
@@ -191,23 +198,15 @@ async def test_non_utf8_header_key_does_not_kill_the_connection() -> None:
             )
             await quiet_for(conn)
             assert conn.is_open, conn.close_reason
+    # The message still arrives; only its undecodable header table is dropped.
+    assert [(d.body, d.properties.headers) for d in got] == [(b"x", None)]
 
 
 async def test_non_utf8_short_string_properties_and_cluster_id_are_tolerated() -> None:
     got: list[Delivery] = []
     with anyio.fail_after(10):
         async with session() as (conn, peer):
-            ch = await open_channel(conn, peer)
-
-            async def consume_ok() -> None:
-                consume = await peer.expect(commands.Basic.Consume, 1)
-                await peer.send((1, commands.Basic.ConsumeOk(consume.consumer_tag)))
-
-            async with anyio.create_task_group() as tg:
-                pending = spawn(tg, lambda: ch.basic_consume("q", got.append))
-                await consume_ok()
-                await pending.wait()
-            tag = pending.result
+            tag = await consuming(conn, peer, got)
             # content-type (bad UTF-8), app-id and cluster-id, which brokers may set.
             props = shortstr(b"text/\xff") + shortstr(b"app") + shortstr(b"rabbit@node")
             flags = 0x8000 | 0x0008 | 0x0004
