@@ -30,7 +30,13 @@ import anyio.lowlevel
 import pytest
 import structlog
 from chaos.proxy import FaultProxy
-from rabbitmq import ExternalRabbitMQ, RabbitMQError, RabbitMQNode, with_amqp_backend
+from rabbitmq import (
+    ExternalRabbitMQ,
+    RabbitMQError,
+    RabbitMQNode,
+    unavailable,
+    with_amqp_backend,
+)
 
 from hare_py.errors import BrokerError, ConfigError, ConnectFailed, ConnectionLost, HareError
 from hare_py.transport import backend_for, parse_url
@@ -600,7 +606,7 @@ async def test_operation_errors_are_hare_errors(amqp: AmqpCombo, rabbitmq_url: s
 
 def tls_broker(rabbitmq: Broker) -> tuple[str, str]:
     if not rabbitmq.tls_url or not rabbitmq.ca_file:
-        pytest.skip(
+        unavailable(
             "the broker has no TLS listener (openssl missing, or HARE_TEST_AMQPS_URL unset)"
         )
     return rabbitmq.tls_url, rabbitmq.ca_file
@@ -638,7 +644,7 @@ async def test_amqps_presents_the_client_certificate(amqp: AmqpCombo, rabbitmq: 
     """cert_file/key_file are presented to the broker, which sees the client's subject."""
     url, ca_file = tls_broker(rabbitmq)
     if not rabbitmq.client_cert or not rabbitmq.client_key:
-        pytest.skip("no client certificate for this broker")
+        unavailable("no client certificate for this broker")
     name = unique("client-cert")
     tls = TLSOptions(ca_file=ca_file, cert_file=rabbitmq.client_cert, key_file=rabbitmq.client_key)
     with anyio.fail_after(30):
@@ -745,7 +751,7 @@ async def test_a_secret_password_never_shows_in_a_connection_life(
     try:
         await anyio.to_thread.run_sync(rabbitmq.ctl, "add_user", user, password)
     except RabbitMQError as exc:
-        pytest.skip(f"cannot add a user: {exc}")
+        unavailable(f"cannot add a user: {exc}")
     name = unique("secret")
     caplog.set_level(logging.DEBUG)
     seen: list[str] = []
@@ -855,7 +861,7 @@ async def test_a_blocked_connection_survives_until_unblocked(
     try:
         await anyio.to_thread.run_sync(rabbitmq.ctl, "status")
     except RabbitMQError as exc:
-        pytest.skip(f"no rabbitmqctl: {exc}")
+        unavailable(f"no rabbitmqctl: {exc}")
     with structlog.testing.capture_logs() as events, anyio.fail_after(60):
         async with amqp.connect(rabbitmq.url, name=name) as conn:
             channel = await conn.open_channel(publisher_confirms=True)

@@ -7,6 +7,7 @@ table and the plots with sane numbers. ``make bench`` runs the real thing.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from rabbitmq import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,8 +31,9 @@ def anyio_backend() -> str:
 
 
 async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="make bench installs the bench extra")
-    pytest.importorskip("psutil", reason="make bench installs the bench extra")
+    for module in ("matplotlib", "psutil"):
+        if importlib.util.find_spec(module) is None:
+            unavailable(f"{module} is missing: the dev extra installs the bench extra")
     with anyio.fail_after(300):
         done = await anyio.run_process(
             [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],

@@ -17,7 +17,7 @@ import anyio
 import anyio.to_thread
 import pytest
 from contract_helpers import Amqp, ForceClose
-from rabbitmq import with_amqp_backend
+from rabbitmq import unavailable, with_amqp_backend
 
 from hare_py.testing import SandboxBroker
 
@@ -80,7 +80,7 @@ def broker_url(
     except pytest.FixtureLookupError:
         env = os.environ.get("HARE_TEST_AMQP_URL")
         if not env:
-            pytest.skip("no RabbitMQ: set HARE_TEST_AMQP_URL")
+            unavailable("no RabbitMQ: set HARE_TEST_AMQP_URL")
         url = env
     return with_amqp_backend(url, broker_kind.amqp_backend)
 
@@ -107,13 +107,13 @@ def force_close(
     try:
         node = request.getfixturevalue("rabbitmq")
     except pytest.FixtureLookupError:
-        pytest.skip("needs rabbitmqctl: the rabbitmq fixture is missing")
+        unavailable("needs rabbitmqctl: the rabbitmq fixture is missing")
 
     async def close_rabbitmq(name: str, reason: str) -> None:
         try:
             await anyio.to_thread.run_sync(node.close_connection, name, reason)
         except RuntimeError as exc:  # RabbitMQError: no rabbitmqctl for this broker
-            pytest.skip(str(exc))
+            unavailable(str(exc))
 
     return close_rabbitmq
 
