@@ -64,11 +64,16 @@ def parse_url(url: str | BrokerURL) -> BrokerURL:
         return url
     if not isinstance(url, str):
         raise ConfigError(f"broker URL must be a string, got {type(url).__name__}")
+    _check_userinfo(url)
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"malformed broker URL {_redact(url)!r}: {exc}") from None
+    except ValueError:
+        # urlsplit's message quotes the URL's pieces, which may be the password's.
+        raise ConfigError(
+            f"malformed broker URL {_redact(url)!r}: the host, port or credentials do not parse"
+            f"{_ENCODE_HINT}"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme not in KNOWN_SCHEMES:
         known = ", ".join(f"{s}://" for s in KNOWN_SCHEMES)
@@ -96,13 +101,43 @@ def parse_url(url: str | BrokerURL) -> BrokerURL:
     )
 
 
+_ENCODE_HINT = " (percent-encode any of : / ? # [ ] @ in the user name or password)"
+
+
+def _check_userinfo(url: str) -> None:
+    """Refuse a URL whose credentials would be split into its host, path or query.
+
+    An unencoded ``/``, ``?`` or ``#`` in a password ends the URL's authority
+    early: the rest of the password would be parsed as the port, vhost or a
+    query key, and shown back in messages. Such a URL has no ``@`` in its
+    authority but one later (a query *value* such as ``name=me@host`` is fine).
+    """
+    _, sep, rest = url.partition("://")
+    if not sep:
+        return
+    cut = [i for i in (rest.find(c) for c in "/?#") if i != -1]
+    authority, tail = (rest[: min(cut)], rest[min(cut) :]) if cut else (rest, "")
+    if "@" in authority or "@" not in tail:
+        return
+    before_fragment, _, fragment = tail.partition("#")
+    path, _, query = before_fragment.partition("?")
+    keys = (pair.partition("=")[0] for pair in query.split("&"))
+    if "@" in path or "@" in fragment or any("@" in key for key in keys):
+        raise ConfigError(
+            f"malformed broker URL {_redact(url)!r}: an '@' follows the host{_ENCODE_HINT}"
+        )
+
+
 def _redact(url: str) -> str:
-    """Hide the password of a URL that may not parse."""
+    """Hide the password of a URL that may not parse: everything between the
+    scheme and the last ``@`` is credentials, whatever characters it holds."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return url
+        return "(not a URL)" if "@" in url else url
     auth, at, host = rest.rpartition("@")
     if not at:
         return url
-    user = auth.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in auth else url
+    user, colon, _ = auth.partition(":")
+    if any(c in user for c in "/?#"):  # not a user name: part of a mangled password
+        return f"{scheme}://***@{host}"
+    return f"{scheme}://{user}:***@{host}" if colon else f"{scheme}://{user}@{host}"
