@@ -32,6 +32,7 @@ from .errors import (
     RequestTimeout as RequestTimeout,
     RestartIntensityExceeded as RestartIntensityExceeded,
     Unroutable as Unroutable,
+    UnsendableMessage as UnsendableMessage,
 )
 from .rpc import (
     ConnectedMeta as ConnectedMeta,
@@ -77,4 +78,5 @@ __all__ = [
     "Supervisor",
     "TLSOptions",
     "Unroutable",
+    "UnsendableMessage",
 ]

@@ -2,6 +2,7 @@
 
     HareError                      catch this to catch everything hare_py raises
     ├── ConfigError                a bad value given to hare_py (also a ValueError)
+    │   └── UnsendableMessage      one message of a batch cannot be put on the wire
     ├── ConnectionLost             the channel or connection went away under an operation
     │   └── ConnectFailed          no broker could be reached (refused, DNS, TLS, auth)
     ├── BrokerError                the broker refused an operation (reply code and text)
@@ -32,6 +33,7 @@ __all__ = [
     "RequestTimeout",
     "RestartIntensityExceeded",
     "Unroutable",
+    "UnsendableMessage",
 ]
 
 
@@ -44,6 +46,20 @@ class ConfigError(HareError, ValueError):
 
     Fix the call or the configuration: retrying will not help.
     """
+
+
+class UnsendableMessage(ConfigError):
+    """Message ``index`` of a batch cannot be encoded (or exceeds a limit); nothing of
+    the batch was sent.
+
+    Raised by ``Channel.basic_publish_many`` before it writes anything, so that
+    the caller can fail that one message and send the others.
+    """
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"message {index} of the batch cannot be sent: {reason}")
+        self.index = index
+        self.reason = reason
 
 
 class ConnectionLost(HareError):
