@@ -21,7 +21,7 @@ from ..errors import BrokerError, ConfigError, ConnectionLost
 from ..transport.base import EXCHANGE_TYPES, Channel, CloseReason, OnCancel, OnReturn
 from .messages import ConnectedMeta
 
-__all__ = ["ChannelDown", "ChannelUp", "check_exchange", "keep_channel"]
+__all__ = ["ChannelDown", "ChannelUp", "check_exchange", "close_quietly", "keep_channel"]
 
 #: ``setup(channel, on_cancel, connects)`` declares and consumes; returns the meta.
 Setup = Callable[[Channel, OnCancel, int], Awaitable[ConnectedMeta]]
@@ -84,7 +84,7 @@ async def keep_channel(
                 on_error(exc)
                 log.warning("rpc.channel_setup_failed", error=str(exc))
                 if channel is not None:
-                    await _close_quietly(channel)
+                    await close_quietly(channel)
                     channel = None
                 await anyio.sleep(backoff.delay(failures))
                 failures += 1
@@ -100,10 +100,10 @@ async def keep_channel(
             channel = None
     finally:
         if channel is not None:
-            await _close_quietly(channel)
+            await close_quietly(channel)
 
 
-async def _close_quietly(channel: Channel) -> None:
+async def close_quietly(channel: Channel) -> None:
     with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
         await channel.close()
 

@@ -41,6 +41,7 @@ from ..errors import (
     RemoteError,
     RequestTimeout,
     Unroutable,
+    UnsendableMessage,
 )
 from ..transport.base import (
     Channel,
@@ -51,7 +52,7 @@ from ..transport.base import (
 )
 from ..transport.url import BrokerURL
 from .calls import Call, CallTable
-from .channel import ChannelDown, ChannelUp, check_exchange, keep_channel
+from .channel import ChannelDown, ChannelUp, check_exchange, close_quietly, keep_channel
 from .messages import (
     ConnectedMeta,
     Forward,
@@ -379,6 +380,7 @@ class RPCClient(Actor[S], Generic[S]):
                 self._apply(result, "handle_timeout", call.caller)
 
     async def _on_start(self, tg: TaskGroup) -> None:
+        self._helpers = tg
         self._calls = CallTable()
         self._unflushed = 0
         self._channel = self._last_channel = None
@@ -443,43 +445,38 @@ class RPCClient(Actor[S], Generic[S]):
                 return
             try:
                 await channel.basic_publish_many(messages, mandatory=self.mandatory)
-            except ConnectionLost as exc:
-                # Nothing reached the broker: wait for the next channel, in order.
+            except UnsendableMessage as exc:
+                # Refused before anything was written: fail that one, send the rest.
+                if not 0 <= exc.index < len(batch):  # names no message of ours
+                    self._fail_batch(batch, exc)
+                    continue
+                culprit = batch[exc.index]
                 for call in reversed(batch):
-                    self._calls.unsend(call)
-                if self._channel is channel:
-                    self._channel = None
-                self.last_error = exc
-                return
-            except HareError as exc:
-                if len(batch) == 1:  # refused (BrokerError) or unsendable (ConfigError)
-                    self._forget(batch[0].caller)
-                    batch[0].caller._resolve(exc)
-                else:  # find the culprit: publish them one by one
-                    for call in reversed(batch):
+                    if call is not culprit:
                         self._calls.unsend(call)
-                    await self._flush_one_by_one(len(batch))
-
-    async def _flush_one_by_one(self, count: int) -> None:
-        for _ in range(count):
-            channel = self._channel
-            call = self._calls.next_queued()
-            if channel is None or call is None:
-                return
-            message = self._prepare(call)
-            if message is None:
-                continue
-            try:
-                await channel.basic_publish_many([message], mandatory=self.mandatory)
+                self._fail_batch([culprit], exc)
             except ConnectionLost as exc:
-                self._calls.unsend(call)
+                # Any of the batch may have reached the broker: as for a request in
+                # flight, only idempotent ones are sent again, on the next channel.
+                for call in reversed(batch):
+                    if call.request.idempotent:
+                        self._calls.unsend(call)
+                self._fail_batch([c for c in batch if not c.request.idempotent], exc)
                 if self._channel is channel:
                     self._channel = None
                 self.last_error = exc
+                if channel.is_open:  # a failed write with the channel still up: replace it
+                    self._helpers.start_soon(close_quietly, channel)
                 return
             except HareError as exc:
-                self._forget(call.caller)
-                call.caller._resolve(exc)
+                # Refused after writing began (a nack, say): any of them may have
+                # left, so none is sent again.
+                self._fail_batch(batch, exc)
+
+    def _fail_batch(self, batch: list[Call], error: HareError) -> None:
+        for call in batch:
+            self._forget(call.caller)
+            call.caller._resolve(error)
 
     def _prepare(self, call: Call) -> Message | None:
         """Mark ``call`` sent and build its message; None if it was answered instead."""
