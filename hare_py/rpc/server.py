@@ -30,7 +30,7 @@ from ..actor.actor import Actor
 from ..actor.backoff import Backoff
 from ..actor.caller import Caller
 from ..actor.connection import Connection
-from ..actor.results import NoReply, Reply
+from ..actor.results import NOTHING, NoReply, Reply, Stop
 from ..actor.runner import ActorRunner
 from ..codecs import BYTES, Codec
 from ..conventions import Convention, Incoming, ServerOptions, hare
@@ -290,13 +290,21 @@ class RPCServer(Actor[S], Generic[S]):
             )
             await self._answer(caller, exc)
             return
-        if type(result) is Reply:
+        kind = type(result)
+        if kind is Reply:
             self._state = result.state
             await self._answer(caller, result.value)
-        elif type(result) is NoReply:
+        elif kind is NoReply:
             self._state = result.state
-        else:
+        elif kind is Stop:
+            if result.reply is not NOTHING:
+                await self._answer(caller, result.reply)
             self._apply(result, "handle_request")
+        else:
+            raise TypeError(
+                f"{type(self).__name__}.handle_request returned {result!r}; "
+                "expected Reply, NoReply or Stop"
+            )
 
     async def _on_late_reply(self, message: _LateReply) -> None:
         await self._answer(message.caller, message.value)
@@ -347,6 +355,18 @@ class RPCServer(Actor[S], Generic[S]):
                     routing_key=out.routing_key,
                     properties=out.properties,
                 )
+            except ConfigError as exc:
+                # The reply cannot go on the wire (too large, say): the caller
+                # gets an error reply instead; if even that fails, it times out.
+                self._log.error(
+                    "rpc.reply_unsendable",
+                    error=str(exc),
+                    correlation_id=pending.incoming.correlation_id,
+                )
+                if error is None or not isinstance(error, ConfigError):
+                    await self._send_reply(pending, b"", None, exc, reject=reject)
+                    return
+                reject = True
             except (ConnectionLost, BrokerError) as exc:
                 # Not acked either: the broker will redeliver the request.
                 self._log.warning("rpc.reply_failed", error=str(exc))

@@ -15,6 +15,7 @@ from hare_py import (
     RemoteError,
     Reply,
     Request,
+    RestartIntensityExceeded,
     RPCClient,
     RPCServer,
     Stop,
@@ -212,3 +213,36 @@ async def test_custom_codec_on_both_sides(broker: SandboxBroker) -> None:
                 await client.request(b"bytes", "work")
     sent = [op for op in broker.ops("basic_publish") if op.connection is not None]
     assert {op["properties"].content_type for op in sent} == {codec.content_type}
+
+
+class Strict(RPCServer[None]):
+    """'bad' returns a wrong type; 'last' stops with a reply."""
+
+    async def handle_request(self, request: Request, caller: Caller, state: Any) -> Any:
+        if request.payload == b"bad":
+            return "not a result"
+        return Stop("normal", state, reply=b"goodbye")
+
+
+async def test_a_wrong_handle_request_result_names_every_valid_one(
+    broker: SandboxBroker,
+) -> None:
+    """A bad handle_request result crashes the server with a message listing Reply too."""
+    with anyio.fail_after(5), pytest.raises(RestartIntensityExceeded) as info:
+        async with Strict.start(broker.url, queue="strict", max_restarts=0) as server:
+            await wait_for(lambda: server.connected)
+            async with RPCClient.start(broker.url) as client:
+                with pytest.raises(Exception):  # noqa: B017, PT011 - the server dies under it
+                    await client.request(b"bad", "strict", timeout=1)
+            await anyio.sleep(1)
+    text = repr(info.value.__cause__)
+    assert "expected Reply, NoReply or Stop" in text, text
+
+
+async def test_stop_with_a_reply_answers_the_request(broker: SandboxBroker) -> None:
+    """Stop(reason, state, reply=value) from handle_request answers the caller before stopping."""
+    async with Strict.start(broker.url, queue="strict") as server:
+        await wait_for(lambda: server.connected)
+        async with RPCClient.start(broker.url) as client:
+            with anyio.fail_after(5):
+                assert await client.request(b"last", "strict") == b"goodbye"
