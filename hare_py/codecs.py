@@ -56,9 +56,17 @@ class JSONCodec:
 
     def encode(self, payload: Any) -> bytes:
         try:
-            return json.dumps(payload, separators=(",", ":")).encode()
+            # allow_nan=False: NaN and Infinity are not JSON, and other peers refuse them.
+            return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+        except RecursionError:
+            raise ConfigError(
+                f"payload {type(payload).__name__} is nested too deeply to encode as JSON"
+            ) from None
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"payload {payload!r:.60} is not JSON-serialisable: {exc}") from None
+            # repr() of a hostile payload could itself recurse: name only its type.
+            raise ConfigError(
+                f"payload {type(payload).__name__} is not JSON-serialisable: {exc}"
+            ) from None
 
     def decode(self, body: bytes, content_type: str | None) -> Any:
         return json.loads(body)

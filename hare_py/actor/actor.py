@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 from asyncio import _get_running_loop
-from typing import Any, ClassVar, Generic, TypeVar
+from threading import get_ident
+from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -84,10 +85,13 @@ _GAVE_UP = object()  # resolves a caller that timed out or was cancelled
 def check_timeout(timeout: float, what: str = "timeout") -> float:
     """Validate a timeout in seconds (``math.inf`` allowed)."""
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise ConfigError(f"{what} must be a number of seconds, got {timeout!r}")
-    if math.isnan(timeout) or timeout <= 0:
-        raise ConfigError(f"{what} must be positive (or math.inf), got {timeout!r}")
-    return float(timeout)
+        raise ConfigError(f"{what} must be a number of seconds, got {timeout!r:.60}")
+    if timeout != timeout or timeout <= 0:  # NaN, or not positive
+        raise ConfigError(f"{what} must be positive (or math.inf), got {timeout!r:.60}")
+    try:
+        return float(timeout)
+    except OverflowError:  # an int beyond any float: as good as forever
+        return math.inf
 
 
 class Actor(Generic[S]):
@@ -118,6 +122,9 @@ class Actor(Generic[S]):
         self._held: set[Caller] = set()  # callers given NoReply, answered later by reply()
         self._current: Any = None  # the message being handled
         self._stopper: Caller | None = None  # the caller of stop(), if any
+        # Where the actor runs: its mailbox and callers are not thread-safe.
+        self._thread: int | None = None
+        self._event_loop: object = None  # the asyncio loop; None on trio
         self._log = log.bind(actor=self.name)
         self._handlers: dict[type, Any] = {
             _Call: self._on_call,
@@ -199,6 +206,8 @@ class Actor(Generic[S]):
 
     def _post(self, message: Any) -> None:
         if self._status in ("running", "restarting"):
+            if get_ident() != self._thread or _get_running_loop() is not self._event_loop:
+                self._wrong_thread()
             self._send.send_nowait(message)
         elif self._status == "new":
             raise ClientStopped("not started", f"{self.name} is not running: use start()")
@@ -219,6 +228,15 @@ class Actor(Generic[S]):
             raise value
         return value
 
+    def _wrong_thread(self) -> NoReturn:
+        here = _get_running_loop()
+        raise ConfigError(
+            f"{self.name} runs on the event loop of thread {self._thread}, but was used from "
+            f"thread {get_ident()}{' (another event loop)' if here is not None else ''}; an "
+            "actor is not thread-safe: call it from its own loop, for example through "
+            "anyio.from_thread.run() from a worker thread that loop started"
+        )
+
     def _forget(self, caller: Caller) -> None:
         """Drop every trace of ``caller`` (it was answered or gave up)."""
         self._held.discard(caller)
@@ -231,6 +249,7 @@ class Actor(Generic[S]):
         if not self._mailbox_open:  # stopped for good before: a permanent child restarts
             self._open_mailbox()
         self._status = "restarting"
+        self._thread, self._event_loop = get_ident(), _get_running_loop()
         result = await self.init(arg)
         if isinstance(result, Ignore):
             self._log.info("actor.ignored")

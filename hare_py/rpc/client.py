@@ -65,6 +65,8 @@ __all__ = ["RPCClient"]
 
 #: Requests published in one write at most (and flushed at least this often).
 _BATCH = 64
+#: RabbitMQ's largest per-message TTL, in milliseconds (2**32 - 1).
+_MAX_TTL_MS = 4_294_967_295
 
 S = TypeVar("S")
 
@@ -275,11 +277,15 @@ class RPCClient(Actor[S], Generic[S]):
         """
         self.codec.check(payload)
         if not isinstance(routing_key, str):
-            raise ConfigError(f"routing_key must be a string, got {routing_key!r}")
-        if len(routing_key) > 63 and len(routing_key.encode()) > 255:  # 63 chars fit anyway
+            raise ConfigError(f"routing_key must be a string, got {type(routing_key).__name__}")
+        try:
+            size = len(routing_key.encode())
+        except UnicodeEncodeError:  # a lone surrogate
+            raise ConfigError(f"routing_key {routing_key[:40]!r} is not valid UTF-8") from None
+        if size > 255:
             raise ConfigError(f"routing_key {routing_key[:40]!r}... is longer than 255 bytes")
         if headers is not None and not isinstance(headers, Mapping):
-            raise ConfigError(f"headers must be a mapping, got {headers!r}")
+            raise ConfigError(f"headers must be a mapping, got {type(headers).__name__}")
         seconds = self.timeout if timeout is None else check_timeout(timeout)
         started = now()
         deadline = started + seconds
@@ -495,9 +501,10 @@ class RPCClient(Actor[S], Generic[S]):
             )
             return None
         expiration = None
-        if self.request_ttl and request.deadline != float("inf"):
-            left = request.deadline - now()
-            expiration = str(max(1, int(left * 1000)))
+        if self.request_ttl:
+            ms = (request.deadline - now()) * 1000
+            if ms < _MAX_TTL_MS:  # a longer TTL is refused by RabbitMQ (406): send none
+                expiration = str(max(1, int(ms)))
         try:
             return self.convention.wrap(
                 request.routing_key,
