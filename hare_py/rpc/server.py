@@ -38,6 +38,7 @@ from ..errors import BrokerError, ConfigError, ConnectionLost
 from ..transport.base import Channel, Delivery, OnCancel
 from ..transport.url import BrokerURL
 from .channel import ChannelDown, ChannelUp, check_exchange, keep_channel
+from .drops import DropLog
 from .messages import ConnectedMeta, Request
 
 __all__ = ["RPCServer"]
@@ -141,6 +142,7 @@ class RPCServer(Actor[S], Generic[S]):
             }
         )
         self._log = self._log.bind(queue=self.queue)
+        self._rejects = DropLog(self._log, "rpc.request_rejected", level="warning")
 
     @classmethod
     def start(
@@ -332,9 +334,14 @@ class RPCServer(Actor[S], Generic[S]):
         await self._send_reply(pending, body, content_type, error)
 
     def _reject_log(self, reason: str, exc: Exception, correlation_id: str | None) -> None:
-        self._log.warning(
-            "rpc.request_rejected", reason=reason, error=repr(exc), correlation_id=correlation_id
-        )
+        cid = correlation_id[:100] if correlation_id else correlation_id
+        self._rejects.drop(reason, error=repr(exc)[:300], correlation_id=cid)
+
+    def _next_deadline(self) -> float:
+        return self._rejects.due
+
+    async def _on_timers(self, now: float) -> None:
+        self._rejects.flush(now)
 
     async def _send_reply(
         self,
