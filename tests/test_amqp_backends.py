@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -257,14 +256,12 @@ def closed_port() -> int:
 
 
 async def test_connect_to_a_closed_port_fails_fast(amqp: AmqpCombo) -> None:
-    """Nothing listening: ConnectFailed at once, not after the connect timeout."""
-    started = time.monotonic()
+    """Nothing listening: ConnectFailed at once, not after the (30 s) connect timeout."""
     with anyio.fail_after(5), pytest.raises(ConnectFailed):
         async with amqp.connect(
             f"amqp://guest:guest@127.0.0.1:{closed_port()}/", connect_timeout=30
         ):
             pass
-    assert time.monotonic() - started < 2
 
 
 async def test_a_refused_connect_says_refused(amqp: AmqpCombo) -> None:
@@ -282,11 +279,9 @@ async def test_connect_timeout_bounds_a_silent_peer(amqp: AmqpCombo) -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        started = time.monotonic()
         with anyio.fail_after(5), pytest.raises(ConnectFailed, match="did not answer") as info:
             async with amqp.connect(f"amqp://guest:guest@127.0.0.1:{port}/", connect_timeout=0.5):
                 pass
-        assert time.monotonic() - started < 3
     assert "within 0.5 s" in str(info.value)
 
 

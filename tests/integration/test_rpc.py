@@ -124,10 +124,9 @@ async def test_error_reply_and_unroutable(target: Target) -> None:
             with pytest.raises(RemoteError) as info:
                 await client.request(b"boom", queue)
             assert info.value.type == "KeyError"
-            start = anyio.current_time()
+            # Unroutable, not RequestTimeout at the 30 s deadline: the return failed it.
             with pytest.raises(Unroutable):
                 await client.request(b"x", unique("nobody"))
-            assert anyio.current_time() - start < 5
 
 
 async def test_timeout(target: Target) -> None:
@@ -142,7 +141,7 @@ async def test_timeout(target: Target) -> None:
             start = anyio.current_time()
             with pytest.raises(RequestTimeout):
                 await client.request(b"never", queue, timeout=0.3)
-            assert 0.3 <= anyio.current_time() - start < 1.0
+            assert anyio.current_time() - start >= 0.3  # not before its deadline
             assert client.pending == 0
 
 
@@ -194,13 +193,15 @@ async def test_connection_kill_fails_in_flight_and_republishes_idempotent(target
         with anyio.fail_after(20):
             await wait_for(lambda: client.connected)
             lost: list[BaseException] = []
+            channels_when_lost: list[int] = []
             replies: list[bytes] = []
             async with anyio.create_task_group() as tg:
 
                 async def plain() -> None:
                     with pytest.raises(ConnectionLost) as info:
-                        await client.request(b"never", queue)
+                        await client.request(b"never", queue, timeout=30)
                     lost.append(info.value)
+                    channels_when_lost.append(len(client.metas))
 
                 async def idempotent() -> None:
                     replies.append(await client.request(b"second", queue, idempotent=True))
@@ -208,10 +209,10 @@ async def test_connection_kill_fails_in_flight_and_republishes_idempotent(target
                 tg.start_soon(plain)
                 tg.start_soon(idempotent)
                 await wait_for(lambda: client.pending == 2)
-                start = anyio.current_time()
                 await target.kill_connection(name)
                 await wait_for(lambda: len(lost) == 1)
-                assert anyio.current_time() - start < 5
+            # It failed at the loss, not at its deadline, and before the reconnect.
+            assert channels_when_lost == [1]
             assert replies == [b"second"]
             assert len(client.metas) == 2
             assert client.inits == 1  # a reconnect is not a restart

@@ -228,9 +228,8 @@ async def test_default_timeout_raises_request_timeout(broker: SandboxBroker) -> 
             start = anyio.current_time()
             with pytest.raises(RequestTimeout, match="no reply"):
                 await client.request(b"x", "echo")
-            elapsed = anyio.current_time() - start
-            assert 0.2 <= elapsed < 0.2 + client.deadline_grace
-            assert client.timeouts == 1
+            assert anyio.current_time() - start >= 0.2  # not before its deadline
+            assert client.timeouts == 1  # answered by handle_timeout, not the grace backstop
             assert client.pending == 0
 
 
@@ -345,10 +344,8 @@ async def test_channel_kill_fails_in_flight_requests_at_once(broker: SandboxBrok
                 for _ in range(3):
                     tg.start_soon(ask)
                 await wait_for(lambda: len(server.received) == 3)
-                start = anyio.current_time()
                 broker.kill_channel(client_channel(broker, client), 320, "CONNECTION_FORCED - test")
-            assert len(errors) == 3
-            assert anyio.current_time() - start < 1.0
+            assert len(errors) == 3  # ConnectionLost at the kill, not at the 30 s deadline
             assert errors[0].code == 320
             await wait_for(lambda: len(client.metas) == 2)
             assert client.pending == 0
