@@ -28,6 +28,7 @@ import structlog
 from .actor.connection import Connection
 from .codecs import JSON
 from .errors import (
+    BrokerError,
     ConfigError,
     ConnectionLost,
     HareError,
@@ -275,6 +276,16 @@ async def _connect(conn: Connection, deadline: float) -> None:
     raise Exit(EXIT_CONNECTION, f"cannot connect to {where}: no answer within the timeout")
 
 
+async def _declared(client: RPCClient[None], deadline: float) -> None:
+    """Wait for the client's channel; a declaration the broker refuses (an exchange
+    of another type: 406) is that error, not a timeout: the client would retry it."""
+    with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+        while not client.connected:
+            if isinstance(client.last_error, BrokerError):
+                raise client.last_error
+            await anyio.sleep(0.005)
+
+
 async def _call(args: argparse.Namespace) -> int:
     payload = _payload(args)
     headers = _headers(args.header)
@@ -288,6 +299,7 @@ async def _call(args: argparse.Namespace) -> int:
             codec=JSON if args.json else None,
             max_restarts=0,
         ) as client:
+            await _declared(client, deadline)
             left = max(0.001, deadline - anyio.current_time())
             reply = await client.request(payload, args.routing_key, timeout=left, headers=headers)
     if args.json:

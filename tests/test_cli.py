@@ -205,3 +205,18 @@ async def test_console_script_serve_echo_stops_on_sigterm() -> None:
             async for chunk in process.stderr:
                 err += chunk
     assert b"SIGTERM: stopping" in err and b"Traceback" not in err
+
+
+@pytest.mark.anyio
+async def test_call_to_an_exchange_of_another_type_is_a_broker_error(capsys: Any) -> None:
+    """--exchange naming an exchange of another type exits 1 naming the 406, not 3 (timeout)."""
+    from hare_py.cli import EXIT_ERROR
+
+    with SandboxBroker() as sandbox:
+        async with Service.start(sandbox.url, queue="q", exchange="ex", exchange_type="topic"):
+            with anyio.fail_after(5):
+                code = await run(
+                    ["call", sandbox.url, "--exchange", "ex", "-k", "q", "--timeout", "2", "x"]
+                )
+    assert code == EXIT_ERROR
+    assert "406" in capsys.readouterr().err
