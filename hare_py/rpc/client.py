@@ -50,9 +50,11 @@ from ..transport.base import (
     OnCancel,
     ReturnedMessage,
 )
+from ..transport._fieldtable import FieldTableError, encode_table
 from ..transport.url import BrokerURL
 from .calls import Call, CallTable
 from .channel import ChannelDown, ChannelUp, check_exchange, close_quietly, keep_channel
+from .drops import DropLog
 from .messages import (
     ConnectedMeta,
     Forward,
@@ -69,6 +71,17 @@ _BATCH = 64
 _MAX_TTL_MS = 4_294_967_295
 
 S = TypeVar("S")
+
+
+def _check_headers(headers: object) -> None:
+    """``ConfigError`` for headers AMQP cannot carry, before they reach the actor."""
+    if not isinstance(headers, Mapping):
+        raise ConfigError(f"headers must be a mapping, got {type(headers).__name__}")
+    try:
+        if headers:
+            encode_table(headers)
+    except FieldTableError as exc:
+        raise ConfigError(f"headers cannot be sent: {exc}") from None
 
 
 class _Request:
@@ -154,6 +167,7 @@ class RPCClient(Actor[S], Generic[S]):
             }
         )
         self._log = self._log.bind(exchange=self.exchange)
+        self._drops = DropLog(self._log, "rpc.reply_dropped")
 
     @classmethod
     def start(
@@ -284,8 +298,8 @@ class RPCClient(Actor[S], Generic[S]):
             raise ConfigError(f"routing_key {routing_key[:40]!r} is not valid UTF-8") from None
         if size > 255:
             raise ConfigError(f"routing_key {routing_key[:40]!r}... is longer than 255 bytes")
-        if headers is not None and not isinstance(headers, Mapping):
-            raise ConfigError(f"headers must be a mapping, got {type(headers).__name__}")
+        if headers is not None:
+            _check_headers(headers)
         seconds = self.timeout if timeout is None else check_timeout(timeout)
         started = now()
         deadline = started + seconds
@@ -377,9 +391,10 @@ class RPCClient(Actor[S], Generic[S]):
             call.caller._resolve(error())
 
     def _next_deadline(self) -> float:
-        return self._calls.next_deadline()
+        return min(self._calls.next_deadline(), self._drops.due)
 
     async def _on_timers(self, now: float) -> None:
+        self._drops.flush(now)
         for call in self._calls.expire(now):
             if not call.caller.done:
                 result = await self.handle_timeout(call.caller, self._state)
@@ -524,7 +539,7 @@ class RPCClient(Actor[S], Generic[S]):
         try:
             reply = self.convention.unwrap(delivery)
         except ValueError as exc:
-            self._log.info("rpc.reply_dropped", reason="malformed", error=str(exc))
+            self._drops.drop("malformed", error=str(exc)[:200])
             return
         cid = reply.correlation_id
         if cid:
@@ -534,11 +549,8 @@ class RPCClient(Actor[S], Generic[S]):
         else:
             call = None
         if call is None:
-            self._log.info(
-                "rpc.reply_dropped",
-                correlation_id=cid,
-                reason="unknown or late correlation id" if cid else "no correlation id",
-            )
+            reason = "unknown or late correlation id" if cid else "no correlation id"
+            self._drops.drop(reason, correlation_id=cid[:100] if cid else cid)
             return
         caller = call.caller
         if caller.done:
@@ -566,7 +578,7 @@ class RPCClient(Actor[S], Generic[S]):
         cid = returned.properties.correlation_id
         call = self._calls.pop_reply(cid) if cid else None
         if call is None or call.caller.done:
-            self._log.info("rpc.return_dropped", correlation_id=cid)
+            self._drops.drop("returned, caller gone", correlation_id=cid[:100] if cid else cid)
             return
         info = Returned(
             call.request,

@@ -125,3 +125,33 @@ async def test_from_thread_is_the_way_to_call_from_a_worker_thread(broker: Sandb
     with anyio.fail_after(5):
         async with echo_server(broker.url), RPCClient.start(broker.url) as client:
             assert await anyio.to_thread.run_sync(worker, client) == b"from a thread"
+
+
+def _deep_table(depth: int) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for _ in range(depth):
+        table = {"n": table}
+    return table
+
+
+BAD_HEADERS: list[tuple[str, Any]] = [
+    ("a key that is not a string", {1: 2}),
+    ("a value with no AMQP type", {"x": object()}),
+    ("an integer beyond 64 bits", {"x": 2**70}),
+    ("a key over 128 bytes", {"k" * 129: 1}),
+    ("a lone surrogate", {"x": "\udc80"}),
+    ("nesting 5,000 deep", _deep_table(5000)),
+]
+
+
+@pytest.mark.parametrize(("what", "headers"), BAD_HEADERS, ids=[w for w, _ in BAD_HEADERS])
+async def test_headers_amqp_cannot_carry_fail_the_call_alone(
+    broker: SandboxBroker, what: str, headers: Any
+) -> None:
+    """Unsendable headers are a ConfigError for their caller; the client never crashes."""
+    with anyio.fail_after(5):
+        async with echo_server(broker.url), RPCClient.start(broker.url) as client:
+            for _ in range(5):  # more than the restart intensity, were each a crash
+                with pytest.raises(ConfigError):
+                    await client.request(b"x", "echo", headers=headers)
+            assert await client.request(b"fine", "echo", headers={"ok": [1, "two"]}) == b"fine"
