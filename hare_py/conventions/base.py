@@ -119,6 +119,15 @@ class ClientConvention(ABC):
     #: none): the client then gives it to the oldest request in flight with the
     #: reply's routing key. Replies that carry a correlation id never are.
     correlates_by_routing_key: bool = False
+    #: True to keep at most one request per routing key out at a time, so that a
+    #: reply without a correlation id can only be that request's. A request whose
+    #: caller stopped waiting keeps its key until its late reply arrives or
+    #: ``late_reply_grace`` seconds after its deadline (see ``hare_py.rpc.calls``).
+    serial_per_routing_key: bool = False
+    #: With ``serial_per_routing_key``: how long past a request's deadline its
+    #: reply may still come; None for the client's ``timeout``, ``inf`` for
+    #: "until it comes".
+    late_reply_grace: float | None = None
 
     @abstractmethod
     async def setup(self, channel: Channel, on_reply: OnDelivery, on_cancel: OnCancel) -> str:

@@ -21,9 +21,14 @@ goamqp uses neither ``reply_to`` nor ``correlation_id``. hare_py clients put a
 ``correlation_id`` (and the same value as ``message_id``, the request id a
 hare_py server dedupes on) on their requests anyway, which goamqp ignores, and
 hare_py servers copy the ``correlation_id`` into the response. A response
-without one (from a goamqp server) goes to the oldest request in flight with
-its routing key: exact when one server answers a routing key in order, a guess
-otherwise (see docs/conventions.md).
+without one (from a goamqp server) is matched by its routing key, so a client
+keeps one request per routing key out at a time: the others wait in line
+within their deadlines. A key whose request timed out stays taken until that
+request's late response arrives (and is dropped) or ``late_reply_grace`` past
+its deadline, when its broker TTL has ended. goamqp v0.3.1 answers out of order
+as soon as a handler fails (it requeues the failed request and answers the
+next), so the FIFO guess of ``pipelined=True`` can hand a caller another
+caller's answer (see docs/conventions.md).
 
 Errors: goamqp sends no error responses (a failing handler's request is
 nacked and requeued). A hare_py server answers a failing handler with an error
@@ -116,19 +121,44 @@ async def _declare(channel: Channel, exchange: str, kind: str, queue: str) -> No
     await channel.queue_declare(queue, durable=True, arguments=_QUEUE_ARGUMENTS)
 
 
+def _check_pipelined(pipelined: object) -> bool:
+    if not isinstance(pipelined, bool):
+        raise ConfigError(f"pipelined must be True or False, got {pipelined!r}")
+    return pipelined
+
+
+def _check_grace(grace: object) -> float | None:
+    if grace is None:
+        return None
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
+        raise ConfigError(f"late_reply_grace must be None or seconds >= 0, got {grace!r}")
+    return float(grace)
+
+
 class GoamqpClient(ClientConvention):
-    """Calls ``service`` as ``caller``; see the module docstring."""
+    """Calls ``service`` as ``caller``; see the module docstring and ``goamqp()``."""
 
     # The response queue is durable and named: replies survive a channel loss.
     lasting = True
     correlates_by_routing_key = True
 
-    def __init__(self, service: str, caller: str, routing_keys: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        service: str,
+        caller: str,
+        routing_keys: Iterable[str] = (),
+        *,
+        pipelined: bool = False,
+        late_reply_grace: float | None = None,
+    ) -> None:
         self.service = _check_name("service", service)
         self.caller = _check_name("caller", caller)
         self.routing_keys = _keys(routing_keys)
         self.exchange = request_exchange(service)
         self.queue = response_queue(service, caller)
+        self.pipelined = _check_pipelined(pipelined)
+        self.serial_per_routing_key = not pipelined
+        self.late_reply_grace = _check_grace(late_reply_grace)
 
     def __repr__(self) -> str:
         return f"<goamqp convention service={self.service!r} caller={self.caller!r}>"
@@ -242,12 +272,21 @@ class GoamqpServer(ServerConvention):
 class _Goamqp(Convention):
     name = "goamqp"
 
-    def __init__(self, service: str, caller: str | None, routing_keys: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        service: str,
+        caller: str | None,
+        routing_keys: tuple[str, ...],
+        pipelined: bool,
+        late_reply_grace: float | None,
+    ) -> None:
         self.service = _check_name("service", service)
         if caller is not None:
             _check_name("caller", caller)
         self.caller = caller
         self.routing_keys = routing_keys
+        self.pipelined = _check_pipelined(pipelined)
+        self.late_reply_grace = _check_grace(late_reply_grace)
 
     def __repr__(self) -> str:
         return f"<goamqp convention service={self.service!r} caller={self.caller!r}>"
@@ -262,7 +301,13 @@ class _Goamqp(Convention):
             raise ConfigError(
                 "a goamqp client needs its own service name: goamqp(service, caller='...')"
             )
-        return GoamqpClient(self.service, self.caller, self.routing_keys)
+        return GoamqpClient(
+            self.service,
+            self.caller,
+            self.routing_keys,
+            pipelined=self.pipelined,
+            late_reply_grace=self.late_reply_grace,
+        )
 
     def server(self, options: ServerOptions) -> GoamqpServer:
         queue = request_queue(self.service)
@@ -281,7 +326,12 @@ class _Goamqp(Convention):
 
 
 def goamqp(
-    service: str, caller: str | None = None, *, routing_keys: Iterable[str] | None = None
+    service: str,
+    caller: str | None = None,
+    *,
+    routing_keys: Iterable[str] | None = None,
+    pipelined: bool = False,
+    late_reply_grace: float | None = None,
 ) -> Convention:
     """sparetimecoders/goamqp's request/response, for the service named ``service``.
 
@@ -293,6 +343,24 @@ def goamqp(
     each as goamqp does (a headers exchange ignores them: without any, the
     client binds once with ``""``).
 
+    goamqp's responses carry no correlation id, so a client sends one request
+    per routing key at a time and queues the others (within their deadlines):
+    a response on that key can only be that request's. When a request times
+    out, its key stays taken until its late response arrives (it is dropped)
+    or ``late_reply_grace`` seconds after its deadline (default: the client's
+    ``timeout``; ``math.inf``: until the response comes). With
+    ``request_ttl=False`` only the late response frees the key.
+
+    ``pipelined=True`` sends every request at once and gives each response
+    without a correlation id to the oldest request in flight on its key.
+    **Risk:** a caller can then silently get another caller's answer. A
+    goamqp server answers out of order as soon as a handler fails (it requeues
+    the failed request and answers the next one), and a response that arrives
+    after its caller's deadline goes to the next caller. Choose it only for
+    servers that echo the correlation id (hare_py servers do: their responses
+    are always matched exactly) or handlers that never fail and never outlast
+    a deadline.
+
     Use the JSON codec (``codec=JSON``): goamqp speaks JSON.
     """
-    return _Goamqp(service, caller, _keys(routing_keys))
+    return _Goamqp(service, caller, _keys(routing_keys), pipelined, late_reply_grace)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -73,6 +74,28 @@ def test_goamqp_names_are_goamqps() -> None:
     )
     assert (server.exchange, server.queue) == (request_exchange("orders"), request_queue("orders"))
     assert client.lasting and client.correlates_by_routing_key
+
+
+def test_goamqp_client_is_serial_per_routing_key_unless_pipelined() -> None:
+    """By default one request per routing key is out; pipelined=True is the explicit opt-in."""
+    default = goamqp_client()
+    assert (default.serial_per_routing_key, default.pipelined, default.late_reply_grace) == (
+        True,
+        False,
+        None,
+    )
+    fast = goamqp_client(pipelined=True, late_reply_grace=2)
+    assert (fast.serial_per_routing_key, fast.pipelined, fast.late_reply_grace) == (
+        False,
+        True,
+        2.0,
+    )
+    assert goamqp_client(late_reply_grace=math.inf).late_reply_grace == math.inf
+    for bad in ({"pipelined": 1}, {"late_reply_grace": -1}, {"late_reply_grace": math.nan}):
+        with pytest.raises(ConfigError, match=r"pipelined|late_reply_grace"):
+            goamqp("orders", "web", **bad)
+    with pytest.raises(ConfigError, match="late_reply_grace"):
+        goamqp("orders", "web", late_reply_grace=True)
 
 
 def test_goamqp_request_carries_the_service_header_and_a_correlation_id() -> None:
