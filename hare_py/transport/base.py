@@ -96,7 +96,15 @@ class Message(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """A message delivered to a consumer."""
+    """A message delivered to a consumer.
+
+    ``undecodable`` is ``None`` for a message that decoded. Otherwise it says
+    why the message cannot be decoded (a property value such as a header table
+    nested too deep or a timestamp out of range, or a body over
+    ``ConnectOptions.max_body_size``); ``properties`` are then empty, and so is
+    ``body`` when it was over the limit. Reject such a delivery without
+    requeue: a dead-letter exchange keeps it, and redelivering cannot help.
+    """
 
     body: bytes
     properties: Properties
@@ -105,6 +113,7 @@ class Delivery:
     delivery_tag: int
     consumer_tag: str
     redelivered: bool = False
+    undecodable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +181,9 @@ class ConnectOptions:
     connect_timeout: float = 10.0
     tls: TLSOptions | None = None
     client_properties: Mapping[str, Any] = field(default_factory=dict)
+    # Bytes; a delivered body announced over it is dropped unread and its
+    # Delivery marked undecodable. The URL's max_body_size= wins.
+    max_body_size: int = 128 * 1024 * 1024
 
 
 OnDelivery: TypeAlias = Callable[[Delivery], None]
