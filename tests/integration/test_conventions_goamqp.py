@@ -1,11 +1,14 @@
-"""The goamqp convention on every broker: names, round trips, errors, dedupe, goamqp peers."""
+"""The goamqp convention on every broker: names, round trips, errors, dedupe, goamqp peers,
+and no caller ever getting another caller's answer from a goamqp server."""
 
 from __future__ import annotations
 
 import json
+import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -90,6 +93,7 @@ async def cleaned(target: Target, service: str, *callers: str) -> AsyncIterator[
 async def test_wire_names_types_and_arguments(target: Target) -> None:
     """Server and client declare goamqp's exchanges, queues and bindings exactly."""
     service, caller = unique("svc"), unique("caller")
+    client: RPCClient[Any]
     async with (
         cleaned(target, service, caller),
         Connection(target.url) as conn,
@@ -136,6 +140,7 @@ async def test_wire_names_types_and_arguments(target: Target) -> None:
 async def test_round_trip_and_error_reply(target: Target) -> None:
     """A hare_py client and server round-trip JSON; a raising handler gives RemoteError."""
     service, caller = unique("svc"), unique("caller")
+    client: RPCClient[Any]
     async with (
         cleaned(target, service, caller),
         Connection(target.url) as conn,
@@ -286,16 +291,18 @@ async def goamqp_like_server(
             held.clear()
 
 
-async def test_replies_without_correlation_id_are_matched_oldest_first(target: Target) -> None:
-    """Against a goamqp-like server, each reply goes to the oldest request with its key."""
+async def test_pipelined_replies_are_matched_oldest_first(target: Target) -> None:
+    """pipelined=True, against an in-order goamqp-like server: each reply goes to the oldest
+    request in flight with its key."""
     service, caller = unique("svc"), unique("caller")
+    client: RPCClient[Any]
     async with (
         cleaned(target, service, caller),
         anyio.create_task_group() as tg,
     ):
         received = await tg.start(goamqp_like_server, target.url, service, ["echo", "slow"])
         async with RPCClient.start(
-            target.url, codec=JSON, convention=goamqp(service, caller)
+            target.url, codec=JSON, convention=goamqp(service, caller, pipelined=True)
         ) as client:
             with anyio.fail_after(10):
                 # In order on one key: every caller gets its own echo.
@@ -328,3 +335,126 @@ async def test_replies_without_correlation_id_are_matched_oldest_first(target: T
                 with pytest.raises(RequestTimeout):
                     await client.request("never answered", "slow", timeout=0.3)
         tg.cancel_scope.cancel()
+
+
+@dataclass
+class Seen:
+    """What a goamqp v0.3.1-like server saw: each delivery's name as it arrived
+    (redeliveries too)."""
+
+    slow: float = 0.0
+    received: list[str] = field(default_factory=list)
+
+
+async def goamqp_v031_server(
+    url: str, service: str, seen: Seen, *, task_status: TaskStatus[None]
+) -> None:
+    """goamqp v0.3.1's RequestResponseHandler("greet", ...): prefetch 20, one delivery at
+    a time, no correlation id on responses; a failing handler (empty name) is nacked and
+    requeued at once, and the next delivery is answered; "slow" takes ``seen.slow`` s."""
+    async with raw_connection(url, "goamqp-v031-server") as conn:
+        channel = await conn.open_channel()
+        await channel.basic_qos(20, global_=True)
+        await channel.exchange_declare(response_exchange(service), "headers", durable=True)
+        await channel.exchange_declare(request_exchange(service), "direct", durable=True)
+        await channel.queue_declare(request_queue(service), durable=True, arguments=EXPIRES)
+        await channel.queue_bind(request_queue(service), request_exchange(service), "greet")
+        send, receive = anyio.create_memory_object_stream[Delivery](math.inf)
+
+        def arrived(delivery: Delivery) -> None:
+            seen.received.append(json.loads(delivery.body)["name"])
+            send.send_nowait(delivery)
+
+        await channel.basic_consume(request_queue(service), arrived)
+        task_status.started()
+        async for delivery in receive:
+            name = json.loads(delivery.body)["name"]
+            if not name:
+                await channel.basic_nack(delivery.delivery_tag, requeue=True)
+                await anyio.sleep(0.002)  # goamqp does not wait; this spares a shared CPU
+                continue
+            if name == "slow":
+                await anyio.sleep(seen.slow)
+            await channel.basic_publish(
+                json.dumps({"greeting": f"hello {name}"}).encode(),
+                exchange=response_exchange(service),
+                routing_key=delivery.routing_key,
+                properties=Properties(
+                    content_type="application/json",
+                    delivery_mode=2,
+                    headers={"service": (delivery.properties.headers or {})["service"]},
+                ),
+            )
+            await channel.basic_ack(delivery.delivery_tag)
+
+
+async def outcome(request: Awaitable[Any]) -> Any:
+    """The reply, or the type of the error raised."""
+    try:
+        return await request
+    except Exception as exc:
+        return type(exc)
+
+
+def greeting(name: str) -> dict[str, str]:
+    return {"greeting": f"hello {name}"}
+
+
+async def test_a_failing_request_among_several_never_gets_another_callers_answer(
+    target: Target,
+) -> None:
+    """Against goamqp v0.3.1's requeue-on-failure, the failing request times out and every
+    other caller gets its own answer."""
+    service, caller = unique("svc"), unique("caller")
+    client: RPCClient[Any]
+    seen = Seen()
+    got: dict[str, Any] = {}
+    with anyio.fail_after(30):
+        async with cleaned(target, service, caller), anyio.create_task_group() as server:
+            await server.start(goamqp_v031_server, target.url, service, seen)
+            async with RPCClient.start(
+                target.url,
+                codec=JSON,
+                timeout=10.0,
+                convention=goamqp(service, caller, late_reply_grace=0.1),
+            ) as client:
+                await wait_for(lambda: client.connected)
+                async with anyio.create_task_group() as tg:
+
+                    async def ask(name: str, timeout: float = 10.0) -> None:
+                        request = client.request({"name": name}, "greet", timeout=timeout)
+                        got[name] = await outcome(request)
+
+                    tg.start_soon(ask, "", 0.5)
+                    await wait_for(lambda: "" in seen.received)  # the failing one is out first
+                    for name in ("bo", "cy", "dee"):
+                        tg.start_soon(ask, name)
+            server.cancel_scope.cancel()
+    assert got == {"": RequestTimeout, **{n: greeting(n) for n in ("bo", "cy", "dee")}}
+
+
+async def test_a_late_answer_is_dropped_not_given_to_the_next_caller(target: Target) -> None:
+    """An answer that comes after its caller's deadline reaches nobody, not the next caller."""
+    service, caller = unique("svc"), unique("caller")
+    client: RPCClient[Any]
+    seen = Seen(slow=0.6)
+    got: dict[str, Any] = {}
+    with anyio.fail_after(30):
+        async with cleaned(target, service, caller), anyio.create_task_group() as server:
+            await server.start(goamqp_v031_server, target.url, service, seen)
+            async with RPCClient.start(
+                target.url, codec=JSON, timeout=10.0, convention=goamqp(service, caller)
+            ) as client:
+                await wait_for(lambda: client.connected)
+                async with anyio.create_task_group() as tg:
+
+                    async def ask(name: str, timeout: float = 10.0) -> None:
+                        request = client.request({"name": name}, "greet", timeout=timeout)
+                        got[name] = await outcome(request)
+
+                    tg.start_soon(ask, "slow", 0.3)
+                    await wait_for(lambda: "slow" in seen.received)
+                    tg.start_soon(ask, "bo")
+            server.cancel_scope.cancel()
+    assert got == {"slow": RequestTimeout, "bo": greeting("bo")}
+    assert seen.received == ["slow", "bo"]  # bo left only once slow's late answer was in
