@@ -41,9 +41,11 @@ __all__ = [
     "OnCancel",
     "OnDelivery",
     "OnReturn",
+    "Outcome",
     "Properties",
     "QueueInfo",
     "ReturnedMessage",
+    "Session",
     "TLSOptions",
     "TransportConnection",
 ]
@@ -191,13 +193,24 @@ OnReturn: TypeAlias = Callable[[ReturnedMessage], None]
 OnCancel: TypeAlias = Callable[[str, CloseReason], None]
 
 
-class Channel(ABC):
-    """An open AMQP channel. Use from the event loop that opened it."""
+#: How a received request is settled: ``"accept"`` it, ``"reject"`` it for good
+#: (dead-lettered where the protocol can), or ``"release"`` it to another consumer.
+Outcome: TypeAlias = Literal["accept", "reject", "release"]
 
-    @property
-    @abstractmethod
-    def number(self) -> int:
-        """The channel number on its connection."""
+#: The wire protocols hare_py speaks; a session and a convention each name one.
+AMQP_0_9_1 = "amqp-0-9-1"
+
+
+class Session(ABC):
+    """What RPC needs of one (re)connect, in every protocol (see docs/design.md).
+
+    A session is the unit of failure: what an actor set up on it (a reply
+    address, a subscription, a consumer) goes when it closes, and the requests
+    sent through it are then in doubt. Use it from the event loop that opened it.
+    """
+
+    #: The wire protocol, for matching conventions (``AMQP_0_9_1``, ...).
+    protocol: ClassVar[str]
 
     @property
     @abstractmethod
@@ -210,7 +223,36 @@ class Channel(ABC):
 
     @abstractmethod
     async def wait_closed(self) -> CloseReason:
-        """Wait until the channel closes, for any reason; never raises."""
+        """Wait until the session closes, for any reason; never raises."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the session. Idempotent; never raises."""
+
+    @abstractmethod
+    async def send(self, messages: Sequence[Message], *, mandatory: bool = False) -> None:
+        """Send ``messages`` in order.
+
+        Raises ``UnsendableMessage`` before writing anything when one of them
+        cannot be put on the wire; ``ConnectionLost`` when the session went away
+        (some of them may have left). With ``mandatory`` a message nobody can
+        receive comes back through the session's ``on_return``.
+        """
+
+    @abstractmethod
+    async def settle(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Settle a received message; a no-op where the protocol has no acks."""
+
+
+class Channel(Session):
+    """An open AMQP 0-9-1 channel. Use from the event loop that opened it."""
+
+    protocol: ClassVar[str] = AMQP_0_9_1
+
+    @property
+    @abstractmethod
+    def number(self) -> int:
+        """The channel number on its connection."""
 
     @abstractmethod
     async def close(self) -> None:
@@ -336,6 +378,15 @@ class Channel(ABC):
                 properties=message.properties,
                 mandatory=mandatory,
             )
+
+    async def send(self, messages: Sequence[Message], *, mandatory: bool = False) -> None:
+        await self.basic_publish_many(messages, mandatory=mandatory)
+
+    async def settle(self, delivery: Delivery, outcome: Outcome) -> None:
+        if outcome == "accept":
+            await self.basic_ack(delivery.delivery_tag)
+        else:
+            await self.basic_reject(delivery.delivery_tag, requeue=outcome == "release")
 
     @abstractmethod
     async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None: ...
