@@ -21,6 +21,7 @@ demo: $(STAMP)
 # a private RabbitMQ that the tests start (installed from Debian if missing).
 test: $(STAMP)
 	bash .ci/install-rabbitmq.sh
+	bash .ci/install-nats.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import pytest
+from natsserver import NatsServer, started as nats_started
 from rabbitmq import ExternalRabbitMQ, RabbitMQNode, RabbitMQUnavailable, unavailable
 
 
@@ -51,6 +52,22 @@ def rabbitmq() -> Iterator[RabbitMQNode | ExternalRabbitMQ]:
 def rabbitmq_url(rabbitmq: RabbitMQNode | ExternalRabbitMQ) -> str:
     """The AMQP URL of the session's RabbitMQ broker (password included)."""
     return rabbitmq.url
+
+
+# --- A real nats-server (tests marked ``nats``) ---------------------------------
+#
+# ``nats_server`` is a private server on a free loopback port (tests/natsserver.py),
+# started on first use and stopped at the end of the session; ``.url`` is its
+# nats:// URL. A test that needs its own configuration (users, permissions, TLS,
+# a cluster) uses ``natsserver.started(config=..., args=[...])`` instead. Without
+# nats-server the tests skip, except in CI, where they fail.
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    """The session's nats-server, with ``.url`` (nats://127.0.0.1:PORT) and ``.port``."""
+    with nats_started() as server:
+        yield server
 
 
 @pytest.fixture(params=["asyncio", "trio-mockclock"])
