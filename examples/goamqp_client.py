@@ -7,8 +7,9 @@
 
 Responses come back on ``greeter.headers.exchange.response.queue.greeter-client``,
 bound to ``greeter.headers.exchange.response`` with ``service: greeter-client``.
-A goamqp server puts no correlation id on its responses: hare_py then gives
-each one to the oldest request in flight with its routing key.
+A goamqp server puts no correlation id on its responses, so the client keeps
+one request per routing key in flight and matches each response to it (see
+"Correlation" in docs/conventions.md).
 """
 
 from __future__ import annotations
