@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Literal, NamedTuple, TypeAlias
 
+from ..errors import ConfigError
 from .url import BrokerURL
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "Delivery",
     "ExchangeType",
     "Message",
+    "NatsSession",
     "OnCancel",
     "OnDelivery",
     "OnReturn",
@@ -199,6 +201,7 @@ Outcome: TypeAlias = Literal["accept", "reject", "release"]
 
 #: The wire protocols hare_py speaks; a session and a convention each name one.
 AMQP_0_9_1 = "amqp-0-9-1"
+NATS = "nats"
 
 
 class Session(ABC):
@@ -210,7 +213,7 @@ class Session(ABC):
     """
 
     #: The wire protocol, for matching conventions (``AMQP_0_9_1``, ...).
-    protocol: ClassVar[str]
+    wire_protocol: ClassVar[str]
 
     @property
     @abstractmethod
@@ -247,7 +250,7 @@ class Session(ABC):
 class Channel(Session):
     """An open AMQP 0-9-1 channel. Use from the event loop that opened it."""
 
-    protocol: ClassVar[str] = AMQP_0_9_1
+    wire_protocol: ClassVar[str] = AMQP_0_9_1
 
     @property
     @abstractmethod
@@ -400,8 +403,55 @@ class Channel(Session):
     async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> None: ...
 
 
+class NatsSession(Session):
+    """The NATS face of the seam: subscriptions and publishes on a shared connection.
+
+    NATS has no exchanges, queues or acknowledgements, and this offers none.
+    A ``Message`` goes to the subject ``routing_key`` (its ``exchange`` must be
+    ``""``), with ``properties.reply_to`` as the reply subject and
+    ``properties.headers`` as NATS headers (string values; a list of strings
+    repeats a key). A message with any other property set is unsendable: a
+    convention carries what it needs in headers. Messages arrive as
+    ``Delivery(body, Properties(headers=..., reply_to=...), exchange="",
+    routing_key=subject, delivery_tag=0, consumer_tag=sid)``; a header that
+    repeats arrives as a list. ``settle`` does nothing.
+
+    A no-responders status (503) received on any of the session's
+    subscriptions goes to the session's ``on_return`` as
+    ``ReturnedMessage(b"", Properties(), "", subject, 312, "NO_RESPONDERS")``,
+    where ``subject`` is the reply subject it arrived on. Closing the session
+    unsubscribes all its subscriptions.
+    """
+
+    wire_protocol: ClassVar[str] = NATS
+
+    @property
+    @abstractmethod
+    def max_payload(self) -> int:
+        """The largest message (headers and body) the server takes, from its INFO."""
+
+    @abstractmethod
+    async def subscribe(
+        self, subject: str, on_message: OnDelivery, *, queue: str | None = None
+    ) -> str:
+        """Subscribe to ``subject`` (wildcards allowed), in queue group ``queue`` if
+        given (each message then goes to one member of the group); returns the sid."""
+
+    @abstractmethod
+    async def unsubscribe(self, sid: str) -> None:
+        """End a subscription; messages already received are still delivered."""
+
+    @abstractmethod
+    async def flush(self, timeout: float) -> None:
+        """Return once the server has seen everything sent so far (a PING's PONG);
+        ``ConnectionLost`` if it does not answer within ``timeout`` seconds."""
+
+
 class TransportConnection(ABC):
     """An open connection to one broker."""
+
+    #: The wire protocol its sessions speak.
+    wire_protocol: ClassVar[str] = AMQP_0_9_1
 
     @property
     @abstractmethod
@@ -412,11 +462,17 @@ class TransportConnection(ABC):
     def is_open(self) -> bool:
         return self.close_reason is None
 
-    @abstractmethod
+    async def open_session(self, *, on_return: OnReturn | None = None) -> Session:
+        """Open a session of this connection's protocol; ``on_return`` receives the
+        messages that come back as unroutable. For AMQP 0-9-1, a channel."""
+        return await self.open_channel(on_return=on_return)
+
     async def open_channel(
         self, *, on_return: OnReturn | None = None, publisher_confirms: bool = False
     ) -> Channel:
-        """Open a channel. ``on_return`` receives this channel's returned messages."""
+        """Open an AMQP 0-9-1 channel. ``on_return`` receives this channel's returned
+        messages. ``ConfigError`` on a connection of another protocol."""
+        raise ConfigError(f"a {self.wire_protocol} connection has no AMQP 0-9-1 channels")
 
     @abstractmethod
     async def wait_closed(self) -> CloseReason:
@@ -431,6 +487,8 @@ class Backend(ABC):
     """A way to reach a broker, chosen by URL scheme."""
 
     schemes: ClassVar[tuple[str, ...]]
+    #: The wire protocol of the connections it makes.
+    wire_protocol: ClassVar[str] = AMQP_0_9_1
 
     @abstractmethod
     def connect(
