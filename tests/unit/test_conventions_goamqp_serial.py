@@ -14,7 +14,7 @@ import anyio
 import pytest
 from anyio.abc import TaskStatus
 
-from hare_py import JSON, RequestTimeout, RPCClient
+from hare_py import JSON, ClientCrashed, RequestTimeout, RPCClient
 from hare_py.conventions import goamqp
 from hare_py.conventions.goamqp import (
     QUEUE_EXPIRES_MS,
@@ -87,16 +87,23 @@ async def serve_like_goamqp(
             await channel.basic_ack(delivery.delivery_tag)
 
 
+class Crashable(RPCClient[None]):
+    """Crashes on any cast; its supervisor restarts it."""
+
+    async def handle_cast(self, message: Any, state: None) -> Any:
+        raise RuntimeError(f"crash on {message!r}")
+
+
 @asynccontextmanager
 async def setup(
     seen: Seen, keys: list[str] | None = None, **convention: Any
-) -> AsyncIterator[RPCClient[Any]]:
+) -> AsyncIterator[Crashable]:
     """A sandbox broker, the goamqp-like server, and a connected hare_py client."""
-    client: RPCClient[Any]
+    client: Crashable
     with SandboxBroker() as broker:
         async with anyio.create_task_group() as tg:
             await tg.start(serve_like_goamqp, broker.url, keys or ["greet"], seen)
-            async with RPCClient.start(
+            async with Crashable.start(
                 broker.url,
                 codec=JSON,
                 timeout=10.0,
@@ -188,6 +195,28 @@ async def test_requests_waiting_for_their_key_time_out_unsent_while_other_keys_f
                 tg.start_soon(ask, "cy", "wave", 10.0)
     assert got == {"": RequestTimeout, "bo": RequestTimeout, "cy": greeting("cy")}
     assert "bo" not in seen.received
+
+
+async def test_a_late_answer_after_a_restart_reaches_nobody() -> None:
+    """A request in flight when the client crashed keeps its key in the restarted client:
+    its answer is dropped, not given to the next caller."""
+    seen = Seen(slow=0.6)
+    got: dict[str, Any] = {}
+    with anyio.fail_after(20):
+        async with setup(seen) as client:
+            async with anyio.create_task_group() as tg:
+
+                async def ask(name: str) -> None:
+                    got[name] = await outcome(client.request({"name": name}, "greet"))
+
+                tg.start_soon(ask, "slow")
+                await wait_until_received(seen, "slow")
+                client.cast("boom")
+                while "slow" not in got or not client.connected:
+                    await anyio.sleep(0.01)
+                tg.start_soon(ask, "bo")
+    assert got == {"slow": ClientCrashed, "bo": greeting("bo")}
+    assert seen.received == ["slow", "bo"]
 
 
 @pytest.mark.parametrize(("pipelined", "seen_first"), [(False, 1), (True, 3)])
