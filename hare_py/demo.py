@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 import structlog
@@ -31,6 +31,7 @@ from . import (
     RPCClient,
     RPCServer,
 )
+from ._log import console_handler
 from .testing import SandboxBroker, break_channel
 
 log = structlog.get_logger("demo")
@@ -63,16 +64,34 @@ class Client(RPCClient[list[str]]):
         return Reply(queues, queues)
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """Log ``level`` and above to stdout, readably (hare_py itself never configures logs)."""
+def configure_logging(level: int = logging.INFO, stream: TextIO | None = None) -> None:
+    """Print ``level`` and up readably on ``stream`` (stdout): the demo's events and hare_py's.
+
+    The demo is an application, so it configures logging; hare_py itself never
+    does. Calling it again replaces the previous set-up.
+    """
+    global _handler
+    stream = sys.stdout if stream is None else stream
+    colors = stream.isatty()
+    timestamps = "%H:%M:%S.%f"
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         processors=[
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="%H:%M:%S.%f"),
-            structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()),
+            structlog.processors.TimeStamper(fmt=timestamps),
+            structlog.dev.ConsoleRenderer(colors=colors),
         ],
     )
+    hare = logging.getLogger("hare_py")  # hare_py logs through the stdlib
+    if _handler is not None:
+        hare.removeHandler(_handler)
+    _handler = console_handler(stream, colors=colors, timestamps=timestamps)
+    hare.addHandler(_handler)
+    hare.setLevel(level)
+
+
+_handler: logging.Handler | None = None
 
 
 async def main(requests: int = 20, url: str | None = None) -> dict[str, int]:
