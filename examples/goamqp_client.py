@@ -39,6 +39,7 @@ log = structlog.get_logger("goamqp_client")
 async def greet(conn: Connection, names: Sequence[str], *, wait: float = 10.0) -> list[Any]:
     """Greet each name in turn; a failed greeting is listed as its error text."""
     results: list[Any] = []
+    client: RPCClient[Any]
     async with RPCClient.start(
         conn, codec=JSON, convention=goamqp(SERVICE, CALLER), timeout=5.0
     ) as client:

@@ -71,6 +71,7 @@ async def main(url: str | None = None, *, serve_for: float | None = None) -> dic
         ):
             if sandbox is not None:
                 caller = goamqp(SERVICE, caller="greeter-demo")
+                client: RPCClient[Any]
                 async with RPCClient.start(conn, codec=JSON, convention=caller) as client:
                     result["reply"] = await client.request({"name": "sandbox"}, ROUTING_KEY)
                     log.info("greeter.demo", reply=result["reply"])
