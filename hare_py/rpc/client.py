@@ -536,6 +536,9 @@ class RPCClient(Actor[S], Generic[S]):
             return None
 
     async def _on_delivery(self, delivery: Delivery) -> None:
+        if delivery.undecodable is not None:
+            self._drops.drop("undecodable", error=delivery.undecodable[:200])
+            return
         try:
             reply = self.convention.unwrap(delivery)
         except ValueError as exc:

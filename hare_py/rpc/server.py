@@ -35,7 +35,7 @@ from ..actor.runner import ActorRunner
 from ..codecs import BYTES, Codec
 from ..conventions import Convention, Incoming, ServerOptions, hare
 from ..errors import BrokerError, ConfigError, ConnectionLost
-from ..transport.base import Channel, Delivery, OnCancel
+from ..transport.base import Channel, Delivery, OnCancel, Session
 from ..transport.url import BrokerURL
 from .channel import ChannelDown, ChannelUp, check_exchange, keep_channel
 from .drops import DropLog
@@ -53,11 +53,11 @@ class UndecodableRequest(ValueError):
 class _Pending:
     """A request being answered: where it came from, to reply to it and ack it."""
 
-    __slots__ = ("channel", "delivery_tag", "incoming")
+    __slots__ = ("channel", "delivery", "incoming")
 
-    def __init__(self, channel: Channel, delivery_tag: int, incoming: Incoming) -> None:
+    def __init__(self, channel: Channel, delivery: Delivery, incoming: Incoming) -> None:
         self.channel = channel
-        self.delivery_tag = delivery_tag
+        self.delivery = delivery
         self.incoming = incoming
 
 
@@ -255,13 +255,18 @@ class RPCServer(Actor[S], Generic[S]):
 
     async def _on_delivered(self, message: _Delivered) -> None:
         delivery = message.delivery
+        if delivery.undecodable is not None:
+            # A poison message: redelivering it cannot help, a dead-letter exchange keeps it.
+            self._reject_log("undecodable", ValueError(delivery.undecodable), None)
+            await self._settle(message.channel, delivery, reject=True)
+            return
         try:
             incoming = self.convention.unwrap(delivery)
         except Exception as exc:  # no envelope: nobody to answer
             self._reject_log("malformed", exc, delivery.properties.correlation_id)
-            await self._settle(message.channel, delivery.delivery_tag, reject=True)
+            await self._settle(message.channel, delivery, reject=True)
             return
-        pending = _Pending(message.channel, delivery.delivery_tag, incoming)
+        pending = _Pending(message.channel, delivery, incoming)
         try:
             payload = self.codec.decode(incoming.body, incoming.content_type)
         except Exception as exc:
@@ -378,16 +383,13 @@ class RPCServer(Actor[S], Generic[S]):
                 # Not acked either: the broker will redeliver the request.
                 self._log.warning("rpc.reply_failed", error=str(exc))
                 return
-        await self._settle(pending.channel, pending.delivery_tag, reject=reject)
+        await self._settle(pending.channel, pending.delivery, reject=reject)
 
-    async def _settle(self, channel: Channel, delivery_tag: int, *, reject: bool = False) -> None:
-        if not channel.is_open:
-            return  # its channel is gone: the broker redelivers the request elsewhere
+    async def _settle(self, session: Session, delivery: Delivery, *, reject: bool = False) -> None:
+        if not session.is_open:
+            return  # its session is gone: the broker redelivers the request elsewhere
         try:
-            if reject:
-                await channel.basic_reject(delivery_tag, requeue=False)
-            else:
-                await channel.basic_ack(delivery_tag)
+            await session.settle(delivery, "reject" if reject else "accept")
         except (ConnectionLost, BrokerError) as exc:
             self._log.warning("rpc.ack_failed", error=str(exc))
 
