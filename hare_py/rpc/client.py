@@ -43,6 +43,7 @@ from ..errors import (
     Unroutable,
     UnsendableMessage,
 )
+from ..transport._fieldtable import FieldTableError, encode_table
 from ..transport.base import (
     Channel,
     Delivery,
@@ -50,7 +51,6 @@ from ..transport.base import (
     OnCancel,
     ReturnedMessage,
 )
-from ..transport._fieldtable import FieldTableError, encode_table
 from ..transport.url import BrokerURL
 from .calls import Call, CallTable
 from .channel import ChannelDown, ChannelUp, check_exchange, close_quietly, keep_channel
@@ -151,7 +151,14 @@ class RPCClient(Actor[S], Generic[S]):
         self.codec: Codec = codec or BYTES
         self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
         self._slots = anyio.Semaphore(max_in_flight)
-        self._calls = CallTable()
+        grace = self.convention.late_reply_grace
+        self._calls = CallTable(
+            serial=self.convention.serial_per_routing_key,
+            # Without a TTL the broker never drops a request: only its reply frees its key.
+            late_reply_grace=(self.timeout if grace is None else grace)
+            if request_ttl
+            else float("inf"),
+        )
         self._unflushed = 0  # requests queued since the last flush
         self._channel: Channel | None = None
         self._last_channel: Channel | None = None
@@ -402,7 +409,7 @@ class RPCClient(Actor[S], Generic[S]):
 
     async def _on_start(self, tg: TaskGroup) -> None:
         self._helpers = tg
-        self._calls = CallTable()
+        self._calls = self._calls.renew()  # late calls keep their keys across a restart
         self._unflushed = 0
         self._channel = self._last_channel = None
         self._reply_queue = None
@@ -441,7 +448,7 @@ class RPCClient(Actor[S], Generic[S]):
             await self._flush()  # a busy mailbox must not hold requests back
 
     async def _on_idle(self) -> bool:
-        if self._unflushed and self._channel is not None:
+        if (self._unflushed or self._calls.ready) and self._channel is not None:
             await self._flush()
             return True
         return False
