@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import struct
 from collections.abc import Sequence
 
 import pytest
@@ -13,6 +14,8 @@ from pamqp.header import ContentHeader, ProtocolHeader
 from pamqp.heartbeat import Heartbeat
 
 from hare_py.transport.amqp._protocol import (
+    FRAME_MAX_LIMIT,
+    HANDSHAKE_FRAME_MAX,
     PROTOCOL_HEADER,
     AMQPClientProtocol,
     ChannelClosed,
@@ -29,8 +32,9 @@ from hare_py.transport.amqp._protocol import (
     HeartbeatReceived,
     MethodReceived,
     ProtocolError,
+    UnencodableMessage,
 )
-from hare_py.transport.base import Properties
+from hare_py.transport.base import Message, Properties
 
 Wire = pamqp_frame.FrameTypes
 FRAME_MAX = 4096
@@ -548,3 +552,187 @@ def test_client_connection_close_handshake() -> None:
         ConnectionClosed(200, "bye", "client")
     ]
     assert client.state is ConnectionState.CLOSED
+
+
+# -- hostile input: bounded buffers, one bad message alone -------------------------
+
+_FRAME = struct.Struct(">BHI")
+
+
+def raw_frame(kind: int, channel: int, payload: bytes) -> bytes:
+    return _FRAME.pack(kind, channel, len(payload)) + payload + b"\xce"
+
+
+def deep_headers_header(channel: int, body_size: int, depth: int) -> bytes:
+    """A content header frame whose headers table is ``depth`` levels deep."""
+    table = b"\0\0\0\0"
+    for _ in range(depth - 1):
+        entry = b"\x01xF" + table
+        table = struct.pack(">I", len(entry)) + entry
+    return raw_frame(2, channel, struct.pack(">HHQH", 60, 0, body_size, 0x2000) + table)
+
+
+def deliver(tag: int = 1) -> bytes:
+    return marshal((1, commands.Basic.Deliver("ctag", tag, False, "ex", "rk")))
+
+
+def test_a_frame_over_the_handshake_limit_is_refused_before_tune() -> None:
+    """Before connection.tune, a frame over HANDSHAKE_FRAME_MAX is refused from its header."""
+    client = AMQPClientProtocol()
+    client.data_to_send()
+    with pytest.raises(ProtocolError, match="frame"):
+        client.receive_data(_FRAME.pack(1, 0, HANDSHAKE_FRAME_MAX))
+
+
+def test_a_brokers_frame_max_of_zero_is_capped() -> None:
+    """frame_max 0 (no limit) from the broker becomes FRAME_MAX_LIMIT, and frames over it fail."""
+    client = AMQPClientProtocol(heartbeat=0)
+    client.receive_data(start_frame())
+    client.data_to_send()
+    events = client.receive_data(marshal((0, commands.Connection.Tune(2047, 0, 60))))
+    assert events == [ConnectionTuned(2047, FRAME_MAX_LIMIT, 0)]
+    assert client.data_to_send().startswith(
+        marshal((0, commands.Connection.TuneOk(2047, FRAME_MAX_LIMIT, 0)))
+    )
+    client.receive_data(marshal((0, commands.Connection.OpenOk())))
+    with pytest.raises(ProtocolError, match="frame_max"):
+        client.receive_data(_FRAME.pack(3, 1, FRAME_MAX_LIMIT))
+
+
+def test_a_brokers_frame_max_over_the_limit_is_lowered_to_it() -> None:
+    """A frame_max offer over FRAME_MAX_LIMIT is answered with the limit."""
+    client = AMQPClientProtocol(heartbeat=0)
+    client.receive_data(start_frame())
+    events = client.receive_data(marshal((0, commands.Connection.Tune(0, 1 << 30, 0))))
+    assert events == [ConnectionTuned(0, FRAME_MAX_LIMIT, 0)]
+
+
+def test_a_frame_max_under_the_amqp_minimum_is_refused() -> None:
+    """A broker offering frame_max under 4096 (AMQP's frame-min-size) breaks the handshake."""
+    client = AMQPClientProtocol()
+    client.receive_data(start_frame())
+    with pytest.raises(ProtocolError, match="minimum"):
+        client.receive_data(marshal((0, commands.Connection.Tune(0, 8, 0))))
+
+
+def test_deeply_nested_server_properties_are_a_protocol_error() -> None:
+    """connection.start with a table 1000 deep is a ProtocolError, not a RecursionError."""
+    table = b"\0\0\0\0"
+    for _ in range(1000):
+        entry = b"\x01xF" + table
+        table = struct.pack(">I", len(entry)) + entry
+    payload = struct.pack(">HHBB", 10, 10, 0, 9) + table + b"\0\0\0\x05PLAIN\0\0\0\0"
+    client = AMQPClientProtocol()
+    with pytest.raises(ProtocolError, match="deeper"):
+        client.receive_data(raw_frame(1, 0, payload))
+
+
+def test_a_method_brokers_never_send_is_refused_before_it_is_decoded() -> None:
+    """A client-only method (queue.declare with a table 1000 deep) is a ProtocolError."""
+    arguments = b"\0\0\0\0"
+    for _ in range(1000):
+        entry = b"\x01xF" + arguments
+        arguments = struct.pack(">I", len(entry)) + entry
+    payload = struct.pack(">HHH", 50, 10, 0) + b"\x01q\x00" + arguments
+    client = open_client(frame_max=FRAME_MAX_LIMIT)
+    with pytest.raises(ProtocolError, match=r"unexpected method 50\.10"):
+        client.receive_data(raw_frame(1, 1, payload))
+
+
+def test_a_method_frame_too_short_for_its_id_is_a_protocol_error() -> None:
+    """A method frame of 2 payload bytes is a ProtocolError, not a ValueError from pamqp."""
+    client = open_client()
+    with pytest.raises(ProtocolError, match="method"):
+        client.receive_data(raw_frame(1, 1, b"\x00\x14"))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        deep_headers_header(1, 5, 500),
+        raw_frame(2, 1, struct.pack(">HHQHQ", 60, 0, 5, 0x0040, 2**63 - 1)),
+    ],
+    ids=["headers-500-deep", "timestamp-2**63-1"],
+)
+def test_undecodable_properties_complete_the_message_and_the_stream_goes_on(
+    header: bytes,
+) -> None:
+    """Properties that do not decode give a ContentReceived marked undecodable, empty
+    properties and the body; the next message decodes as usual."""
+    client = open_client()
+    events = client.receive_data(
+        deliver(1) + header + raw_frame(3, 1, b"hello") + delivery_frames(1, b"next", 10, tag=2)
+    )
+    first, second = events
+    assert isinstance(first, ContentReceived) and isinstance(second, ContentReceived)
+    assert first.undecodable is not None
+    assert (first.properties, first.body, first.dropped) == (Properties(), b"hello", 0)
+    assert isinstance(first.method, commands.Basic.Deliver) and first.method.delivery_tag == 1
+    assert second.undecodable is None and second.body == b"next"
+
+
+def test_a_body_over_max_body_size_is_dropped_as_it_streams() -> None:
+    """A body announced over max_body_size is counted, not kept, and arrives undecodable."""
+    client = AMQPClientProtocol(username="u", password="p", heartbeat=0, max_body_size=1000)
+    client.receive_data(start_frame())
+    client.receive_data(marshal((0, commands.Connection.Tune(2047, FRAME_MAX, 0))))
+    client.receive_data(marshal((0, commands.Connection.OpenOk())))
+    client.open_channel()
+    client.receive_data(marshal((1, commands.Channel.OpenOk())))
+    body = b"x" * 5000
+    events = client.receive_data(delivery_frames(1, body, 1000))
+    (event,) = events
+    assert isinstance(event, ContentReceived)
+    assert (event.body, event.properties, event.dropped) == (b"", Properties(), 5000)
+    assert event.undecodable is not None and "max_body_size" in event.undecodable
+    # exactly the limit is kept
+    (kept,) = client.receive_data(delivery_frames(1, body[:1000], 400, tag=2))
+    assert isinstance(kept, ContentReceived) and kept.body == body[:1000]
+
+
+def test_a_body_of_2_to_the_63_keeps_nothing_buffered() -> None:
+    """Body frames of a 2**63-byte announcement are dropped: nothing of them is kept."""
+    client = open_client()
+    client.receive_data(deliver() + marshal((1, ContentHeader(0, 2**63))))
+    chunk = raw_frame(3, 1, b"x" * (FRAME_MAX - 8))
+    for _ in range(100):
+        assert client.receive_data(chunk * 4) == []
+    pending = client._content[1]
+    assert pending.chunks == [] and pending.received == 400 * (FRAME_MAX - 8)
+
+
+def test_frames_received_counts_whole_frames_only() -> None:
+    """frames_received moves on a whole frame, not on a byte of a partial one."""
+    client = open_client()
+    before = client.frames_received
+    heartbeat = Heartbeat.marshal()
+    for byte in heartbeat[:-1]:
+        client.receive_data(bytes((byte,)))
+        assert client.frames_received == before
+    client.receive_data(heartbeat[-1:])
+    assert client.frames_received == before + 1
+
+
+def test_a_content_header_over_frame_max_is_refused_before_anything_is_queued() -> None:
+    """A publish whose headers make a content header over frame_max is a ValueError; nothing
+    of it is queued."""
+    client = open_client()
+    headers = {f"h{i}": i for i in range(1000)}
+    with pytest.raises(ValueError, match="frame_max"):
+        client.publish(1, "", "q", b"body", Properties(headers=headers))
+    assert client.data_to_send() == b""
+
+
+def test_publish_many_is_all_or_nothing() -> None:
+    """publish_many queues every message, or, when one cannot be encoded, nothing and its index."""
+    client = open_client()
+    good = Message("", "q", b"a")
+    bad = Message("", "q", b"b", Properties(headers={"k": object()}))
+    with pytest.raises(UnencodableMessage) as caught:
+        client.publish_many(1, [good, good, bad, good])
+    assert caught.value.index == 2
+    assert "headers" in caught.value.reason
+    assert client.data_to_send() == b""
+    client.publish_many(1, [good, Message("", "q", b"c")], mandatory=True)
+    frames = parse(client.data_to_send())
+    assert [type(v) for _, v in frames] == [commands.Basic.Publish, ContentHeader, ContentBody] * 2

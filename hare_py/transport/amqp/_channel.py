@@ -11,6 +11,13 @@ Rules this module keeps:
   much is queued for the socket); with confirms it waits for the broker's
   ack. Returns, deliveries and consumer cancels are handed on synchronously
   from the reader, in broker order, so a return always precedes its confirm.
+- A message that cannot be decoded (``ContentReceived.undecodable``) is
+  logged once, as ``amqp.properties_undecodable`` or ``amqp.body_too_large``,
+  and handed on like any other, with its reason in ``Delivery.undecodable``:
+  the consumer rejects it; the connection carries on.
+- A batch publish is all or nothing: ``basic_publish_many`` encodes every
+  message before it queues any, and names the one it cannot send
+  (``UnsendableMessage.index``).
 - The close reason is settled once, by the first cause seen: our close, the
   broker's ``channel.close`` or the connection's end. Everything still waiting
   then fails: ``BrokerError`` with the broker's code when it closed the channel,
@@ -29,7 +36,7 @@ from pamqp import commands as spec
 from pamqp.base import Frame
 
 from ..._log import get_logger
-from ...errors import BrokerError, ConfigError, ConnectionLost, HareError
+from ...errors import BrokerError, ConfigError, ConnectionLost, HareError, UnsendableMessage
 from ..base import (
     EMPTY_PROPERTIES,
     NOT_ALLOWED,
@@ -132,7 +139,7 @@ class AmqpChannel(Channel):
     def on_closed(self, reason: CloseReason) -> None:
         if self._close_reason is None:
             self._close_reason = reason
-            log.debug("channel closed", channel=self._number, reason=str(reason))
+            log.debug("amqp.channel_closed", channel=self._number, reason=str(reason))
         self._closed.set()
         error = self._error_for_waiters()
         self._opened.settle(error=error)
@@ -179,6 +186,8 @@ class AmqpChannel(Channel):
 
     def on_content(self, event: p.ContentReceived) -> None:
         method = event.method
+        if event.undecodable is not None:
+            self._log_undecodable(event)
         if isinstance(method, spec.Basic.Deliver):
             callback = self._deliveries.get(method.consumer_tag or "")
             if callback is None:
@@ -193,11 +202,13 @@ class AmqpChannel(Channel):
                         method.delivery_tag or 0,
                         method.consumer_tag or "",
                         bool(method.redelivered),
+                        event.undecodable,
                     )
                 )
             except Exception:
                 log.exception(
-                    "on_delivery callback failed",
+                    "amqp.callback_failed",
+                    callback="on_delivery",
                     channel=self._number,
                     consumer_tag=method.consumer_tag,
                 )
@@ -216,7 +227,22 @@ class AmqpChannel(Channel):
                     )
                 )
             except Exception:
-                log.exception("on_return callback failed", channel=self._number)
+                log.exception("amqp.callback_failed", callback="on_return", channel=self._number)
+
+    def _log_undecodable(self, event: p.ContentReceived) -> None:
+        method = event.method
+        log.warning(
+            "amqp.body_too_large" if event.dropped else "amqp.properties_undecodable",
+            channel=self._number,
+            method=method.name,
+            exchange=method.exchange,
+            routing_key=method.routing_key,
+            delivery_tag=getattr(method, "delivery_tag", None),
+            consumer_tag=getattr(method, "consumer_tag", None),
+            redelivered=getattr(method, "redelivered", None),
+            body_size=event.dropped or len(event.body),
+            reason=event.undecodable,
+        )
 
     def _on_confirm(self, method: spec.Basic.Ack | spec.Basic.Nack) -> None:
         confirms = self._confirms
@@ -249,7 +275,9 @@ class AmqpChannel(Channel):
         try:
             callback(tag, reason)
         except Exception:
-            log.exception("on_cancel callback failed", channel=self._number, consumer_tag=tag)
+            log.exception(
+                "amqp.callback_failed", callback="on_cancel", channel=self._number, consumer_tag=tag
+            )
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -493,17 +521,25 @@ class AmqpChannel(Channel):
     async def basic_publish_many(
         self, messages: Sequence[Message], *, mandatory: bool = False
     ) -> None:
-        confirms = [
-            self._publish(m.exchange, m.routing_key, m.body, m.properties, mandatory)
-            for m in messages
-        ]
+        """All or nothing: ``UnsendableMessage`` names a message that cannot be encoded,
+        and then nothing of the batch was queued."""
+        self._check_open()
+        try:
+            self._protocol.publish_many(self._number, messages, mandatory)
+        except p.UnencodableMessage as exc:
+            raise UnsendableMessage(exc.index, exc.reason) from None
         self._connection.wake_writer()
-        if self._confirms is None:
+        confirms = self._confirms
+        if confirms is None:
             await self._connection.wait_writable()
             return
-        for confirm in confirms:
-            if confirm is not None:
-                await confirm.wait()
+        waiters = []
+        for _ in messages:
+            waiter = confirms[self._next_tag] = _Waiter()
+            self._next_tag += 1
+            waiters.append(waiter)
+        for waiter in waiters:
+            await waiter.wait()
 
     def _publish(
         self, exchange: str, routing_key: str, body: bytes, properties: Properties, mandatory: bool
@@ -514,7 +550,7 @@ class AmqpChannel(Channel):
             self._protocol.publish(
                 self._number, exchange, routing_key, bytes(body), properties, mandatory
             )
-        except (TypeError, ValueError) as exc:  # a value AMQP cannot carry
+        except (TypeError, ValueError, AttributeError) as exc:  # a value AMQP cannot carry
             raise ConfigError(f"cannot publish: {exc}") from None
         confirms = self._confirms
         if confirms is None:

@@ -4,8 +4,17 @@ pamqp's generic (un)marshalling walks each method's attribute list and type
 names; for the three frames every request and reply makes (``basic.publish``
 or ``basic.deliver``, the content header, the body) that was a quarter of the
 client's CPU. These functions do the same bytes directly, between the wire and
-hare_py's ``Properties``. Field tables and timestamps still go through pamqp.
-Equivalence with pamqp is property-tested (``tests/unit/test_amqp_codec.py``).
+hare_py's ``Properties``. Field tables and timestamps go through the bounded
+``_fieldtable`` codec, which is also why ``connection.start`` (the one method a
+broker sends with a table) is decoded here. Equivalence with pamqp is
+property-tested (``tests/unit/test_amqp_codec.py``).
+
+Decoding tells two failures apart. Bytes that break the frame's layout (a
+string or table running past the frame) are a ``ValueError``: the stream can
+no longer be trusted. A content header whose layout is sound but one of whose
+values cannot be decoded (a table nested too deep, a key that is not UTF-8, a
+timestamp no ``datetime`` holds) is an ``UndecodableProperties``: the message
+can still be received, and refused, on its own.
 """
 
 from __future__ import annotations
@@ -14,18 +23,27 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-from pamqp import constants, decode, encode
+from pamqp import constants
 from pamqp.commands import Basic, Channel, Connection
 
+from .._fieldtable import (
+    FieldTableError,
+    decode_table,
+    decode_timestamp,
+    encode_table,
+    encode_timestamp,
+)
 from ..base import Properties
 
 __all__ = [
+    "UndecodableProperties",
     "decode_close",
     "decode_deliver",
-    "plain",
     "decode_header",
+    "decode_start",
     "encode_header",
     "encode_publish",
+    "plain",
 ]
 
 _FRAME = struct.Struct(">BHI")
@@ -33,6 +51,9 @@ _PUBLISH = struct.Struct(">HHH")  # class 60, method 40, reserved-1
 _DELIVER_TAG = struct.Struct(">QB")  # delivery-tag, redelivered bit
 _HEADER = struct.Struct(">HHQH")  # class 60, weight 0, body size, property flags
 _END = b"\xce"
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_VERSION = struct.Struct(">BB")
 
 # (flag, attribute, kind) in wire order; cluster-id (0x0004) is never sent.
 _FIELDS = (
@@ -54,10 +75,22 @@ _CLUSTER_ID = 0x0004
 _EXCHANGE_NAME = constants.DOMAIN_REGEX["exchange-name"]
 
 
+class UndecodableProperties(ValueError):
+    """A content header whose layout is sound but a property of which cannot be decoded."""
+
+    def __init__(self, body_size: int, reason: str) -> None:
+        super().__init__(reason)
+        self.body_size = body_size
+        self.reason = reason
+
+
 def _short(value: Any, what: str) -> bytes:
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a string, got {type(value).__name__}")
-    data = value.encode()
+    try:
+        data = value.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {value[:40]!r} is not valid Unicode") from None
     if len(data) > 255:
         raise ValueError(f"{what} is longer than 255 bytes")
     return bytes((len(data),)) + data
@@ -82,13 +115,13 @@ def encode_header(channel: int, body_size: int, properties: Properties) -> bytes
             parts.append(bytes((value,)))
         elif kind == "t":
             try:
-                parts.append(encode.field_table(dict(value)))
-            except TypeError as exc:
+                parts.append(encode_table(value))
+            except FieldTableError as exc:
                 raise ValueError(f"headers: {exc}") from None
         else:
             try:
-                parts.append(encode.timestamp(value))
-            except TypeError as exc:
+                parts.append(encode_timestamp(value))
+            except FieldTableError as exc:
                 raise ValueError(f"timestamp: {exc}") from None
     payload = _HEADER.pack(60, 0, body_size, flags) + b"".join(parts)
     return _FRAME.pack(2, channel, len(payload)) + payload + _END
@@ -103,7 +136,11 @@ def encode_publish(
     properties: Properties,
     frame_max: int,
 ) -> list[bytes]:
-    """The frames of one publish: method, content header, body in frame_max pieces."""
+    """The frames of one publish: method, content header, body in frame_max pieces.
+
+    A content header over ``frame_max`` is a ``ValueError``: a broker closes
+    the whole connection for it (RabbitMQ: 501 FRAME_ERROR).
+    """
     if exchange and (len(exchange) > 127 or not _EXCHANGE_NAME.fullmatch(exchange)):
         raise ValueError(f"invalid exchange name {exchange[:130]!r}")  # as pamqp checks it
     payload = b"".join(
@@ -114,10 +151,13 @@ def encode_publish(
             b"\x01" if mandatory else b"\x00",
         )
     )
-    frames = [
-        _FRAME.pack(1, channel, len(payload)) + payload + _END,
-        encode_header(channel, len(body), properties),
-    ]
+    header = encode_header(channel, len(body), properties)
+    if frame_max and len(header) > frame_max:
+        raise ValueError(
+            f"the properties make a content header of {len(header)} bytes, over the "
+            f"connection's frame_max of {frame_max} (send fewer or smaller headers)"
+        )
+    frames = [_FRAME.pack(1, channel, len(payload)) + payload + _END, header]
     size = len(body)
     step = frame_max - 8 if frame_max else size or 1
     pack = _FRAME.pack
@@ -158,6 +198,26 @@ def decode_deliver(payload: bytes) -> Basic.Deliver:
     return Basic.Deliver(consumer_tag, delivery_tag, bool(bits & 1), exchange, routing_key)
 
 
+def _long_str(data: bytes, offset: int) -> tuple[str, int]:
+    (size,) = _U32.unpack_from(data, offset)
+    end = offset + 4 + size
+    if end > len(data):
+        raise ValueError("long string runs past the frame")
+    return data[offset + 4 : end].decode("utf-8", "replace"), end
+
+
+def decode_start(payload: bytes) -> Connection.Start:
+    """A ``connection.start`` payload, its server properties through the bounded decoder."""
+    major, minor = _VERSION.unpack_from(payload, 4)
+    try:
+        server_properties, offset = decode_table(payload, 6)
+    except FieldTableError as exc:
+        raise ValueError(f"connection.start server properties: {exc}") from None
+    mechanisms, offset = _long_str(payload, offset)
+    locales, _ = _long_str(payload, offset)
+    return Connection.Start(major, minor, server_properties, mechanisms, locales)
+
+
 def plain(value: Any) -> Any:
     """Field tables as plain dicts and lists, all the way down."""
     if isinstance(value, Mapping):
@@ -168,12 +228,18 @@ def plain(value: Any) -> Any:
 
 
 def decode_header(payload: bytes) -> tuple[int, Properties]:
-    """A content header payload: the body size and the properties."""
+    """A content header payload: the body size and the properties.
+
+    ``UndecodableProperties`` (with the body size) when the layout holds but a
+    value does not decode; ``ValueError``, ``IndexError`` or ``struct.error``
+    when the layout itself is broken.
+    """
     _, _, body_size, flags = _HEADER.unpack_from(payload, 0)
     if not flags:
         return body_size, Properties()
     offset = _HEADER.size
     values: dict[str, Any] = {}
+    problems: list[str] = []
     for flag, name, kind in _FIELDS:
         if not flags & flag:
             continue
@@ -183,20 +249,25 @@ def decode_header(payload: bytes) -> tuple[int, Properties]:
             values[name] = payload[offset]
             offset += 1
         elif kind == "t":
+            end = offset + 4 + _U32.unpack_from(payload, offset)[0]
+            if end > len(payload):
+                raise ValueError("headers run past the frame")
             try:
-                used, table = decode.field_table(payload[offset:])
-                values[name] = plain(table)
-            except UnicodeDecodeError:
-                # A key that is not UTF-8, from whichever client published the
-                # message: drop the table rather than the connection.
-                used = 4 + struct.unpack_from(">I", payload, offset)[0]
-            offset += used
+                values[name], _ = decode_table(payload, offset)
+            except FieldTableError as exc:
+                problems.append(f"headers: {exc}")
+            offset = end
         else:
-            used, stamp = decode.timestamp(payload[offset:])
-            values[name] = stamp
-            offset += used
+            (stamp,) = _U64.unpack_from(payload, offset)
+            offset += 8
+            try:
+                values[name] = decode_timestamp(stamp)
+            except FieldTableError as exc:
+                problems.append(f"timestamp: {exc}")
     if flags & _CLUSTER_ID:
         _, offset = _str(payload, offset)
     if offset > len(payload):
         raise ValueError("content header runs past the frame")
+    if problems:
+        raise UndecodableProperties(body_size, "; ".join(problems))
     return body_size, Properties(**values)

@@ -12,7 +12,7 @@ from ...errors import ConfigError, HareError
 from ..base import ConnectOptions, TLSOptions
 from ..url import BrokerURL
 
-__all__ = ["heartbeat_seconds", "login_mechanism", "scrub", "tls_context"]
+__all__ = ["heartbeat_seconds", "login_mechanism", "max_body_size", "scrub", "tls_context"]
 
 _MECHANISMS = {"plain": "PLAIN", "amqplain": "AMQPLAIN", "external": "EXTERNAL"}
 
@@ -27,6 +27,23 @@ def heartbeat_seconds(url: BrokerURL, options: ConnectOptions) -> int:
     if not 0 <= value < 65536 or math.isnan(value):
         raise ConfigError(f"heartbeat must be 0 (off) to 65535 seconds, got {value:g}")
     return 0 if value == 0 else max(1, math.ceil(value))
+
+
+def max_body_size(url: BrokerURL, options: ConnectOptions) -> int:
+    """The largest body a delivery may carry, in bytes: the URL's ``max_body_size=`` wins."""
+    raw = url.param("max_body_size")
+    if raw is None:
+        value = options.max_body_size
+    else:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(
+                f"max_body_size={raw[:40]!r} in {url} is not a whole number of bytes"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"max_body_size must be a number of bytes (0 or more), got {value!r}")
+    return value
 
 
 def tls_context(

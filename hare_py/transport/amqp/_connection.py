@@ -11,7 +11,8 @@ Rules this module keeps:
   user's callbacks from the reader, with no task or lock per message.
 - The heartbeat task sends a heartbeat when we have sent nothing for half the
   interval and declares the broker dead after two silent intervals (AMQP
-  0-9-1, 4.2.7).
+  0-9-1, 4.2.7). Only whole frames break a silence: a peer that trickles a
+  frame byte by byte is as dead as a silent one.
 - The close reason is settled once: ours, the broker's ``connection.close``,
   or the network (socket error, end of stream, silent peer, a broken frame).
 - The URL's password reaches the protocol object and nothing else; errors and
@@ -47,7 +48,7 @@ from ..base import (
 from ..url import BrokerURL
 from . import _protocol as p
 from ._channel import AmqpChannel
-from ._common import heartbeat_seconds, login_mechanism, scrub, tls_context
+from ._common import heartbeat_seconds, login_mechanism, max_body_size, scrub, tls_context
 
 __all__ = ["AmqpConnection", "connect"]
 
@@ -177,8 +178,10 @@ class AmqpConnection(TransportConnection):
         try:
             while True:
                 data = await receive(READ_SIZE)
-                self._last_received = now()
-                events = protocol.receive_data(data)
+                frames = protocol.frames_received
+                events = _receive(protocol, data)
+                if protocol.frames_received != frames:
+                    self._last_received = now()
                 if events:
                     self.dispatch(events)
                 if protocol.bytes_to_send:
@@ -188,7 +191,7 @@ class AmqpConnection(TransportConnection):
         except _NETWORK_ERRORS as exc:
             self._lost(CloseReason(0, describe(exc), "network"))
         except p.ProtocolError as exc:
-            log.error("protocol error from the broker", url=self._where, error=str(exc))
+            log.error("amqp.protocol_error", url=self._where, error=str(exc))
             self._broken(f"protocol error: {exc}")
 
     async def _writer(self) -> None:
@@ -263,10 +266,10 @@ class AmqpConnection(TransportConnection):
                 )
             elif isinstance(event, p.ConnectionBlocked):
                 self.blocked = True
-                log.warning("the broker blocked publishing", url=self._where, reason=event.reason)
+                log.warning("amqp.blocked", url=self._where, reason=event.reason)
             elif isinstance(event, p.ConnectionUnblocked):
                 self.blocked = False
-                log.info("the broker unblocked publishing", url=self._where)
+                log.info("amqp.unblocked", url=self._where)
 
     # -- closing ---------------------------------------------------------------
 
@@ -377,6 +380,7 @@ async def connect(url: BrokerURL, options: ConnectOptions) -> AsyncIterator[Amqp
 async def _open(url: BrokerURL, options: ConnectOptions) -> AmqpConnection:
     where = str(url)
     heartbeat = heartbeat_seconds(url, options)
+    body_limit = max_body_size(url, options)
     context, server_hostname = tls_context(url, options)
     mechanism = login_mechanism(url)
     name = options.name or url.param("name")
@@ -399,6 +403,7 @@ async def _open(url: BrokerURL, options: ConnectOptions) -> AmqpConnection:
         heartbeat=heartbeat,
         client_properties=properties,
         mechanism=mechanism,
+        max_body_size=body_limit,
     )
     stream: anyio.abc.ByteStream | None = None
     error: HareError | None = None
@@ -426,7 +431,7 @@ async def _open(url: BrokerURL, options: ConnectOptions) -> AmqpConnection:
         raise scrub(error, cause, url.password)
     assert stream is not None
     connection = AmqpConnection(stream, protocol, where)
-    log.info("connected", url=where, name=name, heartbeat=protocol.heartbeat, backend="anyio")
+    log.info("amqp.connected", url=where, name=name, heartbeat=protocol.heartbeat, backend="anyio")
     return connection
 
 
@@ -466,7 +471,7 @@ async def _handshake(
                     code=ACCESS_REFUSED,
                 ) from None
             raise
-        for event in protocol.receive_data(data):
+        for event in _receive(protocol, data):
             if isinstance(event, p.ConnectionClosed):
                 await _send_pending(stream, protocol)
                 raise _refused(event, where)
@@ -474,6 +479,18 @@ async def _handshake(
                 await _send_pending(stream, protocol)
                 return
         await _send_pending(stream, protocol)
+
+
+def _receive(protocol: p.AMQPClientProtocol, data: bytes) -> list[p.Event]:
+    """``protocol.receive_data``; any failure of it ends the connection as a ProtocolError."""
+    try:
+        return protocol.receive_data(data)
+    except p.ProtocolError:
+        raise
+    except Exception as exc:
+        # A decoder bug must end this connection, not escape into the user's code.
+        log.exception("amqp.decode_failed")
+        raise p.ProtocolError(f"cannot decode the broker's frames ({type(exc).__name__})") from None
 
 
 async def _send_pending(stream: anyio.abc.ByteStream, protocol: p.AMQPClientProtocol) -> None:

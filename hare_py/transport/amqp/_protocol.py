@@ -21,6 +21,15 @@ Rules this module keeps:
   Close/CloseOk are dropped, as AMQP 0-9-1 says.
 - A broken stream or a call the state does not allow raises ``ProtocolError``;
   the backend translates it into a ``hare_py.errors`` exception.
+- Nothing the broker sends is buffered without bound: a frame over the
+  negotiated ``frame_max`` (``HANDSHAKE_FRAME_MAX`` before ``connection.tune``)
+  is refused from its 7-byte header, the negotiated ``frame_max`` is never
+  over ``FRAME_MAX_LIMIT`` (a broker's 0, "no limit", included), and a body
+  announced over ``max_body_size`` is counted and dropped as it streams by.
+- One bad message is not a broken stream: a content header whose values do
+  not decode, or a body over ``max_body_size``, still completes its message,
+  as a ``ContentReceived`` with empty properties and the reason in
+  ``undecodable``, so that the consumer can refuse it alone.
 - The codec is pamqp, except for the frames every RPC makes (publish, deliver,
   content header, body: ``_codec``). Methods are pamqp objects; message
   properties are hare_py ``Properties``.
@@ -30,7 +39,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -39,10 +48,21 @@ from pamqp.base import Frame
 from pamqp.exceptions import UnmarshalingException
 from pamqp.heartbeat import Heartbeat
 
-from ..base import EMPTY_PROPERTIES, Properties
-from ._codec import decode_close, decode_deliver, decode_header, encode_publish
+from ..base import EMPTY_PROPERTIES, Message, Properties
+from ._codec import (
+    UndecodableProperties,
+    decode_close,
+    decode_deliver,
+    decode_header,
+    decode_start,
+    encode_publish,
+)
 
 __all__ = [
+    "DEFAULT_MAX_BODY_SIZE",
+    "FRAME_MAX_LIMIT",
+    "FRAME_MIN_SIZE",
+    "HANDSHAKE_FRAME_MAX",
     "PROTOCOL_HEADER",
     "AMQPClientProtocol",
     "ChannelClosed",
@@ -59,6 +79,7 @@ __all__ = [
     "HeartbeatReceived",
     "MethodReceived",
     "ProtocolError",
+    "UnencodableMessage",
 ]
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
@@ -68,15 +89,81 @@ _REPLY_SUCCESS = 200
 _BODY = constants.FRAME_BODY
 _HEADER = constants.FRAME_HEADER
 _DELIVER = b"\x00\x3c\x00\x3c"  # class 60 (basic), method 60 (deliver)
-# basic.deliver, and the closes, whose reply texts the broker may cut mid-character
-_BY_HAND = (_DELIVER, b"\x00\x14\x00\x28", b"\x00\x0a\x00\x32")
+_START = b"\x00\x0a\x00\x0a"
+# basic.deliver; the closes, whose reply texts the broker may cut mid-character;
+# connection.start, whose table goes through the bounded decoder
+_BY_HAND = (_DELIVER, b"\x00\x14\x00\x28", b"\x00\x0a\x00\x32", _START)
 MECHANISMS = ("PLAIN", "AMQPLAIN", "EXTERNAL")
+
+FRAME_MIN_SIZE = 4096  # AMQP 0-9-1: the least frame_max a peer may ask for
+# Frames before connection.tune: a connection.start is well under 1 KiB in practice.
+HANDSHAKE_FRAME_MAX = 131072
+# The most frame_max this client agrees to, also when the broker offers 0 (no
+# limit); RabbitMQ's default is 128 KiB.
+FRAME_MAX_LIMIT = 1 << 20
+DEFAULT_MAX_BODY_SIZE = 128 << 20  # RabbitMQ's own default max_message_size
+
+# Methods a broker sends a client. Anything else (a queue.declare with a table
+# nested a thousand deep, say) is refused by its method id, before pamqp decodes it.
+_FROM_BROKER = frozenset(
+    method.index
+    for method in (
+        commands.Connection.Start,
+        commands.Connection.Secure,
+        commands.Connection.Tune,
+        commands.Connection.OpenOk,
+        commands.Connection.Close,
+        commands.Connection.CloseOk,
+        commands.Connection.Blocked,
+        commands.Connection.Unblocked,
+        commands.Connection.UpdateSecretOk,
+        commands.Channel.OpenOk,
+        commands.Channel.Flow,
+        commands.Channel.FlowOk,
+        commands.Channel.Close,
+        commands.Channel.CloseOk,
+        commands.Exchange.DeclareOk,
+        commands.Exchange.DeleteOk,
+        commands.Exchange.BindOk,
+        commands.Exchange.UnbindOk,
+        commands.Queue.DeclareOk,
+        commands.Queue.BindOk,
+        commands.Queue.PurgeOk,
+        commands.Queue.DeleteOk,
+        commands.Queue.UnbindOk,
+        commands.Basic.QosOk,
+        commands.Basic.ConsumeOk,
+        commands.Basic.Cancel,
+        commands.Basic.CancelOk,
+        commands.Basic.Return,
+        commands.Basic.Deliver,
+        commands.Basic.GetOk,
+        commands.Basic.GetEmpty,
+        commands.Basic.Ack,
+        commands.Basic.Nack,
+        commands.Basic.RecoverOk,
+        commands.Tx.SelectOk,
+        commands.Tx.CommitOk,
+        commands.Tx.RollbackOk,
+        commands.Confirm.SelectOk,
+    )
+)
+_METHOD_ID = struct.Struct(">I")
 
 ContentMethod: TypeAlias = commands.Basic.Deliver | commands.Basic.Return | commands.Basic.GetOk
 
 
 class ProtocolError(Exception):
     """The byte stream broke AMQP 0-9-1, or a call came in a state that forbids it."""
+
+
+class UnencodableMessage(ValueError):
+    """Message ``index`` of a ``publish_many`` batch cannot be encoded; nothing was queued."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason)
+        self.index = index
+        self.reason = reason
 
 
 class ConnectionState(enum.Enum):
@@ -176,12 +263,19 @@ class MethodReceived:
 
 @dataclass(frozen=True, slots=True)
 class ContentReceived:
-    """A deliver/return/get-ok with its properties and its whole body."""
+    """A deliver/return/get-ok with its properties and its whole body.
+
+    ``undecodable`` says why the message cannot be decoded: its properties are
+    then empty; ``dropped`` counts the body bytes dropped (a body over
+    ``max_body_size``, whose ``body`` is then empty).
+    """
 
     channel: int
     method: ContentMethod
     properties: Properties
     body: bytes
+    undecodable: str | None = None
+    dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +307,8 @@ class _Content:
     properties: Properties | None = None
     chunks: list[bytes] = field(default_factory=list)
     received: int = 0
+    undecodable: str | None = None
+    keep: bool = True  # False: a body over max_body_size, counted and dropped
 
 
 # -- the protocol ---------------------------------------------------------------
@@ -224,7 +320,9 @@ class AMQPClientProtocol:
     The protocol header is queued on construction. ``mechanism`` is the login
     (one of ``MECHANISMS``); ``heartbeat`` is what TuneOk asks for, in whole
     seconds (0 disables); ``frame_max`` and ``channel_max`` (0: no wish) only
-    ever lower what the broker offers.
+    ever lower what the broker offers, and ``frame_max`` never goes over
+    ``FRAME_MAX_LIMIT``. A body announced over ``max_body_size`` bytes is not
+    buffered: its message arrives empty, marked ``undecodable``.
     """
 
     def __init__(
@@ -239,9 +337,11 @@ class AMQPClientProtocol:
         channel_max: int = 0,
         locale: str = "en_US",
         mechanism: str = "PLAIN",
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     ) -> None:
         if mechanism not in MECHANISMS:
             raise ValueError(f"unknown login mechanism {mechanism!r}; use one of {MECHANISMS}")
+        self.max_body_size = max_body_size
         self._mechanism = mechanism
         self._username = username
         self._password = password
@@ -258,6 +358,7 @@ class AMQPClientProtocol:
         self.channel_max = 0
         self.heartbeat = 0
         self.blocked = False
+        self.frames_received = 0  # whole frames: what proves the broker alive
 
         self._channels: dict[int, _ChannelState] = {}
         self._content: dict[int, _Content] = {}
@@ -352,6 +453,34 @@ class AMQPClientProtocol:
         self._outbuf += frames
         self._outsize += sum(map(len, frames))
 
+    def publish_many(
+        self, channel: int, messages: Sequence[Message], mandatory: bool = False
+    ) -> None:
+        """Queue every message of ``messages``, as ``publish`` would one by one.
+
+        All or nothing: every message is encoded first, and one AMQP cannot
+        carry raises ``UnencodableMessage`` (with its index) before anything
+        is queued.
+        """
+        self._require_channel(channel)
+        frames: list[bytes] = []
+        frame_max = self.frame_max
+        for index, message in enumerate(messages):
+            try:
+                frames += encode_publish(
+                    channel,
+                    message.exchange,
+                    message.routing_key,
+                    mandatory,
+                    bytes(message.body),
+                    message.properties,
+                    frame_max,
+                )
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise UnencodableMessage(index, str(exc)) from None
+        self._outbuf += frames
+        self._outsize += sum(map(len, frames))
+
     def close(
         self,
         reply_code: int = _REPLY_SUCCESS,
@@ -405,13 +534,25 @@ class AMQPClientProtocol:
                     break
                 raw = bytes(buf[offset : offset + size])
                 offset += size
+                self.frames_received += 1
                 kind = raw[0]
-                if kind in (_BODY, _HEADER) or raw[7:11] in _BY_HAND:
+                if kind in (_BODY, _HEADER) or (
+                    kind == constants.FRAME_METHOD and raw[7:11] in _BY_HAND
+                ):
                     self._fast_frame(kind, raw, events)
                     continue
+                if kind == constants.FRAME_METHOD:
+                    if size < 12:
+                        raise ProtocolError("malformed frame: a method frame without a method id")
+                    (method_id,) = _METHOD_ID.unpack_from(raw, 7)
+                    if method_id not in _FROM_BROKER:
+                        raise ProtocolError(
+                            f"unexpected method {method_id >> 16}.{method_id & 0xFFFF} "
+                            "from the broker"
+                        )
                 try:
                     _, channel, value = pamqp_frame.unmarshal(raw)
-                except UnmarshalingException as exc:
+                except (UnmarshalingException, ValueError, struct.error, IndexError) as exc:
                     raise ProtocolError(f"malformed frame: {exc}") from None
                 self._handle(channel, value, events)
         finally:
@@ -436,8 +577,10 @@ class AMQPClientProtocol:
         ):
             raise ProtocolError(f"unknown frame type {frame_type}")
         size = payload + _FRAME_OVERHEAD
-        if self.frame_max and size > self.frame_max:
-            raise ProtocolError(f"frame of {size} bytes exceeds frame_max {self.frame_max}")
+        limit = self.frame_max or HANDSHAKE_FRAME_MAX
+        if size > limit:
+            what = "frame_max" if self.frame_max else "the handshake's frame limit"
+            raise ProtocolError(f"frame of {size} bytes exceeds {what} {limit}")
         return size if available >= size else None
 
     def _fast_frame(self, kind: int, raw: bytes, events: list[Event]) -> None:
@@ -451,9 +594,15 @@ class AMQPClientProtocol:
             return
         try:
             if kind == _HEADER:
-                self._handle_content(channel, decode_header(payload), events)
+                try:
+                    header: tuple[int, Properties, str | None] = (*decode_header(payload), None)
+                except UndecodableProperties as exc:
+                    header = (exc.body_size, EMPTY_PROPERTIES, exc.reason)
+                self._handle_content(channel, header, events)
             elif payload[:4] == _DELIVER:
                 self._handle_channel_method(channel, decode_deliver(payload), events)
+            elif payload[:4] == _START:
+                self._handle(channel, decode_start(payload), events)
             else:
                 self._handle(channel, decode_close(payload), events)
         except (ValueError, IndexError, struct.error) as exc:
@@ -554,8 +703,14 @@ class AMQPClientProtocol:
         events.append(ConnectionStarted(self.server_properties, mechanisms, method.locales))
 
     def _on_tune(self, method: commands.Connection.Tune, events: list[Event]) -> None:
+        offered = method.frame_max or 0
+        if offered and offered < FRAME_MIN_SIZE:
+            raise ProtocolError(
+                f"the broker offers frame_max {offered}, under AMQP's minimum of {FRAME_MIN_SIZE}"
+            )
         self.channel_max = _lower(method.channel_max, self._requested_channel_max)
-        self.frame_max = _lower(method.frame_max, self._requested_frame_max)
+        wanted = _lower(self._requested_frame_max, FRAME_MAX_LIMIT)
+        self.frame_max = _lower(offered, wanted)
         self.heartbeat = self._requested_heartbeat
         self._send(0, commands.Connection.TuneOk(self.channel_max, self.frame_max, self.heartbeat))
         self._send(0, commands.Connection.Open(virtual_host=self._virtual_host))
@@ -624,9 +779,12 @@ class AMQPClientProtocol:
             events.append(MethodReceived(channel, method))
 
     def _handle_content(
-        self, channel: int, value: bytes | tuple[int, Properties], events: list[Event]
+        self,
+        channel: int,
+        value: bytes | tuple[int, Properties, str | None],
+        events: list[Event],
     ) -> None:
-        """A body chunk, or a content header's (body size, properties)."""
+        """A body chunk, or a content header's (body size, properties, why undecodable)."""
         state = self._channels.get(channel)
         if self.state is ConnectionState.CLOSING or state in _WINDING_DOWN:
             return
@@ -637,11 +795,19 @@ class AMQPClientProtocol:
         if isinstance(value, tuple):
             if pending.properties is not None:
                 raise ProtocolError(f"a second content header on channel {channel}")
-            pending.body_size, pending.properties = value
+            pending.body_size, pending.properties, pending.undecodable = value
+            if pending.body_size > self.max_body_size:
+                pending.keep = False
+                pending.properties = EMPTY_PROPERTIES
+                pending.undecodable = (
+                    f"a body of {pending.body_size} bytes is over max_body_size "
+                    f"({self.max_body_size} bytes)"
+                )
         else:
             if pending.properties is None:
                 raise ProtocolError(f"content body before its header on channel {channel}")
-            pending.chunks.append(value)
+            if pending.keep:
+                pending.chunks.append(value)
             pending.received += len(value)
         if pending.received > pending.body_size:
             raise ProtocolError(
@@ -652,7 +818,16 @@ class AMQPClientProtocol:
             del self._content[channel]
             chunks = pending.chunks
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            events.append(ContentReceived(channel, pending.method, pending.properties, body))
+            events.append(
+                ContentReceived(
+                    channel,
+                    pending.method,
+                    pending.properties,
+                    body,
+                    pending.undecodable,
+                    0 if pending.keep else pending.received,
+                )
+            )
 
 
 def _lower(offered: int, wanted: int) -> int:
