@@ -403,3 +403,44 @@ def test_connection_start_decodes_and_refuses_deep_server_properties() -> None:
     deep = struct.pack(">HHBB", 10, 10, 0, 9) + nested_wire(1000) + b"\0\0\0\0" * 2
     with pytest.raises(ValueError, match="deeper"):
         decode_start(deep)
+
+
+junk_keys = st.one_of(
+    st.text(max_size=140), st.integers(), st.binary(max_size=4), st.none(), st.booleans()
+)
+junk = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(),
+        st.text(max_size=10),  # lone surrogates included
+        st.binary(max_size=10),
+        st.decimals(),
+        st.datetimes(),
+        st.builds(object),
+        st.frozensets(st.integers(), max_size=2),
+        st.complex_numbers(),
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.tuples(inner, inner)
+        | st.dictionaries(junk_keys, inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(headers=st.dictionaries(junk_keys, junk, max_size=4), stamp=st.none() | st.datetimes())
+def test_encode_header_refuses_anything_with_a_value_error_and_decodes_what_it_takes(
+    headers: dict[Any, Any], stamp: datetime | None
+) -> None:
+    """Whatever the headers hold, encode_header succeeds or raises ValueError itself; what it
+    encodes decodes again."""
+    props = Properties(headers=headers, timestamp=stamp)
+    try:
+        frame = encode_header(1, 0, props)
+    except ValueError:
+        return  # any other exception fails the test
+    assert decode_header(payload_of(frame))[0] == 0
