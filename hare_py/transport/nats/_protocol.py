@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from ...errors import ConfigError, HareError
+from .. import subjects
+from ..subjects import InvalidSubject as InvalidSubject
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -82,12 +84,6 @@ _DEFAULT_MAX_PAYLOAD = 1 << 20  # nats-server's default, when INFO leaves it out
 _MAX_DIGITS = 10  # sizes: a 64 MiB cap needs 8
 _MAX_SID_DIGITS = 19
 
-# A subject token: no whitespace or control characters, no dot, no wildcard.
-_TOKEN = rb"[^\x00-\x20\x7f.*>]+"
-_PUBLISH = re.compile(rb"%s(?:\.%s)*" % (_TOKEN, _TOKEN))
-_SUB_TOKEN = rb"(?:%s|\*)" % _TOKEN
-_SUBSCRIBE = re.compile(rb"%s(?:\.%s)*(?:\.>)?|>" % (_SUB_TOKEN, _SUB_TOKEN))
-_QUEUE = re.compile(rb"[^\x00-\x20\x7f]+")
 _HEADER_KEY = re.compile(rb"[!-9;-~]+")  # printable ASCII but ':'
 _HEADER_VALUE = re.compile(rb"(?:[^\x00-\x20\x7f][^\x00-\x08\x0a-\x1f\x7f]*)?")
 
@@ -127,10 +123,6 @@ class NatsProtocolError(HareError):
     The byte stream cannot be trusted past this point: close the connection
     and connect again.
     """
-
-
-class InvalidSubject(ConfigError):
-    """A subject or queue group that NATS cannot carry; the message says why."""
 
 
 class InvalidHeader(ConfigError):
@@ -335,26 +327,6 @@ class ConnectionState(enum.Enum):
 # -- outgoing checks ------------------------------------------------------------------
 
 
-_SUBSCRIBE_RULE = "non-empty tokens without whitespace; '*' and '>' whole tokens, '>' last"
-_PUBLISH_RULE = "non-empty tokens without whitespace or wildcards"
-
-
-def _encode_subject(
-    subject: str, pattern: re.Pattern[bytes], rule: str, limits: NatsLimits
-) -> bytes:
-    try:
-        raw = subject.encode()
-    except (UnicodeEncodeError, AttributeError):
-        raise InvalidSubject(f"subject {subject!r} is not a valid string") from None
-    if len(raw) > limits.subject_bytes:
-        raise InvalidSubject(f"subject is longer than {limits.subject_bytes} bytes")
-    if raw.count(b".") >= limits.subject_tokens:
-        raise InvalidSubject(f"subject has more than {limits.subject_tokens} tokens")
-    if pattern.fullmatch(raw) is None:
-        raise InvalidSubject(f"subject {subject!r} is not valid here: {rule}")
-    return raw
-
-
 def check_subscribe_subject(subject: str, limits: NatsLimits = DEFAULT_LIMITS) -> bytes:
     """``subject`` encoded, if it may be subscribed to; else ``InvalidSubject``.
 
@@ -362,7 +334,9 @@ def check_subscribe_subject(subject: str, limits: NatsLimits = DEFAULT_LIMITS) -
     ``*`` matches one token and ``>`` the rest, each only as a whole token,
     ``>`` only last.
     """
-    return _encode_subject(subject, _SUBSCRIBE, _SUBSCRIBE_RULE, limits)
+    return subjects.check_subscribe_subject(
+        subject, max_bytes=limits.subject_bytes, max_tokens=limits.subject_tokens
+    )
 
 
 def check_publish_subject(subject: str, limits: NatsLimits = DEFAULT_LIMITS) -> bytes:
@@ -370,7 +344,9 @@ def check_publish_subject(subject: str, limits: NatsLimits = DEFAULT_LIMITS) -> 
 
     As ``check_subscribe_subject``, and no ``*`` or ``>`` anywhere.
     """
-    return _encode_subject(subject, _PUBLISH, _PUBLISH_RULE, limits)
+    return subjects.check_publish_subject(
+        subject, max_bytes=limits.subject_bytes, max_tokens=limits.subject_tokens
+    )
 
 
 def _encode_headers(
@@ -570,13 +546,7 @@ class NatsClientProtocol:
         self._require_info("subscribe")
         head = check_subscribe_subject(subject, self.limits)
         if queue is not None:
-            try:
-                group = queue.encode()
-            except (UnicodeEncodeError, AttributeError):
-                raise InvalidSubject(f"queue group {queue!r} is not a valid string") from None
-            if len(group) > self.limits.subject_bytes or _QUEUE.fullmatch(group) is None:
-                raise InvalidSubject(f"queue group {queue!r}: non-empty, without whitespace")
-            head += b" " + group
+            head += b" " + subjects.check_queue_group(queue, max_bytes=self.limits.subject_bytes)
         sid = self._next_sid
         self._next_sid += 1
         self._queue(b"SUB %s %d\r\n" % (head, sid))
