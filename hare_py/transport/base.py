@@ -246,6 +246,19 @@ class Session(ABC):
     async def settle(self, delivery: Delivery, outcome: Outcome) -> None:
         """Settle a received message; a no-op where the protocol has no acks."""
 
+    @property
+    def draining(self) -> bool:
+        """True once the server under this open session is going away (NATS lame
+        duck mode): its connection takes no new sessions, and the supervised
+        ``Connection`` is connecting elsewhere. The session still sends and
+        receives: send new work through a session on the new connection, let
+        the answers to what went out here arrive, then close this one."""
+        return False
+
+    async def wait_draining(self) -> None:
+        """Return once the session is draining or closed; never raises."""
+        await self.wait_closed()
+
 
 class Channel(Session):
     """An open AMQP 0-9-1 channel. Use from the event loop that opened it."""
@@ -461,6 +474,13 @@ class TransportConnection(ABC):
     @property
     def is_open(self) -> bool:
         return self.close_reason is None
+
+    @property
+    def discovered_urls(self) -> tuple[BrokerURL, ...]:
+        """Other servers of the broker's cluster, as this connection learned them
+        (NATS INFO ``connect_urls``), with this URL's credentials and parameters;
+        the supervised ``Connection`` adds the ones it does not know to its list."""
+        return ()
 
     async def open_session(self, *, on_return: OnReturn | None = None) -> Session:
         """Open a session of this connection's protocol; ``on_return`` receives the

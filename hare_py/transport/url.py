@@ -1,15 +1,30 @@
-"""Broker URLs, parsed once and never printed with their password."""
+"""Broker URLs, parsed once and never printed with their password or token.
+
+AMQP URLs default to guest/guest. NATS URLs (``nats://``, ``tls://``) have no
+default credentials: ``nats://user:pass@host``, or a token as
+``nats://token@host`` or ``?token=``; the token is kept apart from the query
+so that no rendering of the URL shows it.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from ..errors import ConfigError
 
-__all__ = ["KNOWN_SCHEMES", "BrokerURL", "parse_url"]
+__all__ = ["KNOWN_SCHEMES", "NATS_SCHEMES", "BrokerURL", "parse_url"]
 
-KNOWN_SCHEMES: dict[str, int] = {"amqp": 5672, "amqps": 5671, "sandbox": 0}
+KNOWN_SCHEMES: dict[str, int] = {
+    "amqp": 5672,
+    "amqps": 5671,
+    "sandbox": 0,
+    "nats": 4222,
+    "tls": 4222,
+}
+#: Schemes whose URLs carry no default credentials and may carry a token.
+NATS_SCHEMES = frozenset({"nats", "tls"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +38,7 @@ class BrokerURL:
     password: str = field(repr=False)
     vhost: str
     query: tuple[tuple[str, str], ...] = ()
+    token: str = field(default="", repr=False)  # NATS only
 
     def param(self, name: str, default: str | None = None) -> str | None:
         """The query parameter ``name`` (last one wins)."""
@@ -34,13 +50,15 @@ class BrokerURL:
 
     def with_secret(self) -> str:
         """The full URL, password included: for handing to a client library only."""
-        return self._render(quote(self.password, safe=""))
+        return self._render(quote(self.password, safe=""), quote(self.token, safe=""))
 
-    def _render(self, password: str) -> str:
+    def _render(self, password: str, token: str) -> str:
         if self.scheme == "sandbox":
             return f"sandbox://{self.host}"
         auth = ""
-        if self.username or password:
+        if token:
+            auth = token + "@"
+        elif self.username or password:
             auth = quote(self.username, safe="")
             if password:
                 auth += ":" + password
@@ -52,14 +70,15 @@ class BrokerURL:
         )
 
     def __str__(self) -> str:
-        return self._render("***" if self.password else "")
+        return self._render("***" if self.password else "", "***" if self.token else "")
 
     def __repr__(self) -> str:
         return f"BrokerURL({str(self)!r})"
 
 
 def parse_url(url: str | BrokerURL) -> BrokerURL:
-    """Parse ``amqp://``, ``amqps://`` or ``sandbox://`` URLs; ``ConfigError`` otherwise."""
+    """Parse ``amqp://``, ``amqps://``, ``nats://``, ``tls://`` or ``sandbox://`` URLs;
+    ``ConfigError`` otherwise."""
     if isinstance(url, BrokerURL):
         return url
     if not isinstance(url, str):
@@ -90,6 +109,9 @@ def parse_url(url: str | BrokerURL) -> BrokerURL:
         raise ConfigError(f"broker URL {_redact(url)!r} has no host")
     path = parts.path
     vhost = unquote(path[1:]) if len(path) > 1 else "/"
+    query = tuple(parse_qsl(parts.query, keep_blank_values=True))
+    if scheme in NATS_SCHEMES:
+        return _nats_url(url, scheme, parts.hostname, port or KNOWN_SCHEMES[scheme], parts, query)
     return BrokerURL(
         scheme=scheme,
         host=parts.hostname,
@@ -97,8 +119,33 @@ def parse_url(url: str | BrokerURL) -> BrokerURL:
         username=unquote(parts.username) if parts.username is not None else "guest",
         password=unquote(parts.password) if parts.password is not None else "guest",
         vhost=vhost,
-        query=tuple(parse_qsl(parts.query, keep_blank_values=True)),
+        query=query,
     )
+
+
+def _nats_url(
+    url: str,
+    scheme: str,
+    host: str,
+    port: int,
+    parts: SplitResult,
+    query: tuple[tuple[str, str], ...],
+) -> BrokerURL:
+    """A NATS URL: ``user:pass@`` is a login, a lone ``user@`` or ``?token=`` a token."""
+    username = unquote(parts.username) if parts.username is not None else ""
+    password = unquote(parts.password) if parts.password is not None else ""
+    token = ""
+    if parts.username is not None and parts.password is None:
+        token, username = username, ""
+    tokens = [value for key, value in query if key == "token"]
+    if tokens:
+        if token or username:
+            raise ConfigError(
+                f"broker URL {_redact(url)!r} has a token and credentials: give one of them"
+            )
+        token = tokens[-1]
+        query = tuple((key, value) for key, value in query if key != "token")
+    return BrokerURL(scheme, host, port, username, password, "/", query, token)
 
 
 _ENCODE_HINT = " (percent-encode any of : / ? # [ ] @ in the user name or password)"
@@ -128,9 +175,14 @@ def _check_userinfo(url: str) -> None:
         )
 
 
+_TOKEN_PARAM = re.compile(r"(?i)([?&;]token=)[^&;#]*")
+
+
 def _redact(url: str) -> str:
-    """Hide the password of a URL that may not parse: everything between the
-    scheme and the last ``@`` is credentials, whatever characters it holds."""
+    """Hide the password or token of a URL that may not parse: everything between
+    the scheme and the last ``@`` is credentials, whatever characters it holds,
+    and so is the value of a ``token=`` parameter."""
+    url = _TOKEN_PARAM.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "(not a URL)" if "@" in url else url
@@ -139,5 +191,7 @@ def _redact(url: str) -> str:
         return url
     user, colon, _ = auth.partition(":")
     if any(c in user for c in "/?#"):  # not a user name: part of a mangled password
+        return f"{scheme}://***@{host}"
+    if not colon and scheme.lower() in NATS_SCHEMES:  # a lone user is a NATS token
         return f"{scheme}://***@{host}"
     return f"{scheme}://{user}:***@{host}" if colon else f"{scheme}://{user}@{host}"
