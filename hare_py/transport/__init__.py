@@ -45,6 +45,7 @@ __all__ = [
 _SANDBOX = "hare_py.transport.sandbox:SandboxBackend"
 _AIORMQ = "hare_py.transport.aiormq_backend:AiormqBackend"
 _ANYIO_AMQP = "hare_py.transport.amqp:AnyioAmqpBackend"
+_NATS = "hare_py.transport.nats:NatsBackend"
 # The URL's ``backend=`` for amqp:// and amqps://
 _AMQP_BACKENDS = {"aiormq": _AIORMQ, "anyio": _ANYIO_AMQP}
 _instances: dict[str, Backend] = {}
@@ -60,6 +61,8 @@ def backend_for(url: BrokerURL) -> Backend:
         target = _SANDBOX
     elif url.scheme in ("amqp", "amqps"):
         target = _amqp_backend(url)
+    elif url.scheme in ("nats", "tls"):
+        target = _NATS
     else:  # parse_url already rejects unknown schemes
         raise ConfigError(f"no backend for URL scheme {url.scheme!r}")
     backend = _instances.get(target)
