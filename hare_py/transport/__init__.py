@@ -46,6 +46,7 @@ _SANDBOX = "hare_py.transport.sandbox:SandboxBackend"
 _AIORMQ = "hare_py.transport.aiormq_backend:AiormqBackend"
 _ANYIO_AMQP = "hare_py.transport.amqp:AnyioAmqpBackend"
 _NATS = "hare_py.transport.nats:NatsBackend"
+_SANDBOX_NATS = "hare_py.transport.sandbox_nats:SandboxNatsBackend"
 # The URL's ``backend=`` for amqp:// and amqps://
 _AMQP_BACKENDS = {"aiormq": _AIORMQ, "anyio": _ANYIO_AMQP}
 _instances: dict[str, Backend] = {}
@@ -63,6 +64,8 @@ def backend_for(url: BrokerURL) -> Backend:
         target = _amqp_backend(url)
     elif url.scheme in ("nats", "tls"):
         target = _NATS
+    elif url.scheme == "sandbox+nats":
+        target = _SANDBOX_NATS
     else:  # parse_url already rejects unknown schemes
         raise ConfigError(f"no backend for URL scheme {url.scheme!r}")
     backend = _instances.get(target)

@@ -14,7 +14,7 @@ from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from ..errors import ConfigError
 
-__all__ = ["KNOWN_SCHEMES", "NATS_SCHEMES", "BrokerURL", "parse_url"]
+__all__ = ["KNOWN_SCHEMES", "NATS_SCHEMES", "SANDBOX_SCHEMES", "BrokerURL", "parse_url"]
 
 KNOWN_SCHEMES: dict[str, int] = {
     "amqp": 5672,
@@ -22,7 +22,10 @@ KNOWN_SCHEMES: dict[str, int] = {
     "sandbox": 0,
     "nats": 4222,
     "tls": 4222,
+    "sandbox+nats": 0,
 }
+#: In-memory brokers, reached by name: ``sandbox://NAME`` (AMQP 0-9-1), ``sandbox+nats://NAME``.
+SANDBOX_SCHEMES = frozenset({"sandbox", "sandbox+nats"})
 #: Schemes whose URLs carry no default credentials and may carry a token.
 NATS_SCHEMES = frozenset({"nats", "tls"})
 
@@ -53,8 +56,8 @@ class BrokerURL:
         return self._render(quote(self.password, safe=""), quote(self.token, safe=""))
 
     def _render(self, password: str, token: str) -> str:
-        if self.scheme == "sandbox":
-            return f"sandbox://{self.host}"
+        if self.scheme in SANDBOX_SCHEMES:
+            return f"{self.scheme}://{self.host}"
         auth = ""
         if token:
             auth = token + "@"
@@ -77,8 +80,8 @@ class BrokerURL:
 
 
 def parse_url(url: str | BrokerURL) -> BrokerURL:
-    """Parse ``amqp://``, ``amqps://``, ``nats://``, ``tls://`` or ``sandbox://`` URLs;
-    ``ConfigError`` otherwise."""
+    """Parse ``amqp://``, ``amqps://``, ``nats://``, ``tls://``, ``sandbox://`` or
+    ``sandbox+nats://`` URLs; ``ConfigError`` otherwise."""
     if isinstance(url, BrokerURL):
         return url
     if not isinstance(url, str):
@@ -100,11 +103,11 @@ def parse_url(url: str | BrokerURL) -> BrokerURL:
             f"unknown URL scheme {scheme + '://' if scheme else '(none)'!r} in "
             f"{_redact(url)!r}; expected one of {known}"
         )
-    if scheme == "sandbox":
+    if scheme in SANDBOX_SCHEMES:
         name = (parts.netloc or parts.path.lstrip("/")).strip()
         if not name:
-            raise ConfigError(f"sandbox URL {url!r} needs a broker name: sandbox://NAME")
-        return BrokerURL("sandbox", name, 0, "", "", "/")
+            raise ConfigError(f"{scheme} URL {url!r} needs a broker name: {scheme}://NAME")
+        return BrokerURL(scheme, name, 0, "", "", "/")
     if not parts.hostname:
         raise ConfigError(f"broker URL {_redact(url)!r} has no host")
     path = parts.path

@@ -1,0 +1,328 @@
+"""``SandboxNatsBroker``: a named in-memory NATS server with a backdoor for tests.
+
+Brokers register themselves in a process-wide registry, apart from the AMQP
+sandbox's, so that a ``sandbox+nats://NAME`` URL reaches them. Backdoor
+methods are synchronous; their effects reach connections asynchronously, as
+a real server's would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal
+
+from ...errors import ConfigError, ConnectFailed
+from ..base import CloseReason
+from ._faults import Fault, FaultAction
+from ._model import DEFAULT_MAX_PAYLOAD, NatsModel
+from ._state import Event, Headers
+from ._views import ConnectionInfo, Op, SandboxNatsMessage, SessionInfo, SubscriptionInfo
+
+__all__ = ["SandboxNatsBroker", "lookup_broker"]
+
+_registry: dict[str, SandboxNatsBroker] = {}
+_names = itertools.count(1)
+
+KILL_TEXT = "connection closed by the sandbox backdoor"
+DOWN_TEXT = "the server shut down"
+Script = Exception | None
+Match = Callable[[SandboxNatsMessage], bool]
+
+
+def lookup_broker(name: str) -> SandboxNatsBroker:
+    """The registered broker called ``name``; ``ConnectFailed`` if there is none."""
+    broker = _registry.get(name)
+    if broker is None:
+        known = ", ".join(sorted(_registry)) or "none"
+        raise ConnectFailed(
+            f"no sandbox NATS broker named {name!r} (registered: {known}); create one with "
+            "hare_py.testing.SandboxNatsBroker() and connect to its .url"
+        )
+    return broker
+
+
+class SandboxNatsBroker:
+    """An in-memory NATS server reachable at ``sandbox+nats://NAME``.
+
+    It serves what nats-server 2.9 serves a core NATS client: subjects with
+    ``*`` and ``>``, queue groups, no-responders statuses, ``max_payload``
+    (1 MiB unless given). Use it as a context manager (or call ``close()``)
+    to unregister it.
+    """
+
+    def __init__(self, name: str | None = None, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        if name is None:
+            name = f"nats-{next(_names)}-{secrets.token_hex(3)}"
+        if name in _registry:
+            raise ConfigError(f"a sandbox NATS broker named {name!r} is already registered")
+        if max_payload < 1:
+            raise ConfigError(f"max_payload must be at least 1 byte, got {max_payload}")
+        self.name = name
+        self._model = NatsModel(self._route_event, max_payload)
+        self._sinks: dict[int, Callable[[Event], None]] = {}
+        self._connect_script: deque[Script] = deque()
+        self._down = False
+        _registry[name] = self
+
+    def __repr__(self) -> str:
+        return f"SandboxNatsBroker({self.name!r})"
+
+    @property
+    def url(self) -> str:
+        """The URL that reaches this broker: ``sandbox+nats://NAME``."""
+        return f"sandbox+nats://{self.name}"
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message (headers and body) it takes, as its INFO would say."""
+        return self._model.max_payload
+
+    def close(self) -> None:
+        """Unregister the broker and close its connections."""
+        self.kill_all_connections(text="the sandbox NATS broker was closed")
+        if _registry.get(self.name) is self:
+            del _registry[self.name]
+
+    def __enter__(self) -> SandboxNatsBroker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- used by the backend -----------------------------------------------------
+
+    @property
+    def model(self) -> NatsModel:
+        return self._model
+
+    def _route_event(self, connection: int, event: Event) -> None:
+        sink = self._sinks.get(connection)
+        if sink is not None:
+            sink(event)
+
+    def accept_connection(self, name: str | None, sink: Callable[[Event], None]) -> int:
+        """Open a connection for the backend, or raise ``ConnectFailed`` (or the script's)."""
+        failure = self._connect_script.popleft() if self._connect_script else None
+        if failure is None and self._down:
+            failure = ConnectFailed(f"sandbox NATS broker {self.name!r} is down: refused")
+        if failure is not None:
+            self._model.record(Op("connect", None, None, {"name": name}, failure))
+            raise failure
+        connection = self._model.open_connection(name)
+        self._sinks[connection] = sink
+        return connection
+
+    def detach(self, connection: int) -> None:
+        """Stop routing events to a connection that has gone."""
+        self._sinks.pop(connection, None)
+
+    # -- history -----------------------------------------------------------------
+
+    @property
+    def history(self) -> list[Op]:
+        """Every recorded operation, oldest first."""
+        return list(self._model.history)
+
+    def ops(self, name: str | None = None, **args: Any) -> list[Op]:
+        """Recorded operations named ``name`` whose arguments include ``args``."""
+        return [
+            op
+            for op in self._model.history
+            if (name is None or op.name == name)
+            and all(k in op.args and op.args[k] == v for k, v in args.items())
+        ]
+
+    def clear_history(self) -> None:
+        """Forget the recorded operations."""
+        self._model.history.clear()
+
+    # -- introspection -------------------------------------------------------------
+
+    @property
+    def connections(self) -> dict[int, ConnectionInfo]:
+        """Open connections by id."""
+        return self._model.connection_infos()
+
+    @property
+    def sessions(self) -> dict[int, SessionInfo]:
+        """Open sessions by id."""
+        return self._model.session_infos()
+
+    @property
+    def subscriptions(self) -> list[SubscriptionInfo]:
+        """Every subscription, by connection and then in SUB order."""
+        return self._model.subscription_infos()
+
+    def subscribers(self, subject: str) -> list[SubscriptionInfo]:
+        """The subscriptions whose subject matches ``subject`` (queue members included)."""
+        return self._model.subscription_infos(subject)
+
+    # -- messages from outside ---------------------------------------------------------
+
+    def publish(
+        self,
+        subject: str,
+        body: bytes = b"",
+        *,
+        reply: str | None = None,
+        headers: Mapping[str, str | Sequence[str]] | None = None,
+    ) -> int:
+        """Publish as a peer outside any connection would; returns how many subscriptions
+        it reached. The server's rules apply, not the client's: a ``*`` or ``>`` in
+        ``subject`` reaches only wildcard subscriptions, an empty token reaches nobody.
+        """
+        pairs: Headers | None = None
+        if headers is not None:
+            pairs = tuple(
+                (key, item)
+                for key, value in headers.items()
+                for item in ((value,) if isinstance(value, str) else value)
+            )
+        delivered = self._model.publish(None, subject, bytes(body), reply=reply, headers=pairs)
+        assert delivered is not None
+        return delivered
+
+    # -- scripted results ---------------------------------------------------------------
+
+    def script_connect(self, *results: Script) -> None:
+        """Queue results for the next connects: an exception to raise, or None to succeed."""
+        self._connect_script.extend(results)
+
+    # -- outages, kills and stalls ----------------------------------------------------------
+
+    @property
+    def is_up(self) -> bool:
+        """False between ``down()`` and ``up()``."""
+        return not self._down
+
+    def down(self, *, text: str = DOWN_TEXT, by: Literal["broker", "network"] = "network") -> None:
+        """Stop the server: close every connection, refuse connects until ``up()``.
+
+        nats-server says nothing when it stops (the sockets just close), hence
+        ``by="network"``.
+        """
+        self._down = True
+        self._model.record(Op("down", args={"text": text, "by": by}))
+        self.kill_all_connections(text=text, by=by)
+        self._model.restart()
+
+    def up(self) -> None:
+        """Start the server again after ``down()``."""
+        self._down = False
+        self._model.record(Op("up"))
+
+    def _connection(self, connection_id: int) -> None:
+        info = self._model.connections.get(connection_id)
+        if info is None or info.reason is not None:
+            raise ConfigError(f"no open connection {connection_id} on {self!r}")
+
+    def kill_connection(
+        self,
+        connection_id: int,
+        text: str = KILL_TEXT,
+        *,
+        by: Literal["broker", "network"] = "broker",
+    ) -> None:
+        """Close a connection from the server side: every session on it closes.
+
+        ``by="broker"`` is a closing ``-ERR`` with ``text``; ``by="network"``, as if
+        the socket died.
+        """
+        self._connection(connection_id)
+        self._model.record(Op("kill_connection", connection_id, None, {"text": text, "by": by}))
+        self._model.close_connection(connection_id, CloseReason(0, text, by))
+
+    def kill_all_connections(
+        self, text: str = KILL_TEXT, *, by: Literal["broker", "network"] = "broker"
+    ) -> None:
+        """Close every open connection from the server side."""
+        for connection_id in list(self._model.connection_infos()):
+            self.kill_connection(connection_id, text, by=by)
+
+    def stall(self, connection_id: int) -> None:
+        """Stop all traffic to and from a connection, silently, until ``resume``.
+
+        Publishes, subscriptions and PINGs wait; so do messages for it. Only the
+        client's own PINGs can notice (a ``flush`` times out; with a heartbeat the
+        connection is declared dead after two PINGs without a PONG).
+        """
+        self._connection(connection_id)
+        self._model.stall(connection_id)
+
+    def resume(self, connection_id: int) -> None:
+        """Let a stalled connection's traffic flow again, in the order it was held."""
+        self._connection(connection_id)
+        self._model.resume(connection_id)
+
+    def is_stalled(self, connection_id: int) -> bool:
+        """Whether ``connection_id`` is stalled right now."""
+        self._connection(connection_id)
+        return self._model.connections[connection_id].stalled
+
+    # -- delivery faults ---------------------------------------------------------------------
+
+    def _fault(
+        self,
+        action: FaultAction,
+        subject: str | None,
+        match: Match | None,
+        times: int | None,
+        connection: int | None,
+        delay: float = 0.0,
+    ) -> Fault:
+        if times is not None and times < 1:
+            raise ConfigError(f"times must be at least 1 (or None for always), got {times}")
+        fault = Fault(action, subject, match, times, delay, connection)
+        return self._model.faults.add(fault)
+
+    def drop(
+        self,
+        subject: str | None = None,
+        *,
+        match: Match | None = None,
+        times: int | None = None,
+        connection: int | None = None,
+    ) -> Fault:
+        """Lose matching deliveries (``times`` of them, or until ``fault.remove()``).
+
+        ``subject`` may hold wildcards; ``connection`` limits it to deliveries to
+        that connection. A request whose only delivery is dropped gets no 503: the
+        server did route it.
+        """
+        return self._fault("drop", subject, match, times, connection)
+
+    def delay(
+        self,
+        seconds: float,
+        subject: str | None = None,
+        *,
+        match: Match | None = None,
+        times: int | None = None,
+        connection: int | None = None,
+    ) -> Fault:
+        """Deliver matching messages ``seconds`` late; other deliveries overtake them."""
+        if seconds < 0:
+            raise ConfigError(f"delay must not be negative, got {seconds}")
+        return self._fault("delay", subject, match, times, connection, seconds)
+
+    @property
+    def faults(self) -> list[Fault]:
+        """The active delivery faults."""
+        return list(self._model.faults)
+
+    def clear_faults(self, faults: Iterable[Fault] | None = None) -> None:
+        """Remove the given faults, or all of them."""
+        if faults is None:
+            self._model.faults.clear()
+        else:
+            for fault in faults:
+                fault.remove()
