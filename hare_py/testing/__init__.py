@@ -1,6 +1,7 @@
-"""Test helpers: ``SandboxBroker``, an in-memory broker with a backdoor, and ``break_channel``.
+"""Test helpers: in-memory brokers with a backdoor, and ``break_channel``.
 
-Example::
+``SandboxBroker`` serves AMQP 0-9-1 at ``sandbox://NAME``; ``SandboxNatsBroker``
+serves NATS at ``sandbox+nats://NAME``. Example::
 
     with SandboxBroker() as broker:
         async with Connection(broker.url) as conn:
@@ -8,7 +9,7 @@ Example::
         broker.ops("basic_publish")          # what was done
         broker.kill_connection(1)            # what goes wrong next
 
-Every backdoor method is described in ``docs/testing.md`` and on ``SandboxBroker``.
+Every backdoor method is described in ``docs/testing.md`` and on the brokers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..transport.sandbox import (
     SandboxBroker,
     SandboxMessage,
 )
+from ..transport.sandbox_nats import SandboxNatsBroker, SandboxNatsMessage
 from .faults import break_channel
 
 __all__ = [
@@ -38,5 +40,7 @@ __all__ = [
     "QueueDetails",
     "SandboxBroker",
     "SandboxMessage",
+    "SandboxNatsBroker",
+    "SandboxNatsMessage",
     "break_channel",
 ]
