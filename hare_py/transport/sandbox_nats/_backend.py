@@ -15,9 +15,12 @@ Rules this module keeps:
   UNSUB (the PONG to a PING sent after it), so a message routed before it is
   delivered, not lost. A closed session gets nothing more.
 - A failing callback is logged and the connection goes on.
-- With a heartbeat, the connection PINGs on that interval and declares the
-  server dead after two PINGs without a PONG (``by="network"``), as the NATS
-  driver does.
+- As the NATS driver does: with a heartbeat, the connection PINGs on that
+  interval and declares the server dead after two PINGs without a PONG
+  (``by="network"``); the close reason is settled once, and every session
+  then closes by ``"connection"``; lame duck mode settles the reason at once
+  (so that a supervised ``Connection`` connects elsewhere) but keeps the
+  wire up while the sessions drain, and ``close()`` waits for them.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from ..base import (
 from ..subjects import check_queue_group, check_subscribe_subject
 from ..url import BrokerURL
 from ._broker import SandboxNatsBroker, lookup_broker
-from ._state import ConnectionClosed, Event, Msg, NoResponders, Pong
+from ._state import ConnectionClosed, Event, LameDuck, Msg, NoResponders, Pong
 from ._wire import encode_batch, headers_mapping
 
 __all__ = ["SandboxNatsBackend", "SandboxNatsConnection", "SandboxNatsSession"]
@@ -64,7 +67,9 @@ __all__ = ["SandboxNatsBackend", "SandboxNatsConnection", "SandboxNatsSession"]
 log = get_logger("hare_py.transport.sandbox_nats")
 
 CLIENT_CLOSE = CloseReason(0, "closed by the client", "client")
+LAME_DUCK_TEXT = "lame duck mode"
 MAX_OUTSTANDING_PINGS = 2
+DRAIN_TIMEOUT = 30.0  # seconds a closing connection in lame duck mode waits for its sessions
 
 
 @dataclass(eq=False)
@@ -112,14 +117,22 @@ async def _connect(url: BrokerURL, options: ConnectOptions) -> AsyncIterator[Tra
             except BaseException as exc:
                 body_error = exc
             finally:
-                conn._shutdown()
-                tg.cancel_scope.cancel()
+                try:
+                    await conn.close()
+                finally:
+                    conn.broker.detach(conn.id)
+                    tg.cancel_scope.cancel()
     if body_error is not None:
         raise body_error
 
 
 class SandboxNatsConnection(TransportConnection):
-    """A connection to a ``SandboxNatsBroker``; ``id`` is the broker's connection id."""
+    """A connection to a ``SandboxNatsBroker``; ``id`` is the broker's connection id.
+
+    Its close reason is settled once (ours, the server's, lame duck mode or
+    the network); the wire under it may outlive it in lame duck mode, while
+    its sessions drain.
+    """
 
     wire_protocol: ClassVar[str] = NATS
 
@@ -128,8 +141,11 @@ class SandboxNatsConnection(TransportConnection):
         self._model = broker.model
         self._tg = tg
         self._reason: CloseReason | None = None
+        self._wire_reason: CloseReason | None = None
+        self._lame_duck = False
         self._closed = anyio.Event()
         self._sessions: dict[int, SandboxNatsSession] = {}
+        self._sessions_changed = anyio.Event()
         self._subs: dict[int, _Sub] = {}
         self._next_sid = 1
         self._pings: deque[_Ping] = deque()
@@ -151,11 +167,16 @@ class SandboxNatsConnection(TransportConnection):
     def close_reason(self) -> CloseReason | None:
         return self._reason
 
+    @property
+    def lame_duck(self) -> bool:
+        """True once the server said it is going away (its sessions are draining)."""
+        return self._lame_duck
+
     # -- events from the server ---------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, ConnectionClosed):
-            self._mark_closed(event.reason)
+            self._lost(event.reason)
         with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             self._send.send_nowait(event)
 
@@ -176,6 +197,14 @@ class SandboxNatsConnection(TransportConnection):
                 if ping.then is not None:
                     ping.then()
             return
+        if isinstance(event, LameDuck):
+            if not self._lame_duck:
+                self._lame_duck = True
+                log.warning("sandbox_nats.lame_duck", connection=self.id)
+                self._settle(CloseReason(0, LAME_DUCK_TEXT, "broker"))
+                for session in list(self._sessions.values()):
+                    session._draining.set()
+            return
         assert isinstance(event, Msg | NoResponders)
         sub = self._subs.get(event.sid)
         if sub is None:
@@ -190,28 +219,35 @@ class SandboxNatsConnection(TransportConnection):
         if self._subs.get(event.sid) is sub:
             sub.session._receive(sub, event)
 
-    def _mark_closed(self, reason: CloseReason) -> None:
-        if self._reason is not None:
+    def _settle(self, reason: CloseReason) -> None:
+        if self._reason is None:
+            self._reason = reason
+            self._closed.set()
+
+    def _lost(self, reason: CloseReason) -> None:
+        """The wire is done: settle, and close every session by "connection"."""
+        self._settle(reason)
+        if self._wire_reason is not None:
             return
-        self._reason = reason
-        self._closed.set()
-        lost = CloseReason(reason.code, reason.text, "connection")
+        self._wire_reason = reason
+        assert self._reason is not None
+        cause = reason if self._lame_duck else self._reason
         for session in list(self._sessions.values()):
-            session._mark_closed(lost)
+            session._mark_closed(CloseReason(cause.code, cause.text, "connection"))
+        self._sessions.clear()
+        self._sessions_changed.set()
         self._subs.clear()
         for ping in self._pings:
             ping.event.set()
         self._pings.clear()
 
-    def _shutdown(self) -> None:
-        """Close in the model (if still open) when the ``async with`` block ends."""
-        self._mark_closed(self._model.close_connection(self.id, CLIENT_CLOSE))
-        self._broker.detach(self.id)
-
     # -- for sessions -------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        reason = self._reason
+    def _check_wire(self) -> None:
+        """``ConnectionLost`` unless the wire is up (it is while draining)."""
+        reason = self._wire_reason
+        if reason is None and not self._lame_duck:
+            reason = self._reason
         if reason is not None:
             raise ConnectionLost(f"the NATS connection is closed: {reason}", code=reason.code)
 
@@ -238,37 +274,49 @@ class SandboxNatsConnection(TransportConnection):
 
         self._ping(forget)
 
-    def _forget_now(self, sids: Sequence[int], session: int) -> None:
+    def _remove_session(self, session: SandboxNatsSession, sids: Sequence[int]) -> None:
         for sid in sids:
             self._subs.pop(sid, None)
-            if self._reason is None:
-                self._model.unsubscribe(self.id, sid, session=session)
+            if self._wire_reason is None:
+                self._model.unsubscribe(self.id, sid, session=session.id)
+        self._sessions.pop(session.id, None)
+        self._sessions_changed.set()
 
     async def _flush(self, timeout: float, session: int) -> None:
         ping = self._ping(session=session)
         with anyio.move_on_after(timeout):
             await ping.event.wait()
         if not ping.answered:
-            self._check_open()
-            raise ConnectionLost(f"the NATS server did not answer a PING within {timeout:g} s")
+            self._check_wire()
+            raise ConnectionLost(f"{self._broker.url} did not answer a PING within {timeout:g} s")
 
     async def _heartbeat(self, interval: float) -> None:
-        while self._reason is None:
+        while self._wire_reason is None:
             await anyio.sleep(interval)
-            if self._reason is not None:
+            if self._wire_reason is not None:
                 return
             if self._unanswered >= MAX_OUTSTANDING_PINGS:
-                text = f"stale connection: {self._unanswered} PINGs without a PONG"
+                text = (
+                    f"no PONG to {self._unanswered} PINGs {interval:g} s apart: "
+                    "the server went silent"
+                )
                 self._model.close_connection(self.id, CloseReason(0, text, "network"))
                 return
             self._unanswered += 1
             self._ping()
 
+    async def _drained(self) -> None:
+        while self._sessions and self._wire_reason is None:
+            self._sessions_changed = anyio.Event()
+            await self._sessions_changed.wait()
+
     # -- the transport protocol -------------------------------------------------------------
 
     async def open_session(self, *, on_return: OnReturn | None = None) -> Session:
         await anyio.lowlevel.checkpoint()
-        self._check_open()
+        reason = self._reason
+        if reason is not None:
+            raise ConnectionLost(f"the NATS connection is closed: {reason}", code=reason.code)
         session = SandboxNatsSession(self, self._model.open_session(self.id), on_return)
         self._sessions[session.id] = session
         return session
@@ -279,7 +327,14 @@ class SandboxNatsConnection(TransportConnection):
         return self._reason
 
     async def close(self) -> None:
-        self._mark_closed(self._model.close_connection(self.id, CLIENT_CLOSE))
+        """Close; in lame duck mode, first wait (up to 30 s) for the sessions to close."""
+        try:
+            if self._lame_duck and self._wire_reason is None:
+                with anyio.move_on_after(DRAIN_TIMEOUT):
+                    await self._drained()
+        finally:
+            self._settle(CLIENT_CLOSE)
+            self._lost(self._model.close_connection(self.id, CLIENT_CLOSE))
 
 
 class SandboxNatsSession(NatsSession):
@@ -295,6 +350,7 @@ class SandboxNatsSession(NatsSession):
         self._sids: set[int] = set()
         self._reason: CloseReason | None = None
         self._closed = anyio.Event()
+        self._draining = anyio.Event()
 
     def __repr__(self) -> str:
         return f"<SandboxNatsSession {self._id} on connection {self._conn.id}>"
@@ -311,16 +367,22 @@ class SandboxNatsSession(NatsSession):
     def max_payload(self) -> int:
         return self._conn.broker.max_payload
 
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set() and self._reason is None
+
     def _mark_closed(self, reason: CloseReason) -> None:
         if self._reason is None:
             self._reason = reason
             self._closed.set()
+            self._draining.set()
             self._model.close_session(self._id)
 
     def _check_open(self) -> None:
         reason = self._reason
         if reason is not None:
             raise ConnectionLost(f"the NATS session is closed: {reason}", code=reason.code)
+        self._conn._check_wire()
 
     def _receive(self, sub: _Sub, event: Msg | NoResponders) -> None:
         if self._reason is not None:
@@ -358,19 +420,20 @@ class SandboxNatsSession(NatsSession):
         assert self._reason is not None
         return self._reason
 
+    async def wait_draining(self) -> None:
+        await self._draining.wait()
+
     async def close(self) -> None:
         if self._reason is not None:
             return
         sids, self._sids = sorted(self._sids), set()
         self._mark_closed(CLIENT_CLOSE)
-        self._conn._forget_now(sids, self._id)
-        self._conn._sessions.pop(self._id, None)
+        self._conn._remove_session(self, sids)
 
     async def send(self, messages: Sequence[Message], *, mandatory: bool = False) -> None:
         # No mandatory flag on NATS: no-responders is always on.
         await anyio.lowlevel.checkpoint()
         self._check_open()
-        self._conn._check_open()
         for out in encode_batch(messages, self.max_payload):
             self._model.publish(
                 self._conn.id,
@@ -390,7 +453,6 @@ class SandboxNatsSession(NatsSession):
     ) -> str:
         await anyio.lowlevel.checkpoint()
         self._check_open()
-        self._conn._check_open()
         check_subscribe_subject(subject)
         if queue is not None:
             check_queue_group(queue)
@@ -411,6 +473,7 @@ class SandboxNatsSession(NatsSession):
         await anyio.lowlevel.checkpoint()
         self._check_open()
         await self._conn._flush(timeout, self._id)
+        self._check_open()
 
     async def drain(self, timeout: float) -> None:
         """Unsubscribe everything and wait until the server has seen it: what it

@@ -28,7 +28,7 @@ _registry: dict[str, SandboxNatsBroker] = {}
 _names = itertools.count(1)
 
 KILL_TEXT = "connection closed by the sandbox backdoor"
-DOWN_TEXT = "the server shut down"
+SOCKET_TEXT = "the server closed the socket"  # what the NATS driver says on EOF
 Script = Exception | None
 Match = Callable[[SandboxNatsMessage], bool]
 
@@ -66,6 +66,7 @@ class SandboxNatsBroker:
         self._sinks: dict[int, Callable[[Event], None]] = {}
         self._connect_script: deque[Script] = deque()
         self._down = False
+        self._lame_duck = False
         _registry[name] = self
 
     def __repr__(self) -> str:
@@ -114,6 +115,8 @@ class SandboxNatsBroker:
         failure = self._connect_script.popleft() if self._connect_script else None
         if failure is None and self._down:
             failure = ConnectFailed(f"sandbox NATS broker {self.name!r} is down: refused")
+        if failure is None and self._lame_duck:
+            failure = ConnectFailed(f"{self.url} is in lame duck mode")
         if failure is not None:
             self._model.record(Op("connect", None, None, {"name": name}, failure))
             raise failure
@@ -204,7 +207,14 @@ class SandboxNatsBroker:
         """False between ``down()`` and ``up()``."""
         return not self._down
 
-    def down(self, *, text: str = DOWN_TEXT, by: Literal["broker", "network"] = "network") -> None:
+    @property
+    def in_lame_duck_mode(self) -> bool:
+        """True between ``lame_duck()`` and ``up()``."""
+        return self._lame_duck
+
+    def down(
+        self, *, text: str = SOCKET_TEXT, by: Literal["broker", "network"] = "network"
+    ) -> None:
         """Stop the server: close every connection, refuse connects until ``up()``.
 
         nats-server says nothing when it stops (the sockets just close), hence
@@ -216,9 +226,22 @@ class SandboxNatsBroker:
         self._model.restart()
 
     def up(self) -> None:
-        """Start the server again after ``down()``."""
+        """Start the server again after ``down()`` or ``lame_duck()``."""
         self._down = False
+        self._lame_duck = False
         self._model.record(Op("up"))
+
+    def lame_duck(self) -> None:
+        """Enter lame duck mode, as nats-server does on ``--signal ldm``.
+
+        New connections are refused, and every client is told (an INFO with
+        ``ldm``) to move to another server: its connection's close reason is
+        settled at once ("lame duck mode", by ``"broker"``), while its sessions
+        go on sending and receiving, draining. ``down()`` ends what is left, as
+        the server does once its lame duck duration is over.
+        """
+        self._lame_duck = True
+        self._model.lame_duck()
 
     def _connection(self, connection_id: int) -> None:
         info = self._model.connections.get(connection_id)
@@ -228,21 +251,23 @@ class SandboxNatsBroker:
     def kill_connection(
         self,
         connection_id: int,
-        text: str = KILL_TEXT,
+        text: str | None = None,
         *,
         by: Literal["broker", "network"] = "broker",
     ) -> None:
         """Close a connection from the server side: every session on it closes.
 
         ``by="broker"`` is a closing ``-ERR`` with ``text``; ``by="network"``, as if
-        the socket died.
+        the socket died ("the server closed the socket" unless ``text`` says else).
         """
         self._connection(connection_id)
+        if text is None:
+            text = KILL_TEXT if by == "broker" else SOCKET_TEXT
         self._model.record(Op("kill_connection", connection_id, None, {"text": text, "by": by}))
         self._model.close_connection(connection_id, CloseReason(0, text, by))
 
     def kill_all_connections(
-        self, text: str = KILL_TEXT, *, by: Literal["broker", "network"] = "broker"
+        self, text: str | None = None, *, by: Literal["broker", "network"] = "broker"
     ) -> None:
         """Close every open connection from the server side."""
         for connection_id in list(self._model.connection_infos()):

@@ -51,6 +51,7 @@ from ._state import (
     ConnectionState,
     Event,
     Headers,
+    LameDuck,
     Msg,
     NoResponders,
     Pong,
@@ -328,6 +329,12 @@ class NatsModel:
             self._emit(conn.id, conn.held_out.popleft())
         while conn.held_in and not conn.stalled and conn.reason is None:
             conn.held_in.popleft()()
+
+    def lame_duck(self) -> None:
+        """Tell every connection the server is going away (an INFO with ``ldm``)."""
+        self.record(Op("lame_duck"))
+        for conn in self._open_connections():
+            self._send(conn, LameDuck())
 
     # -- views -------------------------------------------------------------------------------
 

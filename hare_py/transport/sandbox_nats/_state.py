@@ -14,6 +14,7 @@ __all__ = [
     "ConnectionState",
     "Event",
     "Headers",
+    "LameDuck",
     "Msg",
     "NoResponders",
     "Pong",
@@ -55,11 +56,16 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True)
+class LameDuck:
+    """An INFO with ``ldm``: the server is going away; connect elsewhere."""
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     reason: CloseReason
 
 
-Event: TypeAlias = Msg | NoResponders | Pong | ConnectionClosed
+Event: TypeAlias = Msg | NoResponders | Pong | LameDuck | ConnectionClosed
 
 
 # Entities. Identity matters (eq=False).
