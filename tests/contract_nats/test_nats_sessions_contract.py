@@ -109,3 +109,29 @@ async def test_closing_the_connection_closes_its_sessions(nats: Nats) -> None:
             await conn.open_session()
     assert conn_reason.is_normal
     assert [r.by for r in reasons] == ["connection", "connection"]
+
+
+@pytest.mark.parametrize("how", ["unsubscribe", "close"])
+async def test_the_server_forgets_what_a_session_let_go(nats: Nats, how: str) -> None:
+    """After unsubscribe or close, a request to that subject gets no-responders."""
+    with anyio.fail_after(10):
+        conn = await nats.connect()
+        server, requests = await nats.session(conn), Inbox()
+        subject = nats.subject("forgotten")
+        sid = await server.subscribe(subject, requests)
+        returns = Inbox()
+        client = await nats.session(on_return=returns)
+        inbox = nats.inbox()
+        await client.subscribe(f"{inbox}.*", Inbox())
+        await client.send([message(subject, reply=f"{inbox}.1")])
+        assert (await requests.get()).properties.reply_to == f"{inbox}.1"
+        if how == "unsubscribe":
+            await server.unsubscribe(sid)
+            await server.flush(FLUSH)
+        else:
+            await server.close()
+            await (await nats.session(conn)).flush(FLUSH)  # the server has seen the UNSUB
+        await client.send([message(subject, reply=f"{inbox}.2")])
+        returned = await returns.get()
+    assert returned.routing_key == f"{inbox}.2"
+    assert requests.pending() == []
