@@ -20,7 +20,7 @@ import anyio
 
 from .._log import get_logger
 from ..errors import ConfigError, ConnectionLost, HareError
-from ..transport import backend_for, parse_url
+from ..transport import backend_for, parse_url, wire_protocol_of
 from ..transport.base import Backend, ConnectOptions, TLSOptions, TransportConnection
 from ..transport.url import BrokerURL
 from .backoff import Backoff
@@ -54,6 +54,13 @@ class Connection:
         if not raw:
             raise ConfigError("Connection needs at least one broker URL")
         self.urls: tuple[BrokerURL, ...] = tuple(parse_url(u) for u in raw)
+        protocols = {wire_protocol_of(u) for u in self.urls}
+        if len(protocols) > 1:
+            raise ConfigError(
+                f"the URLs of one Connection must speak one protocol, got {sorted(protocols)}"
+            )
+        #: The wire protocol of this connection's URLs ("amqp-0-9-1", "nats", ...).
+        self.wire_protocol: str = protocols.pop()
         if not (isinstance(heartbeat, int | float) and heartbeat >= 0):
             raise ConfigError(f"heartbeat must be >= 0 seconds, got {heartbeat!r}")
         if not (isinstance(connect_timeout, int | float) and connect_timeout > 0):

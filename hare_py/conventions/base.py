@@ -19,10 +19,21 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 from ..errors import RemoteError
-from ..transport.base import Channel, Delivery, Message, OnCancel, OnDelivery
+from ..transport.base import (
+    AMQP_0_9_1,
+    Channel,
+    Delivery,
+    Message,
+    OnCancel,
+    OnDelivery,
+    ReturnedMessage,
+    Session,
+)
+
+SessionT = TypeVar("SessionT", bound=Session)
 
 __all__ = [
     "ClientConvention",
@@ -96,19 +107,22 @@ class Convention(ABC):
     name: str = "convention"
 
     @abstractmethod
-    def client(self, exchange: str, exchange_type: str, durable: bool) -> ClientConvention:
+    def client(self, exchange: str, exchange_type: str, durable: bool) -> ClientConvention[Any]:
         """The client half, given the client's ``start()`` options."""
 
     @abstractmethod
-    def server(self, options: ServerOptions) -> ServerConvention:
+    def server(self, options: ServerOptions) -> ServerConvention[Any]:
         """The server half, given the server's ``start()`` options."""
 
     def __repr__(self) -> str:
         return f"<{self.name} convention>"
 
 
-class ClientConvention(ABC):
-    """The client's half of a convention."""
+class ClientConvention(ABC, Generic[SessionT]):
+    """The client's half of a convention, on sessions of type ``SessionT``."""
+
+    #: The wire protocol it runs on; a client on a connection of another is a ConfigError.
+    wire_protocol: ClassVar[str] = AMQP_0_9_1
 
     #: The exchange requests go to (for logs and ``ConnectedMeta.exchange``).
     exchange: str = ""
@@ -130,9 +144,9 @@ class ClientConvention(ABC):
     late_reply_grace: float | None = None
 
     @abstractmethod
-    async def setup(self, channel: Channel, on_reply: OnDelivery, on_cancel: OnCancel) -> str:
-        """Declare what requests and replies need on a new channel, consume the
-        replies, and return the name of the reply queue."""
+    async def setup(self, session: SessionT, on_reply: OnDelivery, on_cancel: OnCancel) -> str:
+        """Declare what requests and replies need on a new session, receive the
+        replies, and return the reply address (a queue name, an inbox subject)."""
 
     @abstractmethod
     def wrap(
@@ -145,17 +159,31 @@ class ClientConvention(ABC):
     def unwrap(self, delivery: Delivery) -> Reply:
         """A reply message, opened; raise ValueError for a malformed one."""
 
+    def returned_correlation(self, returned: ReturnedMessage) -> str | None:
+        """The correlation id of a request that came back unroutable."""
+        return returned.properties.correlation_id
 
-class ServerConvention(ABC):
-    """The server's half of a convention."""
+
+class ServerConvention(ABC, Generic[SessionT]):
+    """The server's half of a convention, on sessions of type ``SessionT``."""
+
+    #: The wire protocol it runs on; a server on a connection of another is a ConfigError.
+    wire_protocol: ClassVar[str] = AMQP_0_9_1
 
     #: The queue the server consumes (for logs and ``ConnectedMeta.reply_queue``).
     queue: str = ""
     exchange: str = ""
 
     @abstractmethod
-    async def setup(self, channel: Channel, on_request: OnDelivery, on_cancel: OnCancel) -> None:
-        """Declare the exchanges, queue and bindings, and consume the requests (with acks)."""
+    async def setup(self, session: SessionT, on_request: OnDelivery, on_cancel: OnCancel) -> None:
+        """Declare and bind what the requests need, and receive them (with acks where
+        the protocol has them)."""
+
+    async def limit(self, session: SessionT, prefetch: int) -> None:
+        """Bound the requests delivered and not yet settled (0: no bound), before
+        ``setup``. AMQP 0-9-1: ``basic.qos``."""
+        if prefetch and isinstance(session, Channel):
+            await session.basic_qos(prefetch)
 
     @abstractmethod
     def unwrap(self, delivery: Delivery) -> Incoming:

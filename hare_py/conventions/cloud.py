@@ -226,7 +226,7 @@ def _status_of(error: BaseException) -> int:
 _ENVELOPE_HEADERS = ("RequestId", "RequestClass", "RequestType")
 
 
-class CloudClient(ClientConvention):
+class CloudClient(ClientConvention[Channel]):
     """Calls services of ``service_type``: ``request(payload, "<Resource>.<Action>")``."""
 
     def __init__(self, service_type: str, request_exchange_type: str = "topic") -> None:
@@ -318,7 +318,7 @@ class CloudClient(ClientConvention):
         )
 
 
-class CloudServer(ServerConvention):
+class CloudServer(ServerConvention[Channel]):
     """Serves ``service_type``: consumes its queue, answers with RPCResponseDTOs."""
 
     def __init__(

@@ -135,7 +135,7 @@ def _check_grace(grace: object) -> float | None:
     return float(grace)
 
 
-class GoamqpClient(ClientConvention):
+class GoamqpClient(ClientConvention[Channel]):
     """Calls ``service`` as ``caller``; see the module docstring and ``goamqp()``."""
 
     # The response queue is durable and named: replies survive a channel loss.
@@ -205,7 +205,7 @@ class GoamqpClient(ClientConvention):
         )
 
 
-class GoamqpServer(ServerConvention):
+class GoamqpServer(ServerConvention[Channel]):
     """Serves ``service`` on ``routing_keys``; see the module docstring."""
 
     def __init__(self, service: str, routing_keys: Iterable[str]) -> None:

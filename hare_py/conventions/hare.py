@@ -78,7 +78,7 @@ async def declare_exchange(
         )
 
 
-class HareClient(ClientConvention):
+class HareClient(ClientConvention[Channel]):
     """The client side of the hare convention; see the module docstring."""
 
     def __init__(
@@ -167,7 +167,7 @@ class HareClient(ClientConvention):
         )
 
 
-class HareServer(ServerConvention):
+class HareServer(ServerConvention[Channel]):
     """The server side of the hare convention: replies go to ``reply_to``."""
 
     def __init__(

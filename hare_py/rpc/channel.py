@@ -1,11 +1,12 @@
-"""The channel keeper that RPCClient and RPCServer share.
+"""The session keeper that RPCClient and RPCServer share.
 
-It runs beside an actor: it waits for the connection, opens a channel, lets
-the behaviour declare what it needs on it (``setup``), and reports
-``ChannelUp`` and then ``ChannelDown`` to the actor's mailbox. A failed setup
-is retried with backoff; a consumer cancelled by the broker (its queue was
-deleted) closes the channel, so that a fresh one, with fresh declarations,
-replaces it. The actor never waits on any of this.
+It runs beside an actor: it waits for the connection, opens a session (an
+AMQP 0-9-1 channel, a NATS session, ...), lets the behaviour declare what it
+needs on it (``setup``), and reports ``ChannelUp`` and then ``ChannelDown`` to
+the actor's mailbox. A failed setup is retried with backoff; a consumer
+cancelled by the broker (its queue was deleted) closes the session, so that a
+fresh one, with fresh declarations, replaces it. The actor never waits on any
+of this.
 """
 
 from __future__ import annotations
@@ -18,19 +19,26 @@ import anyio
 from ..actor.backoff import Backoff
 from ..actor.connection import Connection
 from ..errors import BrokerError, ConfigError, ConnectionLost
-from ..transport.base import EXCHANGE_TYPES, Channel, CloseReason, OnCancel, OnReturn
+from ..transport.base import EXCHANGE_TYPES, CloseReason, OnCancel, OnReturn, Session
 from .messages import ConnectedMeta
 
-__all__ = ["ChannelDown", "ChannelUp", "check_exchange", "close_quietly", "keep_channel"]
+__all__ = [
+    "ChannelDown",
+    "ChannelUp",
+    "check_exchange",
+    "check_protocol",
+    "close_quietly",
+    "keep_channel",
+]
 
 #: ``setup(channel, on_cancel, connects)`` declares and consumes; returns the meta.
-Setup = Callable[[Channel, OnCancel, int], Awaitable[ConnectedMeta]]
+Setup = Callable[[Session, OnCancel, int], Awaitable[ConnectedMeta]]
 
 
 class ChannelUp:
     __slots__ = ("channel", "meta")
 
-    def __init__(self, channel: Channel, meta: ConnectedMeta) -> None:
+    def __init__(self, channel: Session, meta: ConnectedMeta) -> None:
         self.channel = channel
         self.meta = meta
 
@@ -38,7 +46,7 @@ class ChannelUp:
 class ChannelDown:
     __slots__ = ("channel", "reason")
 
-    def __init__(self, channel: Channel, reason: CloseReason) -> None:
+    def __init__(self, channel: Session, reason: CloseReason) -> None:
         self.channel = channel
         self.reason = reason
 
@@ -59,6 +67,16 @@ def check_exchange(exchange: object, exchange_type: object) -> None:
         )
 
 
+def check_protocol(convention: Any, connection: Connection) -> None:
+    """``ConfigError`` when ``convention`` runs on another protocol than ``connection``."""
+    wanted = convention.wire_protocol
+    if wanted != connection.wire_protocol:
+        raise ConfigError(
+            f"{convention!r} runs on {wanted}, but {connection.urls[0]} speaks "
+            f"{connection.wire_protocol}: choose a convention for that protocol"
+        )
+
+
 async def keep_channel(
     *,
     connection: Connection,
@@ -69,16 +87,16 @@ async def keep_channel(
     on_return: OnReturn | None = None,
     on_error: Callable[[BaseException | None], None] = lambda exc: None,
 ) -> None:
-    """Keep one channel open for an actor, forever; cancel it to stop."""
+    """Keep one session open for an actor, forever; cancel it to stop."""
     failures = 0
     connects = 0
-    channel: Channel | None = None
+    channel: Session | None = None
     try:
         while True:
             conn = await connection.wait_connected()
             watch = _ConsumerWatch()
             try:
-                channel = await conn.open_channel(on_return=on_return)
+                channel = await conn.open_session(on_return=on_return)
                 meta = await setup(channel, watch.on_cancel, connects + 1)
             except (ConnectionLost, BrokerError) as exc:
                 on_error(exc)
@@ -103,7 +121,7 @@ async def keep_channel(
             await close_quietly(channel)
 
 
-async def close_quietly(channel: Channel) -> None:
+async def close_quietly(channel: Session) -> None:
     with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
         await channel.close()
 
@@ -119,7 +137,7 @@ class _ConsumerWatch:
         self.reason = reason
         self.gone.set()
 
-    async def first_close(self, channel: Channel) -> CloseReason:
+    async def first_close(self, channel: Session) -> CloseReason:
         """Wait until the channel closes or its consumer is cancelled (then close it)."""
         async with anyio.create_task_group() as tg:
 

@@ -45,15 +45,22 @@ from ..errors import (
 )
 from ..transport._fieldtable import FieldTableError, encode_table
 from ..transport.base import (
-    Channel,
     Delivery,
     Message,
     OnCancel,
     ReturnedMessage,
+    Session,
 )
 from ..transport.url import BrokerURL
 from .calls import Call, CallTable
-from .channel import ChannelDown, ChannelUp, check_exchange, close_quietly, keep_channel
+from .channel import (
+    ChannelDown,
+    ChannelUp,
+    check_exchange,
+    check_protocol,
+    close_quietly,
+    keep_channel,
+)
 from .drops import DropLog
 from .messages import (
     ConnectedMeta,
@@ -143,6 +150,7 @@ class RPCClient(Actor[S], Generic[S]):
             raise ConfigError(f"codec {codec!r} lacks check/encode/decode/content_type")
         self.connection = connection
         self.convention = (convention or hare()).client(exchange, exchange_type, exchange_durable)
+        check_protocol(self.convention, connection)
         self.exchange = self.convention.exchange
         self.timeout = check_timeout(timeout)
         self.max_in_flight = max_in_flight
@@ -160,8 +168,8 @@ class RPCClient(Actor[S], Generic[S]):
             else float("inf"),
         )
         self._unflushed = 0  # requests queued since the last flush
-        self._channel: Channel | None = None
-        self._last_channel: Channel | None = None
+        self._channel: Session | None = None
+        self._last_channel: Session | None = None
         self._reply_queue: str | None = None
         self.last_error: BaseException | None = None
         self._handlers.update(
@@ -472,7 +480,7 @@ class RPCClient(Actor[S], Generic[S]):
             if not batch:
                 return
             try:
-                await channel.basic_publish_many(messages, mandatory=self.mandatory)
+                await channel.send(messages, mandatory=self.mandatory)
             except UnsendableMessage as exc:
                 # Refused before anything was written: fail that one, send the rest.
                 if not 0 <= exc.index < len(batch):  # names no message of ours
@@ -585,7 +593,7 @@ class RPCClient(Actor[S], Generic[S]):
         self._apply(result, "handle_response", caller)
 
     async def _on_returned(self, returned: ReturnedMessage) -> None:
-        cid = returned.properties.correlation_id
+        cid = self.convention.returned_correlation(returned)
         call = self._calls.pop_reply(cid) if cid else None
         if call is None or call.caller.done:
             self._drops.drop("returned, caller gone", correlation_id=cid[:100] if cid else cid)
@@ -631,7 +639,7 @@ class RPCClient(Actor[S], Generic[S]):
         self.last_error = error
 
     async def _setup_channel(
-        self, channel: Channel, on_cancel: OnCancel, connects: int
+        self, channel: Session, on_cancel: OnCancel, connects: int
     ) -> ConnectedMeta:
         queue = await self.convention.setup(channel, self._enqueue, on_cancel)
         return ConnectedMeta(queue, self.exchange, connects)

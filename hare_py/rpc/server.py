@@ -35,9 +35,9 @@ from ..actor.runner import ActorRunner
 from ..codecs import BYTES, Codec
 from ..conventions import Convention, Incoming, ServerOptions, hare
 from ..errors import BrokerError, ConfigError, ConnectionLost
-from ..transport.base import Channel, Delivery, OnCancel, Session
+from ..transport.base import Delivery, OnCancel, Session
 from ..transport.url import BrokerURL
-from .channel import ChannelDown, ChannelUp, check_exchange, keep_channel
+from .channel import ChannelDown, ChannelUp, check_exchange, check_protocol, keep_channel
 from .drops import DropLog
 from .messages import ConnectedMeta, Request
 
@@ -55,7 +55,7 @@ class _Pending:
 
     __slots__ = ("channel", "delivery", "incoming")
 
-    def __init__(self, channel: Channel, delivery: Delivery, incoming: Incoming) -> None:
+    def __init__(self, channel: Session, delivery: Delivery, incoming: Incoming) -> None:
         self.channel = channel
         self.delivery = delivery
         self.incoming = incoming
@@ -64,7 +64,7 @@ class _Pending:
 class _Delivered:
     __slots__ = ("channel", "delivery")
 
-    def __init__(self, channel: Channel, delivery: Delivery) -> None:
+    def __init__(self, channel: Session, delivery: Delivery) -> None:
         self.channel = channel
         self.delivery = delivery
 
@@ -118,6 +118,7 @@ class RPCServer(Actor[S], Generic[S]):
             auto_delete,
         )
         self.convention = (convention or hare()).server(options)
+        check_protocol(self.convention, connection)
         self.queue = self.convention.queue
         self.exchange = self.convention.exchange
         super().__init__(name=name or f"{type(self).__name__}:{self.queue}")
@@ -130,7 +131,7 @@ class RPCServer(Actor[S], Generic[S]):
         )
         self.codec: Codec = codec or BYTES
         self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
-        self._channel: Channel | None = None
+        self._channel: Session | None = None
         self._incoming: dict[Caller, _Pending] = {}
         self.handled = 0
         self._handlers.update(
@@ -361,12 +362,7 @@ class RPCServer(Actor[S], Generic[S]):
         if out is not None:
             channel = self._channel or pending.channel
             try:
-                await channel.basic_publish(
-                    out.body,
-                    exchange=out.exchange,
-                    routing_key=out.routing_key,
-                    properties=out.properties,
-                )
+                await channel.send([out])
             except ConfigError as exc:
                 # The reply cannot go on the wire (too large, say): the caller
                 # gets an error reply instead; if even that fails, it times out.
@@ -407,12 +403,11 @@ class RPCServer(Actor[S], Generic[S]):
         self._log.warning("rpc.channel_lost", reason=str(message.reason))
 
     async def _setup_channel(
-        self, channel: Channel, on_cancel: OnCancel, connects: int
+        self, channel: Session, on_cancel: OnCancel, connects: int
     ) -> ConnectedMeta:
         def on_delivery(delivery: Delivery) -> None:
             self._enqueue(_Delivered(channel, delivery))
 
-        if self.prefetch:
-            await channel.basic_qos(self.prefetch)
+        await self.convention.limit(channel, self.prefetch)
         await self.convention.setup(channel, on_delivery, on_cancel)
         return ConnectedMeta(self.queue, self.exchange, connects)

@@ -12,6 +12,8 @@ import sniffio
 
 from ..errors import ConfigError
 from .base import (
+    AMQP_0_9_1,
+    NATS,
     Backend,
     Channel,
     CloseReason,
@@ -39,6 +41,7 @@ __all__ = [
     "TransportConnection",
     "backend_for",
     "parse_url",
+    "wire_protocol_of",
 ]
 
 # "module:Class", imported on first use
@@ -50,6 +53,25 @@ _SANDBOX_NATS = "hare_py.transport.sandbox_nats:SandboxNatsBackend"
 # The URL's ``backend=`` for amqp:// and amqps://
 _AMQP_BACKENDS = {"aiormq": _AIORMQ, "anyio": _ANYIO_AMQP}
 _instances: dict[str, Backend] = {}
+
+
+#: The wire protocol of each URL scheme; known without importing a backend.
+_WIRE_PROTOCOLS = {
+    "sandbox": AMQP_0_9_1,
+    "amqp": AMQP_0_9_1,
+    "amqps": AMQP_0_9_1,
+    "nats": NATS,
+    "tls": NATS,
+    "sandbox+nats": NATS,
+}
+
+
+def wire_protocol_of(url: BrokerURL) -> str:
+    """The wire protocol a URL speaks (``"amqp-0-9-1"``, ``"nats"``, ...)."""
+    protocol = _WIRE_PROTOCOLS.get(url.scheme)
+    if protocol is None:
+        raise ConfigError(f"no backend for URL scheme {url.scheme!r}")
+    return protocol
 
 
 def backend_for(url: BrokerURL) -> Backend:

@@ -155,3 +155,28 @@ async def test_headers_amqp_cannot_carry_fail_the_call_alone(
                 with pytest.raises(ConfigError):
                     await client.request(b"x", "echo", headers=headers)
             assert await client.request(b"fine", "echo", headers={"ok": [1, "two"]}) == b"fine"
+
+
+def test_a_convention_of_another_protocol_is_a_config_error(broker: SandboxBroker) -> None:
+    """A client or server whose convention runs on another protocol fails at start, naming both."""
+    from hare_py import Connection, RPCServer
+    from hare_py.conventions import Convention, hare
+
+    class OtherWire(Convention):
+        name = "other-wire"
+
+        def client(self, *args: Any) -> Any:
+            half = hare().client(*args)
+            half.wire_protocol = "nats"
+            return half
+
+        def server(self, options: Any) -> Any:
+            half = hare().server(options)
+            half.wire_protocol = "nats"
+            return half
+
+    conn = Connection(broker.url)
+    with pytest.raises(ConfigError, match="runs on nats.*speaks amqp-0-9-1"):
+        RPCClient(conn, convention=OtherWire())
+    with pytest.raises(ConfigError, match="runs on nats.*speaks amqp-0-9-1"):
+        RPCServer(conn, queue="q", convention=OtherWire())
