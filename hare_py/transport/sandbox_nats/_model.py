@@ -70,9 +70,14 @@ T = TypeVar("T")
 
 
 def match_rank(pattern: str) -> tuple[int, ...]:
-    """nats-server's order of match results: at each token ``>`` first, then ``*``,
-    then literals (its sublist walks them so)."""
-    return tuple(0 if t == ">" else 1 if t == "*" else 2 for t in pattern.split("."))
+    """nats-server's order of match results, as its sublist walks them: at each
+    token ``>`` first, then ``*``, then a literal, except that at the last token a
+    literal comes before ``*``. Equal patterns tie (the server's order is random)."""
+    tokens = pattern.split(".")
+    last = len(tokens) - 1
+    return tuple(
+        0 if t == ">" else 2 if t != "*" else 3 if i == last else 1 for i, t in enumerate(tokens)
+    )
 
 
 def _routable(subject: str) -> bool:
