@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
-from ..errors import RemoteError
+from ..errors import ConfigError, RemoteError
+from ..transport._fieldtable import FieldTableError, encode_table
 from ..transport.base import (
     AMQP_0_9_1,
     Channel,
@@ -158,6 +159,14 @@ class ClientConvention(ABC, Generic[SessionT]):
     @abstractmethod
     def unwrap(self, delivery: Delivery) -> Reply:
         """A reply message, opened; raise ValueError for a malformed one."""
+
+    def check_headers(self, headers: Mapping[str, Any]) -> None:
+        """``ConfigError`` for request headers the wire cannot carry. AMQP 0-9-1: a
+        field table (string keys up to 128 bytes, AMQP-typed values, bounded depth)."""
+        try:
+            encode_table(headers)
+        except FieldTableError as exc:
+            raise ConfigError(f"headers cannot be sent: {exc}") from None
 
     def returned_correlation(self, returned: ReturnedMessage) -> str | None:
         """The correlation id of a request that came back unroutable."""

@@ -43,7 +43,6 @@ from ..errors import (
     Unroutable,
     UnsendableMessage,
 )
-from ..transport._fieldtable import FieldTableError, encode_table
 from ..transport.base import (
     Delivery,
     Message,
@@ -78,17 +77,6 @@ _BATCH = 64
 _MAX_TTL_MS = 4_294_967_295
 
 S = TypeVar("S")
-
-
-def _check_headers(headers: object) -> None:
-    """``ConfigError`` for headers AMQP cannot carry, before they reach the actor."""
-    if not isinstance(headers, Mapping):
-        raise ConfigError(f"headers must be a mapping, got {type(headers).__name__}")
-    try:
-        if headers:
-            encode_table(headers)
-    except FieldTableError as exc:
-        raise ConfigError(f"headers cannot be sent: {exc}") from None
 
 
 class _Request:
@@ -314,7 +302,10 @@ class RPCClient(Actor[S], Generic[S]):
         if size > 255:
             raise ConfigError(f"routing_key {routing_key[:40]!r}... is longer than 255 bytes")
         if headers is not None:
-            _check_headers(headers)
+            if not isinstance(headers, Mapping):
+                raise ConfigError(f"headers must be a mapping, got {type(headers).__name__}")
+            if headers:  # before the actor sees them: a bad header fails this call alone
+                self.convention.check_headers(headers)
         seconds = self.timeout if timeout is None else check_timeout(timeout)
         started = now()
         deadline = started + seconds
