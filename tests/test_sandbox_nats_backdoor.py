@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,6 +25,8 @@ from hare_py.transport.sandbox_nats import (
 )
 
 pytestmark = pytest.mark.anyio
+
+TESTING_PAGE = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
 
 
 class Inbox:
@@ -381,3 +385,14 @@ async def test_a_failing_callback_is_logged_and_delivery_goes_on(
             await s.flush(1)
     assert calls == [b"boom", b"fine"]
     assert any(e["event"] == "sandbox_nats.callback_failed" for e in logs)
+
+
+async def test_the_testing_pages_nats_example_runs() -> None:
+    """docs/testing.md's Loom example passes on the sandbox: any instance takes the task."""
+    pytest.importorskip("hare_py.conventions.loom")  # runs once the Loom convention is in
+    page = TESTING_PAGE.read_text()
+    [code] = [b for b in re.findall(r"^```python\n(.*?)^```", page, re.M | re.S) if "Nats" in b]
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    with anyio.fail_after(10):
+        await namespace["test_any_instance_gets_the_task"]()
