@@ -39,7 +39,7 @@ from hare_py.errors import ConfigError, ConnectFailed, HareError, UnsendableMess
 from hare_py.transport.amqp import _channel, _connection
 from hare_py.transport.amqp._connection import AmqpConnection, connect
 from hare_py.transport.amqp._protocol import FRAME_MAX_LIMIT
-from hare_py.transport.base import Delivery, Message, Properties, ReturnedMessage
+from hare_py.transport.base import ConnectOptions, Delivery, Message, Properties, ReturnedMessage
 from hare_py.transport.url import parse_url
 
 pytestmark = pytest.mark.anyio
@@ -159,6 +159,51 @@ async def test_a_returned_message_whose_properties_do_not_decode_keeps_the_conne
             await until(lambda: bool(returned))
             assert (returned[0].properties, returned[0].body) == (Properties(), b"r")
             assert conn.is_open and ch.is_open
+
+
+@pytest.mark.rabbitmq
+async def test_poison_messages_through_rabbitmq_are_dead_lettered_and_the_consumer_goes_on(
+    rabbitmq_url: str,
+) -> None:
+    """Through a real RabbitMQ, each poison message reaches the consumer undecodable, its
+    rejection without requeue dead-letters it whole, and a good message after them arrives."""
+    got: list[Delivery] = []
+    url = parse_url(rabbitmq_url + ("&" if "?" in rabbitmq_url else "?") + "backend=anyio")
+    with anyio.fail_after(30):
+        async with connect(url, ConnectOptions(heartbeat=0)) as conn:
+            ch = await conn.open_channel(publisher_confirms=True)
+            dead = (await ch.queue_declare("", exclusive=True)).name
+            queue = (
+                await ch.queue_declare(
+                    "",
+                    exclusive=True,
+                    arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead},
+                )
+            ).name
+            # A raw publisher: the channel itself refuses to encode such properties.
+            publish = pamqp_frame.marshal(commands.Basic.Publish(routing_key=queue), ch.number)
+            for flags, properties in POISON.values():
+                conn.protocol._queue(
+                    publish
+                    + content_header(ch.number, 6, flags, properties)
+                    + raw_frame(3, ch.number, b"poison")
+                )
+            await ch.basic_publish(b"fine", routing_key=queue)  # confirms all before it too
+
+            await ch.basic_consume(queue, got.append)
+            await until(lambda: len(got) == len(POISON) + 1)
+            for delivery in got:
+                if delivery.undecodable is None:
+                    await ch.basic_ack(delivery.delivery_tag)
+                else:
+                    await ch.basic_reject(delivery.delivery_tag, requeue=False)
+            kept: list[Delivery] = []
+            await ch.basic_consume(dead, kept.append, no_ack=True)
+            await until(lambda: len(kept) == len(POISON))
+            assert conn.is_open and ch.is_open
+    assert [d.undecodable is None for d in got] == [False] * len(POISON) + [True]
+    assert got[-1].body == b"fine"
+    assert {d.body for d in kept} == {b"poison"}
 
 
 # -- bodies over max_body_size ------------------------------------------------------
