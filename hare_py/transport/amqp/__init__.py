@@ -3,7 +3,9 @@
 Chosen automatically on trio; on asyncio add ``backend=anyio`` to the URL
 (``amqp://host/?backend=anyio``), otherwise asyncio uses aiormq. It takes the
 same URL parameters as the aiormq backend: ``heartbeat=SECONDS``, ``name=`` and
-``auth=plain|amqplain|external``; TLS settings come from ``ConnectOptions.tls``.
+``auth=plain|amqplain|external``, and ``max_body_size=BYTES`` (over
+``ConnectOptions.max_body_size``, default 128 MiB); TLS settings come from
+``ConnectOptions.tls``.
 
 Layers: ``_protocol`` is a sans-I/O state machine (bytes in, events out; calls
 in, bytes out) with no sockets and no clock; ``_connection`` drives it with
@@ -17,7 +19,11 @@ Errors are ``hare_py.errors`` only:
     basic.nack                                  BrokerError(0, "basic.nack ...")
     channel or connection gone                  ConnectionLost (with the broker's code if any)
     refused, DNS, TLS, timeout, bad login       ConnectFailed (403 login, 530 virtual host)
-    a value AMQP cannot carry                   ConfigError
+    a value AMQP cannot carry                   ConfigError (UnsendableMessage in a batch)
+    a frame over the limits, a broken frame     ConnectionLost (505 UNEXPECTED_FRAME)
+
+A delivered message whose properties do not decode, or whose body is over
+``max_body_size``, raises nothing: it arrives with ``Delivery.undecodable`` set.
 """
 
 from __future__ import annotations
