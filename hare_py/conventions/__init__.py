@@ -2,7 +2,8 @@
 
 ``hare()`` is the default; ``direct_reply_to()`` uses RabbitMQ's pseudo-queue;
 ``goamqp(service, caller)`` speaks sparetimecoders/goamqp's request/response;
-``cloud(service_type)`` the Cloud.Service.RPC1 exchanges and DTO envelopes.
+``cloud(service_type)`` the Cloud.Service.RPC1 exchanges and DTO envelopes,
+all on AMQP 0-9-1; ``loom(service_type, ...)`` speaks Loom's NATS RPC.
 Choose one with ``RPCClient.start(conn, convention=...)`` or
 ``RPCServer.start(conn, convention=...)``.
 """
@@ -11,6 +12,7 @@ from .base import (
     ClientConvention as ClientConvention,
     Convention as Convention,
     Incoming as Incoming,
+    NotForThisServer as NotForThisServer,
     Outgoing as Outgoing,
     Reply as Reply,
     ServerConvention as ServerConvention,
@@ -19,11 +21,13 @@ from .base import (
 from .cloud import cloud as cloud
 from .goamqp import goamqp as goamqp
 from .hare import direct_reply_to as direct_reply_to, hare as hare
+from .loom import loom as loom
 
 __all__ = [
     "ClientConvention",
     "Convention",
     "Incoming",
+    "NotForThisServer",
     "Outgoing",
     "Reply",
     "ServerConvention",
@@ -32,4 +36,5 @@ __all__ = [
     "direct_reply_to",
     "goamqp",
     "hare",
+    "loom",
 ]

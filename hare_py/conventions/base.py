@@ -41,6 +41,7 @@ __all__ = [
     "Convention",
     "ServerOptions",
     "Incoming",
+    "NotForThisServer",
     "Outgoing",
     "Reply",
     "ServerConvention",
@@ -84,6 +85,12 @@ class Incoming:
     correlation_id: str | None
     reply: Any
     request_id: str | None = None
+    trace_id: str | None = None  # the envelope's trace id, where the convention has one
+
+
+class NotForThisServer(ValueError):
+    """Raised by ``ServerConvention.unwrap`` for a message this server must drop
+    unanswered and unlogged (it was meant for another instance)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +178,10 @@ class ClientConvention(ABC, Generic[SessionT]):
     def returned_correlation(self, returned: ReturnedMessage) -> str | None:
         """The correlation id of a request that came back unroutable."""
         return returned.properties.correlation_id
+
+    def returned_address(self, returned: ReturnedMessage, routing_key: str) -> tuple[str, str]:
+        """Where the unroutable request was sent: (exchange, routing key) on the wire."""
+        return returned.exchange, returned.routing_key
 
 
 class ServerConvention(ABC, Generic[SessionT]):

@@ -589,12 +589,9 @@ class RPCClient(Actor[S], Generic[S]):
         if call is None or call.caller.done:
             self._drops.drop("returned, caller gone", correlation_id=cid[:100] if cid else cid)
             return
+        exchange, routing_key = self.convention.returned_address(returned, call.request.routing_key)
         info = Returned(
-            call.request,
-            returned.exchange,
-            returned.routing_key,
-            returned.reply_code,
-            returned.reply_text,
+            call.request, exchange, routing_key, returned.reply_code, returned.reply_text
         )
         result = await self.handle_return(info, call.caller, self._state)
         self._apply(result, "handle_return", call.caller)

@@ -36,6 +36,8 @@ class Request:
     correlation_id: str = ""
     deadline: float = math.inf
     idempotent: bool = False
+    #: The caller's trace id, on a server, where the convention carries one (Loom).
+    trace_id: str | None = None
 
     def replace(self, **changes: Any) -> Request:
         """A copy with ``changes`` applied, e.g. ``request.replace(routing_key="v2.x")``."""

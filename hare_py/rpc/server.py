@@ -33,7 +33,7 @@ from ..actor.connection import Connection
 from ..actor.results import NOTHING, NoReply, Reply, Stop
 from ..actor.runner import ActorRunner
 from ..codecs import BYTES, Codec
-from ..conventions import Convention, Incoming, ServerOptions, hare
+from ..conventions import Convention, Incoming, NotForThisServer, ServerOptions, hare
 from ..errors import BrokerError, ConfigError, ConnectionLost
 from ..transport.base import Delivery, OnCancel, Session
 from ..transport.url import BrokerURL
@@ -263,6 +263,9 @@ class RPCServer(Actor[S], Generic[S]):
             return
         try:
             incoming = self.convention.unwrap(delivery)
+        except NotForThisServer:
+            await self._settle(message.channel, delivery)
+            return
         except Exception as exc:  # no envelope: nobody to answer
             self._reject_log("malformed", exc, delivery.properties.correlation_id)
             await self._settle(message.channel, delivery, reject=True)
@@ -282,7 +285,11 @@ class RPCServer(Actor[S], Generic[S]):
             await self._send_reply(pending, *cached)
             return
         request = Request(
-            payload, incoming.routing_key, incoming.headers, incoming.correlation_id or ""
+            payload,
+            incoming.routing_key,
+            incoming.headers,
+            incoming.correlation_id or "",
+            trace_id=incoming.trace_id,
         )
         caller = Caller(request=request)
         self._incoming[caller] = pending
@@ -358,7 +365,14 @@ class RPCServer(Actor[S], Generic[S]):
         *,
         reject: bool = False,
     ) -> None:
-        out = self.convention.wrap(pending.incoming, body, content_type, error)
+        try:
+            out = self.convention.wrap(pending.incoming, body, content_type, error)
+        except ConfigError as exc:  # the answer does not fit the envelope
+            self._log.error("rpc.reply_unsendable", error=str(exc)[:300])
+            if error is not None:
+                await self._settle(pending.channel, pending.delivery, reject=True)
+                return
+            out = self.convention.wrap(pending.incoming, b"", None, exc)
         if out is not None:
             channel = self._channel or pending.channel
             try:

@@ -1,0 +1,329 @@
+"""Loom's NATS RPC: ``loom.rpc.{serviceType}.{instanceID}.{method}`` and JSON envelopes.
+
+Requests are NATS requests to ``loom.rpc.{serviceType}.{instanceID}.{method}``
+(a method may hold dots: ``task.assign``) carrying the envelope
+``{"method", "caller_id", "payload", "trace_id"}``, where ``payload`` is raw
+JSON; the answer is ``{"ok", "payload", "error"}`` on the request's reply
+subject, and ``ok: false`` is a ``RemoteError`` with the error text.
+
+A client names the instance in its routing key: ``"inst123.task.assign"``
+for one instance, ``"any.task.assign"`` for any instance of the service.
+
+"Any instance", made to work: Loom's own callers ask for a wildcard subject
+(``loom.rpc.svc.*.method``), but nats-server delivers a request to a
+wildcard subject to no responder. Every hare_py Loom server instance
+therefore also serves ``loom.rpc.{svc}.any.{method}`` in queue group
+``{svc}``, so that each such request is handled by exactly one instance, and
+``any`` is a reserved instance id. With ``compat_wildcard=True`` an instance
+also joins queue group ``{svc}`` on ``loom.rpc.{svc}.*.{method}`` and answers
+there only when the instance token is literally ``*``, which is what an
+unmodified Loom caller sends; the cost is that every instance-addressed call
+is also delivered once to some member of the group, which drops it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ConfigError, RemoteError
+from ..transport.base import (
+    NATS,
+    Delivery,
+    Message,
+    NatsSession,
+    OnCancel,
+    OnDelivery,
+    Properties,
+    ReturnedMessage,
+)
+from .base import (
+    ClientConvention,
+    Convention,
+    Incoming,
+    NotForThisServer,
+    Outgoing,
+    Reply,
+    ServerConvention,
+    ServerOptions,
+)
+
+__all__ = ["ANY", "LoomClient", "LoomServer", "loom"]
+
+#: The instance id that reaches any one instance of a service.
+ANY = "any"
+_PREFIX = "loom.rpc"
+_TOKEN = re.compile(r"[^.*>\s]+")  # a subject token: no dots, wildcards or whitespace
+_MAX_ENVELOPE = 64 * 1024 * 1024
+JSON_TYPE = "application/json"
+
+
+def _token(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise ConfigError(
+            f"{what} must be a non-empty string without '.', '*', '>' or whitespace, "
+            f"got {value!r:.60}"
+        )
+    return value
+
+
+def _method(value: object, what: str = "method") -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what} must be a non-empty string, got {value!r:.60}")
+    for part in value.split("."):
+        _token(part, f"each dot-separated part of {what} {value!r:.60}")
+    return value
+
+
+def inbox_correlation(subject: str) -> str | None:
+    """The correlation id an inbox reply subject ``_INBOX.<id>.<cid>`` carries."""
+    head, dot, cid = subject.rpartition(".")
+    return cid if dot and head and cid else None
+
+
+def _headers(headers: Mapping[str, Any]) -> dict[str, str | list[str]]:
+    """Request headers as NATS carries them: string keys and string values."""
+    out: dict[str, str | list[str]] = {}
+    for key, value in headers.items():
+        if not isinstance(key, str) or not key or any(c in key for c in ": \r\n"):
+            raise ConfigError(f"a NATS header name must be a token, got {key!r:.60}")
+        if isinstance(value, str):
+            values = [value]
+        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            values = list(value)
+        else:
+            raise ConfigError(f"NATS header {key!r} must be a string or strings, got {value!r:.60}")
+        if any("\r" in v or "\n" in v for v in values):
+            raise ConfigError(f"NATS header {key!r} holds a line break")
+        out[key] = values[0] if len(values) == 1 else values
+    return out
+
+
+def _json_payload(body: bytes, content_type: str | None) -> Any:
+    """The request or reply payload as a raw JSON value for the envelope."""
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise ConfigError(
+            "Loom payloads are JSON: start the client or server with codec=JSON, or pass JSON bytes"
+        ) from None
+
+
+def _open_envelope(body: bytes, what: str) -> dict[str, Any]:
+    if len(body) > _MAX_ENVELOPE:
+        raise ValueError(f"{what} envelope over {_MAX_ENVELOPE} bytes")
+    try:
+        envelope = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{what} envelope is not JSON: {str(exc)[:100]}") from None
+    if not isinstance(envelope, dict):
+        raise ValueError(f"{what} envelope is not a JSON object")
+    return envelope
+
+
+def _dump(value: Any) -> bytes:
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"cannot encode the Loom envelope: {exc}") from None
+
+
+class LoomClient(ClientConvention[NatsSession]):
+    """Calls ``loom.rpc.{svc}.{instance}.{method}`` through one muxed inbox."""
+
+    wire_protocol = NATS
+
+    def __init__(self, service_type: str, caller_id: str) -> None:
+        self.service_type = service_type
+        self.caller_id = caller_id
+        self.exchange = f"{_PREFIX}.{service_type}"
+
+    async def setup(self, session: NatsSession, on_reply: OnDelivery, on_cancel: OnCancel) -> str:
+        inbox = f"_INBOX.{secrets.token_urlsafe(16).replace('-', 'A').replace('_', 'B')}"
+        await session.subscribe(f"{inbox}.*", on_reply)
+        return inbox
+
+    def check_headers(self, headers: Mapping[str, Any]) -> None:
+        _headers(headers)
+
+    def wrap(
+        self, routing_key: str, body: bytes, content_type: str | None, headers: Mapping[str, Any],
+        correlation_id: str, expiration: str | None, reply_queue: str,
+    ) -> Outgoing:  # fmt: skip
+        instance, dot, method = routing_key.partition(".")
+        if not dot:
+            raise ConfigError(
+                f"a Loom routing key is '<instance>.<method>' or 'any.<method>', "
+                f"got {routing_key!r:.60}"
+            )
+        _token(instance, "the instance id ('any' for any instance)")
+        _method(method)
+        envelope = {
+            "method": method,
+            "caller_id": self.caller_id,
+            "payload": _json_payload(body, content_type),
+            "trace_id": secrets.token_hex(16),
+        }
+        return Message(
+            "",
+            f"{self.exchange}.{routing_key}",
+            _dump(envelope),
+            Properties(
+                reply_to=f"{reply_queue}.{correlation_id}",
+                headers=_headers(headers) if headers else None,
+            ),
+        )
+
+    def unwrap(self, delivery: Delivery) -> Reply:
+        cid = inbox_correlation(delivery.routing_key)
+        envelope = _open_envelope(delivery.body, "response")
+        ok = envelope.get("ok")
+        if not isinstance(ok, bool):
+            raise ValueError("response envelope has no boolean 'ok'")
+        headers = delivery.properties.headers or {}
+        if not ok:
+            error = envelope.get("error")
+            text = error if isinstance(error, str) else json.dumps(error)[:1000]
+            return Reply(cid, b"", None, headers, RemoteError("LoomError", text))
+        payload = envelope.get("payload")
+        return Reply(cid, _dump(payload), JSON_TYPE, headers)
+
+    def returned_correlation(self, returned: ReturnedMessage) -> str | None:
+        return inbox_correlation(returned.routing_key)
+
+    def returned_address(self, returned: ReturnedMessage, routing_key: str) -> tuple[str, str]:
+        return "", f"{self.exchange}.{routing_key}"  # NATS names the reply subject only
+
+
+class LoomServer(ServerConvention[NatsSession]):
+    """Serves the methods of one instance, and of any instance through queue group ``svc``."""
+
+    wire_protocol = NATS
+
+    def __init__(
+        self,
+        service_type: str,
+        instance_id: str,
+        methods: tuple[str, ...] | None,
+        compat_wildcard: bool,
+    ) -> None:
+        self.service_type = service_type
+        self.instance_id = instance_id
+        self.methods = methods
+        self.compat_wildcard = compat_wildcard
+        self.exchange = f"{_PREFIX}.{service_type}"
+        self.queue = f"{self.exchange}.{instance_id}"
+        self._wildcard_sids: set[str] = set()
+
+    async def limit(self, session: NatsSession, prefetch: int) -> None:
+        """NATS has no prefetch: a server holds what it was sent."""
+
+    async def setup(
+        self, session: NatsSession, on_request: OnDelivery, on_cancel: OnCancel
+    ) -> None:
+        self._wildcard_sids = set()
+        for method in self.methods or (">",):
+            await session.subscribe(f"{self.queue}.{method}", on_request)
+            await session.subscribe(
+                f"{self.exchange}.{ANY}.{method}", on_request, queue=self.service_type
+            )
+            if self.compat_wildcard:
+                sid = await session.subscribe(
+                    f"{self.exchange}.*.{method}", on_request, queue=self.service_type
+                )
+                self._wildcard_sids.add(sid)
+
+    def unwrap(self, delivery: Delivery) -> Incoming:
+        rest = delivery.routing_key[len(self.exchange) + 1 :]
+        instance, _, method = rest.partition(".")
+        if delivery.consumer_tag in self._wildcard_sids and instance != "*":
+            # Addressed to one instance, also seen through the compat wildcard group.
+            raise NotForThisServer(delivery.routing_key)
+        envelope = _open_envelope(delivery.body, "request")
+        named = envelope.get("method")
+        if named is not None and named != method:
+            raise ValueError(f"envelope method {named!r:.60} differs from the subject's")
+        payload = envelope.get("payload")
+        trace = envelope.get("trace_id")
+        return Incoming(
+            body=_dump(payload) if payload is not None else b"null",
+            content_type=JSON_TYPE,
+            routing_key=method,
+            headers=dict(delivery.properties.headers or {}),
+            correlation_id=None,
+            reply=delivery.properties.reply_to,
+            trace_id=trace if isinstance(trace, str) else None,
+        )
+
+    def wrap(
+        self, incoming: Incoming, body: bytes, content_type: str | None, error: BaseException | None
+    ) -> Outgoing | None:
+        if not incoming.reply:
+            return None
+        if error is not None:
+            text = error.message if isinstance(error, RemoteError) else str(error)
+            envelope: dict[str, Any] = {"ok": False, "payload": None, "error": text or repr(error)}
+        else:
+            envelope = {"ok": True, "payload": _json_payload(body, content_type), "error": ""}
+        return Message("", incoming.reply, _dump(envelope), Properties())
+
+
+class _Loom(Convention):
+    def __init__(
+        self,
+        service_type: str,
+        instance_id: str | None,
+        caller_id: str | None,
+        compat_wildcard: bool,
+    ) -> None:
+        self.name = f"loom({service_type!r})"
+        self.service_type = _token(service_type, "service_type")
+        if instance_id is not None:
+            _token(instance_id, "instance_id")
+            if instance_id == ANY:
+                raise ConfigError(f"instance id {ANY!r} is reserved: it reaches any instance")
+        self.instance_id = instance_id
+        if caller_id is not None and (not isinstance(caller_id, str) or not caller_id):
+            raise ConfigError(f"caller_id must be a non-empty string, got {caller_id!r:.60}")
+        self.caller_id = caller_id or f"hare-py-{secrets.token_hex(4)}"
+        if not isinstance(compat_wildcard, bool):
+            raise ConfigError(f"compat_wildcard must be True or False, got {compat_wildcard!r}")
+        self.compat_wildcard = compat_wildcard
+
+    def client(self, exchange: str, exchange_type: str, durable: bool) -> LoomClient:
+        if exchange:
+            raise ConfigError(f"the {self.name} convention names its own subjects: drop exchange=")
+        return LoomClient(self.service_type, self.caller_id)
+
+    def server(self, options: ServerOptions) -> LoomServer:
+        if self.instance_id is None:
+            raise ConfigError(f"a {self.name} server needs instance_id=")
+        if options.exchange or options.queue:
+            raise ConfigError(
+                f"the {self.name} convention names its own subjects: drop queue= and exchange="
+            )
+        methods = None
+        if options.routing_keys is not None:
+            methods = tuple(_method(m, "each of routing_keys") for m in options.routing_keys)
+        return LoomServer(self.service_type, self.instance_id, methods, self.compat_wildcard)
+
+
+def loom(
+    service_type: str,
+    *,
+    instance_id: str | None = None,
+    caller_id: str | None = None,
+    compat_wildcard: bool = False,
+) -> Convention:
+    """Loom's NATS RPC for ``service_type`` (see the module docstring).
+
+    A server needs ``instance_id`` and serves ``routing_keys`` (methods; every
+    method of its instance without them). A client's ``caller_id`` goes in
+    every request envelope (a random one by default).
+    """
+    return _Loom(service_type, instance_id, caller_id, compat_wildcard)
