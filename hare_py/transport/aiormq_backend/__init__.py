@@ -5,9 +5,10 @@ schemes on trio with a ``ConfigError`` (an anyio-native AMQP backend is a
 separate piece of work).
 
 URL query parameters: ``heartbeat=SECONDS`` overrides ``ConnectOptions.heartbeat``,
-``name=`` is the connection name when ``ConnectOptions.name`` is unset, and
+``name=`` is the connection name when ``ConnectOptions.name`` is unset,
 ``auth=plain|external`` picks the login mechanism (``auth=amqplain`` is a
-``ConfigError`` here: the anyio backend has it). TLS settings come
+``ConfigError`` here: the anyio backend has it), and ``max_body_size=BYTES``
+overrides ``ConnectOptions.max_body_size``. TLS settings come
 from ``ConnectOptions.tls`` only and apply to ``amqps://``; verification is on
 unless ``TLSOptions(verify=False)``.
 
@@ -21,9 +22,10 @@ Exceptions are translated at this boundary (``_errors``):
     CancelledError rejecting a pending call  ConnectionLost (the caller itself was not cancelled)
     ConnectionClosed (320 forced, ...)       ConnectionLost(text, code=...)
     AMQPConnectionError, OSError, EOF        ConnectionLost (ConnectFailed while connecting)
+    a frame the FrameGuard refuses           ConnectionLost(text, code=501 or 505)
     refused / DNS / TLS / timeout at connect ConnectFailed
     ProbableAuthenticationError (login)      ConnectFailed(code=403)
-    pamqp ValueError (bad property values)   ConfigError
+    a message the encoder refuses            ConfigError (UnsendableMessage in a batch)
 """
 
 from __future__ import annotations

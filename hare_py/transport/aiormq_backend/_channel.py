@@ -8,6 +8,15 @@ Rules this module keeps:
   drop returns that have no publisher confirm to attach to).
 - Publishing adds nothing to the message (aiormq's ``basic_publish`` would set
   a random ``message_id``) and, without confirms, waits only for the write.
+  Frames are encoded by hare_py's codec (``amqp._codec``), not pamqp: it
+  refuses what pamqp would silently change (header keys over 128 bytes) and a
+  content header over ``frame_max``, which a broker answers by closing the
+  whole connection. A batch is all or nothing: every message is encoded
+  before any is queued, and ``UnsendableMessage`` names the one that cannot be.
+- Properties come from the ``HeaderStore`` (decoded by hare_py's bounded
+  codec, see ``_frames``), never from pamqp. A message whose properties do not
+  decode, or whose body is over ``max_body_size``, is logged once and handed
+  on with its reason in ``Delivery.undecodable``, for the consumer to reject.
 - Every failure is translated by ``_errors`` here, with the channel's close
   reason when it is known; the close reason is settled once, by the first
   cause seen: our own close, the broker's ``channel.close``, the connection.
@@ -29,7 +38,8 @@ from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
 from ..._log import get_logger
-from ...errors import BrokerError, ConnectionLost
+from ...errors import BrokerError, ConfigError, ConnectionLost, UnsendableMessage
+from ..amqp._codec import encode_publish
 from ..base import (
     CHANNEL_ERROR,
     EMPTY_PROPERTIES,
@@ -44,8 +54,9 @@ from ..base import (
     Properties,
     QueueInfo,
 )
-from ._convert import to_delivery, to_pamqp, to_returned
+from ._convert import to_delivery, to_returned
 from ._errors import operation_error
+from ._frames import HeaderStore, Incoming
 
 if TYPE_CHECKING:
     from ._connection import AiormqConnection
@@ -58,106 +69,78 @@ log = get_logger("hare_py.transport.aiormq")
 CLOSE_TIMEOUT = 10.0
 
 
+OnMessage = Callable[[DeliveredMessage, Incoming], None]
+
+
 class _RawChannel(AiormqChannelBase):
     """aiormq's channel with hare_py's callbacks wired into its frame reader."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, headers: HeaderStore, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.hare_deliveries: dict[str, Callable[[DeliveredMessage], None]] = {}
-        self.hare_on_return: Callable[[DeliveredMessage], None] | None = None
+        self.hare_headers = headers
+        self.hare_deliveries: dict[str, OnMessage] = {}
+        self.hare_on_return: OnMessage | None = None
         self.hare_on_broker_close: Callable[[int, str], None] | None = None
         self.hare_publish_lock = asyncio.Lock()
 
     async def _read_message(
         self, frame: spec.Basic.Deliver | spec.Basic.Return
-    ) -> DeliveredMessage:
+    ) -> tuple[DeliveredMessage, Incoming]:
         header = await self._get_frame()
         if not isinstance(header, ContentHeader):
             raise ValueError(f"expected a content header after {frame.name}, got {header!r}")
-        return await self._read_content(frame, header)
+        incoming = self.hare_headers.take(self.number, header.weight)
+        return await self._read_content(frame, header), incoming
 
     async def _on_deliver_frame(self, frame: spec.Basic.Deliver) -> None:
-        message = await self._read_message(frame)
+        message, incoming = await self._read_message(frame)
         callback = self.hare_deliveries.get(frame.consumer_tag or "")
         if callback is not None:
-            callback(message)
+            callback(message, incoming)
 
     async def _on_return_frame(self, frame: spec.Basic.Return) -> None:
-        message = await self._read_message(frame)
+        message, incoming = await self._read_message(frame)
         if self.hare_on_return is not None:
-            self.hare_on_return(message)
+            self.hare_on_return(message, incoming)
 
     async def _on_close_frame(self, frame: spec.Channel.Close) -> None:
         if self.hare_on_broker_close is not None:
             self.hare_on_broker_close(frame.reply_code or 0, frame.reply_text or "")
         await super()._on_close_frame(frame)
 
-    async def hare_publish(
-        self,
-        body: bytes,
-        exchange: str,
-        routing_key: str,
-        properties: spec.Basic.Properties,
-        mandatory: bool,
-    ) -> asyncio.Future[Any]:
-        """Queue the publish for the writer; returns the write's and confirm's futures.
+    async def hare_publish(self, payload: bytes, count: int) -> list[asyncio.Future[Any]]:
+        """Queue ``count`` encoded publishes as one write; the futures to wait for:
+        one confirm per message with publisher confirms, else the write's.
 
         The publish lock keeps delivery tags in write order without waiting
-        behind the RPC lock, which aiormq holds for a whole round trip.
-        """
-        frames: list[Any] = [
-            spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory),
-            ContentHeader(properties=properties, body_size=len(body)),
-            *self._split_body(body),
-        ]
-        async with self.hare_publish_lock:
-            if self.is_closed:
-                raise ChannelInvalidStateError(f"channel {self.number} is closed")
-            self.delivery_tag += 1
-            tag = self.delivery_tag
-            confirmation: asyncio.Future[Any] | None = None
-            if self.publisher_confirms:
-                confirmation = self.create_future()
-                self.confirmations[tag] = confirmation
-            written = self.create_future()
-            try:
-                await self.write_queue.put(
-                    ChannelFrame.marshall(
-                        channel_number=self.number, frames=frames, drain_future=written
-                    )
-                )
-            except BaseException:
-                # The broker never saw it: give its sequence number back.
-                self.delivery_tag -= 1
-                self.confirmations.pop(tag, None)
-                if confirmation is not None:
-                    confirmation.cancel()
-                written.cancel()
-                raise
-        return confirmation if confirmation is not None else written
-
-    async def hare_publish_batch(self, frames: list[Any], count: int) -> asyncio.Future[Any]:
-        """Queue ``count`` publishes (no confirms) as one write; returns the write's future.
-
-        One ``send()`` instead of one per message: aiormq writes each queued
-        frame set separately.
+        behind the RPC lock, which aiormq holds for a whole round trip. One
+        ``send()`` for a batch: aiormq writes each queued frame set separately.
         """
         async with self.hare_publish_lock:
             if self.is_closed:
                 raise ChannelInvalidStateError(f"channel {self.number} is closed")
+            first = self.delivery_tag + 1
             self.delivery_tag += count
+            tags = range(first, first + count)
+            confirmations: list[asyncio.Future[Any]] = []
+            if self.publisher_confirms:
+                for tag in tags:
+                    confirmations.append(self.create_future())
+                    self.confirmations[tag] = confirmations[-1]
             written = self.create_future()
             try:
                 await self.write_queue.put(
-                    ChannelFrame.marshall(
-                        channel_number=self.number, frames=frames, drain_future=written
-                    )
+                    ChannelFrame(payload=payload, should_close=False, drain_future=written)
                 )
             except BaseException:
+                # The broker never saw them: give their sequence numbers back.
                 self.delivery_tag -= count
-                written.cancel()
+                for tag in tags:
+                    self.confirmations.pop(tag, None)
+                for future in (*confirmations, written):
+                    future.cancel()
                 raise
-        return written
+        return confirmations or [written]
 
 
 class AiormqChannel(Channel):
@@ -198,7 +181,7 @@ class AiormqChannel(Channel):
         if self._close_reason is None:
             self._close_reason = reason
             self._closed.set()
-            log.debug("channel closed", channel=self.number, reason=str(reason))
+            log.debug("amqp.channel_closed", channel=self.number, reason=str(reason))
 
     def _broker_closed(self, code: int, text: str) -> None:
         self._settle(CloseReason(code, text, "broker"))
@@ -227,19 +210,37 @@ class AiormqChannel(Channel):
             try:
                 await self._raw.close(ChannelClosed(REPLY_SUCCESS, "Normal shutdown"))
             except Exception as exc:  # never raises: the channel is gone for us
-                log.debug("channel close failed", channel=self.number, error=repr(exc))
+                log.debug("amqp.channel_close_failed", channel=self.number, error=repr(exc))
 
     # -- callbacks from the frame reader -------------------------------------
 
-    def _returned(self, message: DeliveredMessage) -> None:
+    def _returned(self, message: DeliveredMessage, incoming: Incoming) -> None:
         frame = message.delivery
         if self._on_return is None or not isinstance(frame, spec.Basic.Return):
             return
-        returned = to_returned(frame, message.header.properties, message.body)
+        if incoming.undecodable is not None:
+            self._log_undecodable(frame, incoming)
+        returned = to_returned(frame, incoming.properties, message.body)
         try:
             self._on_return(returned)
         except Exception:
-            log.exception("on_return callback failed", channel=self.number)
+            log.exception("amqp.callback_failed", callback="on_return", channel=self.number)
+
+    def _log_undecodable(
+        self, method: spec.Basic.Deliver | spec.Basic.Return, incoming: Incoming
+    ) -> None:
+        log.warning(
+            "amqp.body_too_large" if incoming.dropped else "amqp.properties_undecodable",
+            channel=self.number,
+            method=method.name,
+            exchange=method.exchange,
+            routing_key=method.routing_key,
+            delivery_tag=getattr(method, "delivery_tag", None),
+            consumer_tag=getattr(method, "consumer_tag", None),
+            redelivered=getattr(method, "redelivered", None),
+            body_size=incoming.dropped,
+            reason=incoming.undecodable,
+        )
 
     def _consumer_cancelled(self, frame: spec.Basic.Cancel) -> None:
         tag = frame.consumer_tag or ""
@@ -251,7 +252,9 @@ class AiormqChannel(Channel):
         try:
             callback(tag, reason)
         except Exception:
-            log.exception("on_cancel callback failed", channel=self.number, consumer_tag=tag)
+            log.exception(
+                "amqp.callback_failed", callback="on_cancel", channel=self.number, consumer_tag=tag
+            )
 
     # -- operations ----------------------------------------------------------
 
@@ -369,14 +372,21 @@ class AiormqChannel(Channel):
     ) -> str:
         tag = consumer_tag or f"hare.ctag-{self.number}.{uuid.uuid4().hex}"
 
-        def deliver(message: DeliveredMessage) -> None:
+        def deliver(message: DeliveredMessage, incoming: Incoming) -> None:
             frame = message.delivery
             if not isinstance(frame, spec.Basic.Deliver):
                 return
+            if incoming.undecodable is not None:
+                self._log_undecodable(frame, incoming)
             try:
-                on_delivery(to_delivery(frame, message.header.properties, message.body))
+                on_delivery(to_delivery(frame, incoming, message.body))
             except Exception:
-                log.exception("on_delivery callback failed", channel=self.number, consumer_tag=tag)
+                log.exception(
+                    "amqp.callback_failed",
+                    callback="on_delivery",
+                    channel=self.number,
+                    consumer_tag=tag,
+                )
 
         async def unused(_: DeliveredMessage) -> None:
             """aiormq wants a consumer callback; ``deliver`` is called instead."""
@@ -420,38 +430,43 @@ class AiormqChannel(Channel):
         properties: Properties = EMPTY_PROPERTIES,
         mandatory: bool = False,
     ) -> None:
-        wire = to_pamqp(properties)
+        try:
+            payload = self._encode(Message(exchange, routing_key, body, properties), mandatory)
+        except (TypeError, ValueError, AttributeError) as exc:  # a value AMQP cannot carry
+            raise ConfigError(f"cannot publish: {exc}") from None
         async with self._translate():
-            if len(routing_key.encode()) > 255:
-                raise ValueError("routing key longer than 255 bytes")
-            pending = await self._raw.hare_publish(
-                bytes(body), exchange, routing_key, wire, mandatory
-            )
-            await self._settle_publish(pending)
+            for pending in await self._raw.hare_publish(payload, 1):
+                await self._settle_publish(pending)
 
     async def basic_publish_many(
         self, messages: Sequence[Message], *, mandatory: bool = False
     ) -> None:
-        if self._raw.publisher_confirms or len(messages) < 2:
-            await super().basic_publish_many(messages, mandatory=mandatory)
+        """All or nothing: ``UnsendableMessage`` names a message that cannot be encoded,
+        and then nothing of the batch was queued."""
+        payloads: list[bytes] = []
+        for index, message in enumerate(messages):
+            try:
+                payloads.append(self._encode(message, mandatory))
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise UnsendableMessage(index, str(exc)) from None
+        if not payloads:
             return
         async with self._translate():
-            frames: list[Any] = []
-            for message in messages:
-                if len(message.routing_key.encode()) > 255:
-                    raise ValueError("routing key longer than 255 bytes")
-                body = bytes(message.body)
-                frames += [
-                    spec.Basic.Publish(
-                        exchange=message.exchange,
-                        routing_key=message.routing_key,
-                        mandatory=mandatory,
-                    ),
-                    ContentHeader(properties=to_pamqp(message.properties), body_size=len(body)),
-                    *self._raw._split_body(body),
-                ]
-            pending = await self._raw.hare_publish_batch(frames, len(messages))
-            await self._settle_publish(pending)
+            for pending in await self._raw.hare_publish(b"".join(payloads), len(payloads)):
+                await self._settle_publish(pending)
+
+    def _encode(self, message: Message, mandatory: bool) -> bytes:
+        """One publish's frames; ``ValueError`` (or ``TypeError``) for what AMQP cannot carry."""
+        frames = encode_publish(
+            self.number,
+            message.exchange,
+            message.routing_key,
+            mandatory,
+            bytes(message.body),
+            message.properties,
+            self._raw.connection.connection_tune.frame_max,
+        )
+        return b"".join(frames)
 
     async def _settle_publish(self, pending: asyncio.Future[Any]) -> None:
         """Wait for a publish's write (or confirm) and report how it ended."""

@@ -8,7 +8,10 @@ Rules this module keeps:
   and scrubbed (``amqp._common.scrub``), so neither its text nor its cause chain can
   carry the password.
 - The close reason is settled once: ours (``close``), the broker's
-  ``connection.close``, or the network (socket error, missed heartbeats).
+  ``connection.close``, or the network (socket error, missed heartbeats, a
+  frame the ``FrameGuard`` refused).
+- aiormq reads the socket through a ``FrameGuard`` (``_frames``), and agrees
+  to a ``frame_max`` of at most ``FRAME_MAX_LIMIT``, a broker's 0 included.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ from typing import Any
 import aiormq
 import anyio
 from aiormq import exceptions as ax
+from pamqp import commands as spec
+from pamqp.base import Frame
 
 from ..._log import get_logger
 from ...errors import BrokerError, ConfigError, ConnectionLost, HareError
-from ..amqp._common import heartbeat_seconds, login_mechanism, scrub, tls_context
+from ..amqp._common import heartbeat_seconds, login_mechanism, max_body_size, scrub, tls_context
+from ..amqp._protocol import FRAME_MAX_LIMIT, FRAME_MIN_SIZE
 from ..base import (
     REPLY_SUCCESS,
     Channel,
@@ -37,6 +43,7 @@ from ..base import (
 from ..url import BrokerURL
 from ._channel import AiormqChannel, _RawChannel
 from ._errors import NOT_ALLOWED, connect_error, operation_error, reply_of
+from ._frames import FRAME_ERROR, FrameGuard, FrameRefused, GuardedTransport, HeaderStore
 
 __all__ = ["AiormqConnection", "connect"]
 
@@ -49,16 +56,53 @@ _PASSED_PARAMS = ("auth",)
 
 
 class _RawConnection(aiormq.Connection):
-    """aiormq's connection, detecting a silent peer sooner and leaving no task behind."""
+    """aiormq's connection, reading through a ``FrameGuard``, detecting a silent peer
+    sooner and leaving no task behind."""
 
-    def __init__(self, url: str, *, heartbeat: int, **kwargs: Any) -> None:
+    def __init__(self, url: str, *, heartbeat: int, max_body_size: int, **kwargs: Any) -> None:
         if heartbeat:
             # AMQP 0-9-1 (4.2.7): a peer silent for two heartbeat intervals is
             # dead. aiormq waits (interval + 1) * HEARTBEAT_GRACE_MULTIPLIER,
             # declared int but only ever multiplied: a float gives exactly 2x.
             self.HEARTBEAT_GRACE_MULTIPLIER = 2 * heartbeat / (heartbeat + 1)  # type: ignore[assignment]
-        super().__init__(url, **kwargs)
+        self.hare_headers = HeaderStore()
+        self.hare_guard: FrameGuard | None = None
+        self._hare_max_body_size = max_body_size
+        scheme = url.partition(":")[0]
+        super().__init__(url, transport_factory=GuardedTransport(scheme, self._guard), **kwargs)
         self.hare_closers: set[asyncio.Task[Any]] = set()
+
+    def _guard(self, reader: asyncio.StreamReader) -> FrameGuard:
+        self.hare_guard = FrameGuard(
+            reader,
+            max_body_size=self._hare_max_body_size,
+            is_open=lambda number: number in self.channels,
+            headers=self.hare_headers,
+        )
+        return self.hare_guard
+
+    async def _rpc(  # type: ignore[override]
+        self,
+        request: Frame,
+        writer: asyncio.StreamWriter,
+        frame_receiver: aiormq.connection.FrameReceiver,
+        wait_response: bool = True,
+    ) -> Any:
+        # aiormq answers connection.tune with the broker's own frame_max,
+        # whatever it is; lower it here, before tune-ok echoes it.
+        frame = await aiormq.Connection._rpc(request, writer, frame_receiver, wait_response)
+        if isinstance(frame, spec.Connection.Tune):
+            offered = frame.frame_max or 0
+            if offered and offered < FRAME_MIN_SIZE:
+                raise FrameRefused(
+                    FRAME_ERROR,
+                    f"the broker offers frame_max {offered}, under AMQP's minimum of "
+                    f"{FRAME_MIN_SIZE}",
+                )
+            frame.frame_max = min(offered or FRAME_MAX_LIMIT, FRAME_MAX_LIMIT)
+            if self.hare_guard is not None:
+                self.hare_guard.frame_max = frame.frame_max
+        return frame
 
     def _on_reader_done(self, task: asyncio.Task[Any]) -> None:
         # aiormq finishes closing in a task it keeps no reference to; keep one,
@@ -66,6 +110,10 @@ class _RawConnection(aiormq.Connection):
         before = asyncio.all_tasks(self.loop)
         super()._on_reader_done(task)
         self.hare_closers |= asyncio.all_tasks(self.loop) - before
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, FrameRefused):
+            # Tell the broker why (aiormq sends 500 "reader unexpected closed").
+            self.set_close_reason(exc.code, exc.text[:255])
 
     async def hare_closed(self) -> None:
         """Wait for aiormq's own closing tasks to end."""
@@ -119,6 +167,8 @@ class AiormqConnection(TransportConnection):
     def _reason_from_raw(self) -> CloseReason:
         closing = self._raw.closing
         exc = None if closing.cancelled() else closing.exception()
+        if isinstance(exc, FrameRefused):
+            return CloseReason(exc.code, exc.text, "network")
         if exc is not None:
             reply = reply_of(exc)
             if reply is not None:
@@ -141,7 +191,7 @@ class AiormqConnection(TransportConnection):
                 try:
                     await self._raw.close(ax.ConnectionClosed(REPLY_SUCCESS, "Normal shutdown"))
                 except Exception as exc:  # never raises: the connection is gone for us
-                    log.debug("connection close failed", url=self._where, error=repr(exc))
+                    log.debug("amqp.close_failed", url=self._where, error=repr(exc))
             await self._raw.hare_closed()
 
     # -- channels ----------------------------------------------------------
@@ -180,9 +230,11 @@ class AiormqConnection(TransportConnection):
             if number is None:
                 raise BrokerError(NOT_ALLOWED, f"NOT_ALLOWED - all {limit} channels are in use")
             conn.last_channel = number
+            conn.hare_headers.reset(number)
             channel = _RawChannel(
                 conn,
                 number,
+                headers=conn.hare_headers,
                 publisher_confirms=publisher_confirms,
                 frame_buffer=conn.FRAME_BUFFER_SIZE,
                 on_return_raises=False,
@@ -205,6 +257,7 @@ async def connect(url: BrokerURL, options: ConnectOptions) -> AsyncIterator[Aior
 async def _open(url: BrokerURL, options: ConnectOptions) -> AiormqConnection:
     where = str(url)
     heartbeat = heartbeat_seconds(url, options)
+    body_limit = max_body_size(url, options)
     context, server_hostname = tls_context(url, options)
     properties: dict[str, Any] = dict(options.client_properties)
     name = options.name or url.param("name")
@@ -221,6 +274,7 @@ async def _open(url: BrokerURL, options: ConnectOptions) -> AiormqConnection:
     raw = _RawConnection(
         dataclasses.replace(url, query=tuple(query)).with_secret(),
         heartbeat=heartbeat,
+        max_body_size=body_limit,
         context=context,
         client_properties=properties,
         **extra,
@@ -243,7 +297,9 @@ async def _open(url: BrokerURL, options: ConnectOptions) -> AiormqConnection:
         await _discard(raw)
         raise scrub(error, cause, url.password)
     connection = AiormqConnection(raw, where)
-    log.info("connected", url=where, name=name, heartbeat=connection.heartbeat)
+    log.info(
+        "amqp.connected", url=where, name=name, heartbeat=connection.heartbeat, backend="aiormq"
+    )
     return connection
 
 
@@ -252,4 +308,4 @@ async def _discard(raw: _RawConnection) -> None:
         try:
             await raw.close(ax.ConnectionClosed(0, "connect failed"))
         except (Exception, asyncio.CancelledError) as exc:
-            log.debug("discarding a failed connection failed", error=type(exc).__name__)
+            log.debug("amqp.discard_failed", error=type(exc).__name__)

@@ -1,4 +1,5 @@
-"""``Properties`` <-> pamqp ``Basic.Properties``: all 13 basic properties.
+"""aiormq's frames -> hare_py's ``Delivery`` and ``ReturnedMessage``; ``Properties`` <->
+pamqp ``Basic.Properties`` (all 13 basic properties), which the codec tests compare with.
 
 pamqp names ``type`` ``message_type``; AMQP timestamps have whole seconds, so a
 timestamp comes back as an aware UTC datetime without its microseconds.
@@ -11,6 +12,7 @@ from pamqp.commands import Basic
 from ...errors import ConfigError
 from ..amqp._codec import plain as _plain
 from ..base import Delivery, Properties, ReturnedMessage
+from ._frames import Incoming
 
 __all__ = ["to_delivery", "to_pamqp", "to_properties", "to_returned"]
 
@@ -55,22 +57,23 @@ def to_properties(wire: Basic.Properties) -> Properties:
     )
 
 
-def to_delivery(frame: Basic.Deliver, wire: Basic.Properties, body: bytes) -> Delivery:
+def to_delivery(frame: Basic.Deliver, incoming: Incoming, body: bytes) -> Delivery:
     return Delivery(
         body=body,
-        properties=to_properties(wire),
+        properties=incoming.properties,
         exchange=frame.exchange,
         routing_key=frame.routing_key or "",
         delivery_tag=frame.delivery_tag or 0,
         consumer_tag=frame.consumer_tag or "",
         redelivered=bool(frame.redelivered),
+        undecodable=incoming.undecodable,
     )
 
 
-def to_returned(frame: Basic.Return, wire: Basic.Properties, body: bytes) -> ReturnedMessage:
+def to_returned(frame: Basic.Return, properties: Properties, body: bytes) -> ReturnedMessage:
     return ReturnedMessage(
         body=body,
-        properties=to_properties(wire),
+        properties=properties,
         exchange=frame.exchange,
         routing_key=frame.routing_key or "",
         reply_code=frame.reply_code or 0,

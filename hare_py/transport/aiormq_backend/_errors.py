@@ -21,6 +21,7 @@ from aiormq import exceptions as ax
 
 from ...errors import BrokerError, ConfigError, ConnectFailed, ConnectionLost, HareError
 from ..base import ACCESS_REFUSED, CloseReason
+from ._frames import FrameRefused
 
 __all__ = ["REPLY_OF_CLASS", "connect_error", "operation_error", "reply_of"]
 
@@ -112,6 +113,8 @@ def operation_error(exc: BaseException, closed: CloseReason | None) -> HareError
         return BrokerError(NOT_IMPLEMENTED, "NOT_IMPLEMENTED - not supported by the broker")
     if isinstance(exc, ax.DeliveryError):
         return BrokerError(0, "basic.nack: the broker did not take the message")
+    if isinstance(exc, FrameRefused):
+        return ConnectionLost(exc.text, code=exc.code)
     if isinstance(exc, ax.ChannelInvalidStateError):
         return _lost("the channel is closed", closed)
     reply = reply_of(exc)
