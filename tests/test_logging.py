@@ -327,14 +327,28 @@ async def test_docs_setups_work_as_written(heading: str, expect: str | None) -> 
 # -- every event is named area.event and listed on docs/logging.md --------------------
 
 
-def literals(node: ast.expr, where: str) -> list[str]:
-    """The event names an expression can be: a literal, or a choice between literals."""
+def literals(node: ast.expr, where: str, names: dict[str, list[ast.expr]]) -> list[str]:
+    """The event names an expression can be: a literal, a choice between literals, or a
+    variable the module sets to those."""
     if isinstance(node, ast.IfExp):
-        return literals(node.body, where) + literals(node.orelse, where)
+        return literals(node.body, where, names) + literals(node.orelse, where, names)
+    if isinstance(node, ast.Name) and node.id in names:
+        return [name for value in names[node.id] for name in literals(value, where, names)]
     assert isinstance(node, ast.Constant) and isinstance(node.value, str), (
         f"{where}: an event name is a literal"
     )
     return [node.value]
+
+
+def assignments(tree: ast.Module) -> dict[str, list[ast.expr]]:
+    """Every value the module assigns to each plain variable name."""
+    names: dict[str, list[ast.expr]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    names.setdefault(target.id, []).append(node.value)
+    return names
 
 
 def code_events() -> dict[str, set[str]]:
@@ -343,14 +357,16 @@ def code_events() -> dict[str, set[str]]:
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.name in APPLICATIONS and path.parent == PACKAGE:
             continue
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        names = assignments(tree)
+        for node in ast.walk(tree):
             if not isinstance(node, ast.Call):
                 continue
             func = node.func
             where = f"{path.relative_to(ROOT)}:{node.lineno}"
             if isinstance(func, ast.Name) and func.id == "DropLog":
                 # DropLog(log, "x.y", level=...) logs x.y and its x.y_suppressed summary.
-                (event,) = literals(node.args[1], where)
+                (event,) = literals(node.args[1], where, names)
                 level = next((k.value for k in node.keywords if k.arg == "level"), None)
                 name = str(level.value) if isinstance(level, ast.Constant) else "info"
                 events.setdefault(event, set()).add(name)
@@ -364,7 +380,7 @@ def code_events() -> dict[str, set[str]]:
             if owner is None or "log" not in owner:
                 continue
             at = "error" if func.attr == "exception" else func.attr
-            for name in literals(node.args[0], where):
+            for name in literals(node.args[0], where, names):
                 events.setdefault(name, set()).add(at)
     return events
 
@@ -412,7 +428,7 @@ def test_the_library_never_configures_logging() -> None:
             if name in configuring:
                 assert owner not in {"structlog", "logging"} and "log" not in owner, where
             if name in {"get_logger", "getLogger"} and node.args and path.name != "_log.py":
-                (first,) = literals(node.args[0], where)
+                (first,) = literals(node.args[0], where, {})
                 assert first.startswith("hare_py"), where
 
 
