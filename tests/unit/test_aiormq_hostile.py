@@ -10,6 +10,7 @@ aiormq runs on asyncio only, so every test here is pinned to asyncio.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import os
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 import aiormq
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 from anyio.abc import SocketAttribute
 from pamqp import commands, constants, frame as pamqp_frame
@@ -35,7 +37,7 @@ from pamqp.heartbeat import Heartbeat
 from structlog.testing import capture_logs
 
 from hare_py.errors import ConfigError, ConnectFailed, ConnectionLost, UnsendableMessage
-from hare_py.transport.aiormq_backend import _channel, _connection
+from hare_py.transport.aiormq_backend import _channel, _connection, _frames
 from hare_py.transport.aiormq_backend._channel import AiormqChannel
 from hare_py.transport.aiormq_backend._connection import AiormqConnection, connect
 from hare_py.transport.amqp._protocol import FRAME_MAX_LIMIT
@@ -461,6 +463,47 @@ async def test_a_frame_max_under_the_amqp_minimum_fails_the_connect() -> None:
     with anyio.fail_after(5):
         error = await _connect_refused(script)
     assert "4096" in str(error)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 13, 4096])
+async def test_the_frame_guard_reads_any_split_of_the_stream(chunk: int) -> None:
+    """However the socket splits the stream, aiormq's frame reader gets every frame
+    whole and in order, and each content header's properties wait under its tag."""
+    wire = commands.Basic.Properties(correlation_id="c", headers={"k": [1, "x"]})
+    frames: list[tuple[int, Wire]] = [
+        (0, Heartbeat()),
+        (2, commands.Basic.Deliver("ctag", 7, False, "ex", "rk")),
+        (2, ContentHeader(0, 5, wire)),
+        (2, ContentBody(b"he")),
+        (2, ContentBody(b"llo")),
+        (2, commands.Channel.Close(404, "NOT_FOUND", 50, 10)),
+    ]
+    data = b"".join(pamqp_frame.marshal(v, ch) for ch, v in frames)
+    reader = asyncio.StreamReader()
+    headers = _frames.HeaderStore()
+    headers.reset(2)
+    guard = _frames.FrameGuard(
+        reader, max_body_size=1 << 20, is_open=lambda n: n == 2, headers=headers
+    )
+    receiver = aiormq.connection.FrameReceiver(guard)  # type: ignore[arg-type]
+
+    async def feed() -> None:
+        for start in range(0, len(data), chunk):
+            reader.feed_data(data[start : start + chunk])
+            await anyio.lowlevel.checkpoint()
+        reader.feed_eof()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(feed)
+            got = [await receiver.get_frame() for _ in frames]
+    assert [(ch, type(v)) for _, ch, v in got] == [(ch, type(v)) for ch, v in frames]
+    header = got[2][2]
+    assert isinstance(header, ContentHeader) and header.body_size == 5
+    taken = headers.take(2, header.weight)
+    assert taken.properties == Properties(correlation_id="c", headers={"k": [1, "x"]})
+    assert b"".join(v.value for _, _, v in got[3:5] if isinstance(v, ContentBody)) == b"hello"
+    assert guard.at_eof()
 
 
 # -- sizes the broker announces --

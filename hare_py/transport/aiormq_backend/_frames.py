@@ -54,6 +54,8 @@ _FRAME = struct.Struct(">BHI")
 _HEADER = struct.Struct(">HHQH")  # class, weight, body size, property flags
 _METHOD_ID = struct.Struct(">I")
 _END = 0xCE
+_REWRITTEN = struct.Struct(">BHIHHQHB")  # a content header frame without properties
+_CHUNK = 1 << 16
 _METHOD, _CONTENT_HEADER, _BODY = 1, 2, 3
 _START = commands.Connection.Start.index
 # Methods with texts a peer controls (names, reply texts a broker cuts at a byte
@@ -171,6 +173,9 @@ class FrameGuard:
     """The ``asyncio.StreamReader`` side aiormq's frame reader uses, guarding the real one.
 
     aiormq calls ``at_eof``, ``readexactly`` and ``read`` only (pinned by a test).
+    Bytes are read in chunks and every whole frame of a chunk is checked at
+    once; ``_in`` holds at most one unfinished frame (within ``frame_max``)
+    and one chunk.
     """
 
     def __init__(
@@ -182,7 +187,9 @@ class FrameGuard:
         headers: HeaderStore,
     ) -> None:
         self._inner = inner
-        self._out = bytearray()
+        self._in = bytearray()  # from the socket, not yet checked
+        self._out = bytearray()  # checked whole frames, for aiormq
+        self._refused: FrameRefused | None = None
         self.frame_max = HANDSHAKE_FRAME_MAX
         self.max_body_size = max_body_size
         self._is_open = is_open
@@ -191,11 +198,11 @@ class FrameGuard:
         self._body: dict[int, tuple[int, bool]] = {}
 
     def at_eof(self) -> bool:
-        return not self._out and self._inner.at_eof()
+        return not self._out and not self._in and self._inner.at_eof()
 
     async def read(self, n: int = -1) -> bytes:
         if not self._out:
-            return await self._inner.read(n)
+            await self._fill()
         size = len(self._out) if n < 0 else min(n, len(self._out))
         data = bytes(self._out[:size])
         del self._out[:size]
@@ -204,7 +211,7 @@ class FrameGuard:
     async def readexactly(self, n: int) -> bytes:
         out = self._out
         while len(out) < n:
-            await self._next_frame()
+            await self._fill()
         if len(out) == n:
             data = bytes(out)
             out.clear()
@@ -213,37 +220,65 @@ class FrameGuard:
         del out[:n]
         return data
 
-    async def _next_frame(self) -> None:
-        inner = self._inner
-        head = await inner.readexactly(_FRAME.size)
-        if head.startswith(b"AMQP"):
-            # The broker's protocol header: it refuses ours. aiormq says so.
-            self._out += head + await inner.readexactly(1)
-            return
-        kind, channel, size = _FRAME.unpack(head)
-        if size + _FRAME.size + 1 > self.frame_max:
-            raise FrameRefused(
-                FRAME_ERROR,
-                f"the broker announced a frame of {size} bytes, over the frame_max of "
-                f"{self.frame_max} bytes",
-            )
-        rest = await inner.readexactly(size + 1)
-        if rest[-1] != _END:
-            raise FrameRefused(FRAME_ERROR, f"a frame of type {kind} does not end with 0xCE")
-        if kind == _BODY:
-            if not self._body_frame(channel, size):
-                return  # dropped: part of a body over max_body_size
-        elif channel in self._body:
-            raise FrameRefused(
-                UNEXPECTED_FRAME,
-                f"a frame of type {kind} inside a message body on channel {channel}",
-            )
-        elif kind == _CONTENT_HEADER:
-            head, rest = self._content_header(channel, rest)
-        elif kind == _METHOD:
-            head, rest = self._method(channel, head, rest)
-        self._out += head
-        self._out += rest
+    async def _fill(self) -> None:
+        """Move at least one more checked byte to ``_out``, or raise."""
+        before = len(self._out)
+        while len(self._out) == before:
+            if self._refused is not None:
+                raise self._refused  # once every frame before it has been taken
+            data = await self._inner.read(_CHUNK)
+            if not data:
+                raise asyncio.IncompleteReadError(bytes(self._in), None)
+            self._in += data
+            try:
+                self._check()
+            except FrameRefused as exc:
+                self._refused = exc
+
+    def _check(self) -> None:
+        """Move every whole frame at the start of ``_in`` to ``_out``, checked."""
+        buf, out = self._in, self._out
+        pos, size_in = 0, len(buf)
+        try:
+            while size_in - pos >= _FRAME.size:
+                if buf.startswith(b"AMQP", pos):
+                    # The broker's protocol header: it refuses ours. aiormq says so.
+                    if size_in - pos < 8:
+                        break
+                    out += buf[pos : pos + 8]
+                    pos += 8
+                    continue
+                kind, channel, size = _FRAME.unpack_from(buf, pos)
+                if size + _FRAME.size + 1 > self.frame_max:
+                    raise FrameRefused(
+                        FRAME_ERROR,
+                        f"the broker announced a frame of {size} bytes, over the frame_max of "
+                        f"{self.frame_max} bytes",
+                    )
+                end = pos + _FRAME.size + size + 1
+                if end > size_in:
+                    break
+                if buf[end - 1] != _END:
+                    raise FrameRefused(
+                        FRAME_ERROR, f"a frame of type {kind} does not end with 0xCE"
+                    )
+                if kind == _BODY:
+                    if self._body_frame(channel, size):
+                        out += buf[pos:end]
+                elif channel in self._body:
+                    raise FrameRefused(
+                        UNEXPECTED_FRAME,
+                        f"a frame of type {kind} inside a message body on channel {channel}",
+                    )
+                elif kind == _CONTENT_HEADER:
+                    out += self._content_header(channel, bytes(buf[pos + _FRAME.size : end - 1]))
+                elif kind == _METHOD:
+                    out += self._method(channel, buf, pos, end)
+                else:
+                    out += buf[pos:end]
+                pos = end
+        finally:
+            del buf[:pos]
 
     def _body_frame(self, channel: int, size: int) -> bool:
         """Count a body frame; whether it is passed on (False: dropped)."""
@@ -265,9 +300,8 @@ class FrameGuard:
             del self._body[channel]
         return keep
 
-    def _content_header(self, channel: int, rest: bytes) -> tuple[bytes, bytes]:
+    def _content_header(self, channel: int, payload: bytes) -> bytes:
         """The header aiormq gets instead: no properties, the store's tag as its weight."""
-        payload = rest[:-1]
         if len(payload) < _HEADER.size:
             raise FrameRefused(FRAME_ERROR, f"a content header of {len(payload)} bytes")
         class_id, _, body_size, _ = _HEADER.unpack_from(payload)
@@ -292,30 +326,31 @@ class FrameGuard:
             self._body[channel] = (body_size, not dropped)
         tag = self.headers.put(channel, properties, undecodable, dropped)
         kept = 0 if dropped else body_size
-        new = _HEADER.pack(class_id, tag, kept, 0)
-        return _FRAME.pack(_CONTENT_HEADER, channel, len(new)), new + bytes((_END,))
+        return _REWRITTEN.pack(_CONTENT_HEADER, channel, _HEADER.size, class_id, tag, kept, 0, _END)
 
-    def _method(self, channel: int, head: bytes, rest: bytes) -> tuple[bytes, bytes]:
-        if len(rest) < 5:
+    def _method(self, channel: int, buf: bytearray, pos: int, end: int) -> bytes | bytearray:
+        start = pos + _FRAME.size
+        if end - start < 5:
             raise FrameRefused(FRAME_ERROR, "a method frame without a method id")
-        (method_id,) = _METHOD_ID.unpack_from(rest)
+        (method_id,) = _METHOD_ID.unpack_from(buf, start)
         if method_id not in _FROM_BROKER:
             raise FrameRefused(
                 UNEXPECTED_FRAME, f"unexpected method {method_id >> 16}.{method_id & 0xFFFF}"
             )
+        layout = _TEXTS.get(method_id)
+        if method_id != _START and layout is None:
+            return buf[pos:end]
+        payload = bytes(buf[start : end - 1])
         try:
-            if method_id == _START:
-                decode_start(rest[:-1])
-                return head, rest
-            layout = _TEXTS.get(method_id)
             if layout is None:
-                return head, rest
-            payload = _repair_texts(rest[:-1], layout)
+                decode_start(payload)
+                return buf[pos:end]
+            repaired = _repair_texts(payload, layout)
         except (ValueError, IndexError, struct.error) as exc:
             raise FrameRefused(FRAME_ERROR, f"a method that does not parse: {exc}") from None
-        if payload is None:
-            return head, rest
-        return _FRAME.pack(_METHOD, channel, len(payload)), payload + bytes((_END,))
+        if repaired is None:
+            return buf[pos:end]
+        return _FRAME.pack(_METHOD, channel, len(repaired)) + repaired + bytes((_END,))
 
 
 def _repair_texts(payload: bytes, layout: tuple[int, ...]) -> bytes | None:
