@@ -187,3 +187,35 @@ async def test_chaos_demo_recovers_from_every_fault() -> None:
         assert set(phase["seen"]) <= {"ok", "ConnectionLost", "RequestTimeout"}, phase
         assert phase["longest"] <= chaos.DEADLINE + 0.2, phase
     assert all(p["new_reply_queue"] for p in phases[1:])
+
+
+async def test_loom_server_example_answers_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the in-memory NATS broker the Loom server example serves one call of its own."""
+    monkeypatch.delenv("HARE_URL", raising=False)
+    result = await load("loom_server").main()
+    assert result == {"reply": {"accepted": "demo", "by": "inst123"}, "taken": 1}
+
+
+async def test_loom_client_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Loom client example reaches one instance, any instance, a failure and nobody."""
+    monkeypatch.delenv("HARE_URL", raising=False)
+    assert await load("loom_client").main() == [
+        {"accepted": "refactor", "by": "inst123"},
+        {"accepted": "review", "by": "inst123"},
+        "error: a task needs a name",
+        "unroutable",
+    ]
+
+
+async def test_loom_examples_as_two_programs() -> None:
+    """The Loom server and client examples meet on one NATS sandbox URL, as two programs."""
+    from hare_py.testing import SandboxNatsBroker
+
+    server, client = load("loom_server"), load("loom_client")
+    with SandboxNatsBroker() as broker, anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(server.main, broker.url))
+            await anyio.sleep(0.2)  # the server subscribes; a call before it is unroutable
+            result = await client.main(broker.url)
+            tg.cancel_scope.cancel()
+    assert result[0] == {"accepted": "refactor", "by": "inst123"}

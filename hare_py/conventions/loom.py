@@ -16,9 +16,11 @@ therefore also serves ``loom.rpc.{svc}.any.{method}`` in queue group
 ``{svc}``, so that each such request is handled by exactly one instance, and
 ``any`` is a reserved instance id. With ``compat_wildcard=True`` an instance
 also joins queue group ``{svc}`` on ``loom.rpc.{svc}.*.{method}`` and answers
-there only when the instance token is literally ``*``, which is what an
-unmodified Loom caller sends; the cost is that every instance-addressed call
-is also delivered once to some member of the group, which drops it.
+there only when the instance token is literally ``*`` (or ``any``), which is
+what an unmodified Loom caller sends. The cost: every instance-addressed call
+is also delivered once to some member of the group, which drops it, and so a
+call to an instance that does not exist waits out its deadline instead of
+failing at once as ``Unroutable``.
 """
 
 from __future__ import annotations
@@ -241,8 +243,9 @@ class LoomServer(ServerConvention[NatsSession]):
     def unwrap(self, delivery: Delivery) -> Incoming:
         rest = delivery.routing_key[len(self.exchange) + 1 :]
         instance, _, method = rest.partition(".")
-        if delivery.consumer_tag in self._wildcard_sids and instance != "*":
+        if delivery.consumer_tag in self._wildcard_sids and instance not in ("*", ANY):
             # Addressed to one instance, also seen through the compat wildcard group.
+            # ('any' requests match both group subscriptions; the group delivers once.)
             raise NotForThisServer(delivery.routing_key)
         envelope = _open_envelope(delivery.body, "request")
         named = envelope.get("method")

@@ -22,6 +22,7 @@ from hare_py import (
     RemoteError,
     Reply,
     Request,
+    RequestTimeout,
     RPCClient,
     RPCServer,
     Unroutable,
@@ -174,3 +175,19 @@ async def test_loom_on_an_amqp_connection_is_a_config_error(where: Where) -> Non
         with pytest.raises(ConfigError, match=r"runs on nats.*speaks amqp-0-9-1"):
             async with RPCClient.start(amqp.url, convention=loom("svc")):
                 pass
+
+
+async def test_compat_wildcard_instances_still_answer_any_once(url: str, svc: str) -> None:
+    """With compat_wildcard, each 'any' call reaches one instance (both group subs match it)."""
+    async with agents(url, svc, "a", "b", compat_wildcard=True) as started, caller(url, svc) as c:
+        with anyio.fail_after(10):
+            replies = [await c.request(i, "any.task.assign") for i in range(20)]
+    assert sorted(r["got"] for r in replies) == list(range(20))
+    assert sum(len(a._state) for a in started) == 20
+
+
+async def test_compat_wildcard_makes_a_missing_instance_time_out(url: str, svc: str) -> None:
+    """The documented cost: with compat_wildcard, a call to no such instance times out."""
+    async with agents(url, svc, "a", compat_wildcard=True), caller(url, svc) as c:
+        with anyio.fail_after(5), pytest.raises(RequestTimeout):
+            await c.request(1, "nobody.task.assign", timeout=0.5)
