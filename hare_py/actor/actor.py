@@ -79,9 +79,6 @@ class _StopRequest:
         self.caller = caller
 
 
-_GAVE_UP = object()  # resolves a caller that timed out or was cancelled
-
-
 def check_timeout(timeout: float, what: str = "timeout") -> float:
     """Validate a timeout in seconds (``math.inf`` allowed)."""
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
@@ -200,7 +197,7 @@ class Actor(Generic[S]):
         twice, or after the caller gave up, does nothing.
         """
         self._forget(caller)
-        caller._resolve(value)
+        caller.resolve(value)
 
     # -- the runtime --------------------------------------------------------------
 
@@ -216,14 +213,14 @@ class Actor(Generic[S]):
 
     async def _await_caller(self, caller: Caller, what: str) -> Any:
         try:
-            await caller._wait(caller.deadline)
+            await caller.wait(caller.deadline)
         finally:
             if not caller.done:  # timed out or cancelled: leave no trace
                 self._forget(caller)
-                caller._resolve(_GAVE_UP)
-        value = caller._value
-        if value is _GAVE_UP:
+                caller.give_up()
+        if caller.gave_up:
             raise RequestTimeout(f"{what} got no reply from {self.name} in time")
+        value = caller.value
         if isinstance(value, BaseException):
             raise value
         return value
@@ -297,7 +294,7 @@ class Actor(Generic[S]):
             self._log.error("actor.terminate_timeout", seconds=self.shutdown_timeout)
         stopper, self._stopper = self._stopper, None
         if stopper is not None:
-            stopper._resolve(None)
+            stopper.resolve(None)
         if crash is not None:
             self._log.error("actor.crashed", error=repr(crash), exc_info=crash)
             self._status = "restarting"
@@ -346,9 +343,9 @@ class Actor(Generic[S]):
             caller = getattr(message, "caller", None)
             if isinstance(caller, Caller):
                 if isinstance(message, _StopRequest):
-                    caller._resolve(None)
+                    caller.resolve(None)
                 else:
-                    caller._resolve(ClientStopped(reason))
+                    caller.resolve(ClientStopped(reason))
 
     def _hold(self, caller: Caller) -> None:
         """Keep ``caller`` waiting for ``reply()``."""
@@ -360,10 +357,10 @@ class Actor(Generic[S]):
         current, self._current = self._current, None
         caller = getattr(current, "caller", None)
         if isinstance(caller, Caller):
-            caller._resolve(error())
+            caller.resolve(error())
         held, self._held = self._held, set()
         for caller in held:
-            caller._resolve(error())
+            caller.resolve(error())
 
     async def _on_start(self, tg: TaskGroup) -> None:
         """Start helper tasks of the incarnation (subclasses)."""
@@ -418,16 +415,16 @@ class Actor(Generic[S]):
         elif kind is Reply and caller is not None:
             self._state = result.state
             self._forget(caller)
-            caller._resolve(result.value)
+            caller.resolve(result.value)
         elif kind is Stop:
             if result.state is not None:
                 self._state = result.state
             if caller is not None:
                 self._forget(caller)
                 if result.reply is not NOTHING:
-                    caller._resolve(result.reply)
+                    caller.resolve(result.reply)
                 else:
-                    caller._resolve(ClientStopped(result.reason))
+                    caller.resolve(ClientStopped(result.reason))
             raise _StopSignal(result.reason)
         else:
             allowed = "Reply, NoReply or Stop" if caller is not None else "NoReply or Stop"

@@ -21,6 +21,11 @@ class Caller:
     Callbacks receive it; returning ``NoReply`` keeps it waiting until
     ``reply(caller, value)`` answers it or its ``deadline`` passes. A caller is
     answered at most once: later answers are ignored.
+
+    The runtime's side of it: ``resolve(value)`` answers it, ``await
+    wait(until)`` waits for the answer until a loop time, ``give_up()`` marks a
+    caller that stopped waiting (it timed out or was cancelled), and
+    ``value`` is the answer once ``done``.
     """
 
     __slots__ = ("_event", "_future", "_value", "deadline", "id", "request")
@@ -38,7 +43,23 @@ class Caller:
         """True once answered (or abandoned by a cancelled caller)."""
         return self._value is not _UNSET
 
-    def _resolve(self, value: Any) -> bool:
+    @property
+    def gave_up(self) -> bool:
+        """True if the caller stopped waiting before it was answered."""
+        return self._value is _GAVE_UP
+
+    @property
+    def value(self) -> Any:
+        """The answer; ``LookupError`` before it is ``done``."""
+        if self._value is _UNSET:
+            raise LookupError(f"{self!r} has no answer yet")
+        return self._value
+
+    def give_up(self) -> bool:
+        """Mark the caller as no longer waiting; False if it was answered already."""
+        return self.resolve(_GAVE_UP)
+
+    def resolve(self, value: Any) -> bool:
         """Answer the caller; False if it was answered already."""
         if self._value is not _UNSET:
             return False
@@ -51,7 +72,7 @@ class Caller:
             self._event.set()
         return True
 
-    async def _wait(self, until: float = math.inf) -> None:
+    async def wait(self, until: float = math.inf) -> None:
         """Return once answered or at ``until`` (loop clock), whichever comes first.
 
         On asyncio this is a bare future and one timer handle: per request, an
@@ -87,3 +108,4 @@ class _Unset:
 
 
 _UNSET = _Unset()
+_GAVE_UP = _Unset()  # the answer of a caller that timed out or was cancelled

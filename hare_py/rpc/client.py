@@ -26,7 +26,7 @@ from anyio.abc import TaskGroup
 
 from .._clock import now
 from .._log import debug_enabled
-from ..actor.actor import _GAVE_UP, Actor, check_timeout
+from ..actor.actor import Actor, check_timeout
 from ..actor.backoff import Backoff
 from ..actor.caller import Caller
 from ..actor.connection import Connection
@@ -334,17 +334,17 @@ class RPCClient(Actor[S], Generic[S]):
             try:
                 # The actor answers at the deadline; the grace is the backstop
                 # for an actor stuck in a slow callback.
-                await caller._wait(deadline + self.deadline_grace)
+                await caller.wait(deadline + self.deadline_grace)
             finally:
                 if not caller.done:
                     self._forget(caller)
-                    caller._resolve(_GAVE_UP)
+                    caller.give_up()
         finally:
             slots.release()
             self._log_request(caller, started)
-        value = caller._value
-        if value is _GAVE_UP:
+        if caller.gave_up:
             raise self._timeout_error(caller)
+        value = caller.value
         if isinstance(value, BaseException):
             raise value
         return value
@@ -354,14 +354,13 @@ class RPCClient(Actor[S], Generic[S]):
     def _log_request(self, caller: Caller, started: float) -> None:
         if not debug_enabled(self._log):
             return  # the canonical event is debug: skip building it when filtered out
-        value = caller._value
         ended = now()
         if not caller.done:
             outcome = "not sent"  # refused before it reached the actor
-        elif value is _GAVE_UP:
+        elif caller.gave_up:
             outcome = "timeout" if ended >= caller.deadline else "cancelled"
-        elif isinstance(value, BaseException):
-            outcome = type(value).__name__
+        elif isinstance(caller.value, BaseException):
+            outcome = type(caller.value).__name__
         else:
             outcome = "ok"
         request = caller.request
@@ -394,7 +393,7 @@ class RPCClient(Actor[S], Generic[S]):
     def _fail_held(self, error: Any) -> None:
         super()._fail_held(error)
         for call in self._calls.clear():
-            call.caller._resolve(error())
+            call.caller.resolve(error())
 
     def _next_deadline(self) -> float:
         return min(self._calls.next_deadline(), self._drops.due)
@@ -503,7 +502,7 @@ class RPCClient(Actor[S], Generic[S]):
     def _fail_batch(self, batch: list[Call], error: HareError) -> None:
         for call in batch:
             self._forget(call.caller)
-            call.caller._resolve(error)
+            call.caller.resolve(error)
 
     def _prepare(self, call: Call) -> Message | None:
         """Mark ``call`` sent and build its message; None if it was answered instead."""
@@ -513,11 +512,11 @@ class RPCClient(Actor[S], Generic[S]):
             body = self.codec.encode(request.payload)
         except Exception as exc:
             self._forget(caller)
-            caller._resolve(exc)
+            caller.resolve(exc)
             return None
         if not self._calls.sent(call):
             self._forget(caller)
-            caller._resolve(
+            caller.resolve(
                 ConfigError(f"correlation id {request.correlation_id!r} is already in flight")
             )
             return None
@@ -538,7 +537,7 @@ class RPCClient(Actor[S], Generic[S]):
             )
         except ConfigError as exc:  # a request the convention cannot express (cloud keys)
             self._forget(caller)
-            caller._resolve(exc)
+            caller.resolve(exc)
             return None
 
     async def _on_delivery(self, delivery: Delivery) -> None:
@@ -571,7 +570,7 @@ class RPCClient(Actor[S], Generic[S]):
                 payload = self.codec.decode(reply.body, reply.content_type)
             except Exception as exc:
                 self._log.warning("rpc.reply_undecodable", correlation_id=cid, error=repr(exc))
-                caller._resolve(
+                caller.resolve(
                     exc
                     if isinstance(exc, HareError)
                     else RemoteError("UndecodableReply", f"{self.codec!r} could not decode: {exc}")
@@ -612,7 +611,7 @@ class RPCClient(Actor[S], Generic[S]):
         # With a lasting reply queue the replies in flight still arrive.
         lost = [] if self.convention.lasting else self._calls.lose_channel()
         for call in lost:
-            call.caller._resolve(
+            call.caller.resolve(
                 ConnectionLost(
                     f"channel closed while the request was in flight: {reason}", code=reason.code
                 )
