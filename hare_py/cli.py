@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 import anyio
 import structlog
 
+from ._log import console_handler
 from .actor.connection import Connection
 from .codecs import JSON
 from .errors import (
@@ -399,25 +400,20 @@ def _console_logging(argv: Sequence[str]) -> Iterator[None]:
     ``--verbose``, info for the others. The previous configuration is restored."""
     quiet = bool(argv) and argv[0] == "call" and not {"-v", "--verbose"} & set(argv)
     level = logging.ERROR if quiet else logging.INFO
-    saved = structlog.get_config()
+    hare = logging.getLogger("hare_py")  # hare_py logs through the stdlib
+    handler = console_handler(sys.stderr, colors=sys.stderr.isatty())
     aiormq = logging.getLogger("aiormq")
-    saved_level = aiormq.level
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
-            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
-        ],
-    )
+    saved_levels = hare.level, aiormq.level
+    hare.addHandler(handler)
+    hare.setLevel(level)
     if quiet:
         aiormq.setLevel(logging.CRITICAL)  # its connect errors repeat ours, with less care
     try:
         yield
     finally:
-        structlog.configure(**saved)
-        aiormq.setLevel(saved_level)
+        hare.removeHandler(handler)
+        hare.setLevel(saved_levels[0])
+        aiormq.setLevel(saved_levels[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import pytest
+import structlog
 from natsserver import NatsServer, started as nats_started
 from rabbitmq import ExternalRabbitMQ, RabbitMQNode, RabbitMQUnavailable, unavailable
 
@@ -102,3 +104,36 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"real RabbitMQ: {counts['passed']} passed, {counts['failed']} failed, "
             f"{counts['skipped']} skipped"
         )
+
+
+# --- structlog's capture_logs() sees hare_py's events -----------------------------
+#
+# hare_py logs through stdlib loggers named hare_py.* (docs/logging.md), which
+# structlog's capture_logs() does not see by itself. In tests the hare_py logger
+# passes everything (debug too) and hands each record to an active capture.
+
+
+class _ToStructlogCapture(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        chain = structlog.get_config()["processors"]
+        if not isinstance(record.msg, dict) or not any(
+            isinstance(p, structlog.testing.LogCapture) for p in chain
+        ):
+            return
+        event: Any = dict(record.msg)
+        try:
+            for processor in chain:
+                event = processor(None, record.levelname.lower(), event)
+        except structlog.DropEvent:
+            pass
+
+
+@pytest.fixture(autouse=True)
+def _hare_py_logs_to_capture_logs() -> Iterator[None]:
+    logger = logging.getLogger("hare_py")
+    handler, level = _ToStructlogCapture(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield
+    logger.removeHandler(handler)
+    logger.setLevel(level)
