@@ -154,7 +154,11 @@ class NatsConnection(TransportConnection):
         self._scope = anyio.CancelScope()
         self._last_words = False  # stop once the queued bytes are written
         self._lame_duck = False
-        self._connect_urls: tuple[str, ...] = ()
+        # The handshake's INFO names the cluster already; later INFOs update it.
+        info = protocol.server_info
+        self._connect_urls: tuple[str, ...] = (
+            info.connect_urls[:MAX_DISCOVERED] if info is not None else ()
+        )
         self.take_queued()  # PONGs to PINGs that came with the handshake
         if self._out:
             self._wake.set()
