@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import math
 import os
 import socket
 import struct
@@ -295,7 +296,7 @@ async def open_channel(conn: AiormqConnection, peer: Peer) -> AiormqChannel:
 
 async def consume(ch: AiormqChannel, peer: Peer) -> anyio.abc.ObjectReceiveStream[Delivery]:
     """Consume queue ``q`` as ``ctag``; deliveries arrive on the returned stream."""
-    send, receive = anyio.create_memory_object_stream[Delivery](100)
+    send, receive = anyio.create_memory_object_stream[Delivery](math.inf)
 
     async def broker_side() -> None:
         await peer.expect(commands.Basic.Consume, peer.ch)
@@ -504,6 +505,25 @@ async def test_the_frame_guard_reads_any_split_of_the_stream(chunk: int) -> None
     assert taken.properties == Properties(correlation_id="c", headers={"k": [1, "x"]})
     assert b"".join(v.value for _, _, v in got[3:5] if isinstance(v, ContentBody)) == b"hello"
     assert guard.at_eof()
+
+
+async def test_a_burst_of_deliveries_keeps_every_message_s_properties() -> None:
+    """Two thousand small deliveries in one write each arrive with their own properties."""
+    with anyio.fail_after(20):
+        async with session() as (conn, peer):
+            ch = await open_channel(conn, peer)
+            deliveries = await consume(ch, peer)
+            burst = b"".join(
+                pamqp_frame.marshal(commands.Basic.Deliver("ctag", i, False, "", "q"), peer.ch)
+                + _header_of(Properties(correlation_id=f"c{i}"), 1, peer.ch)
+                + pamqp_frame.marshal(ContentBody(b"x"), peer.ch)
+                for i in range(1, 2001)
+            )
+            await peer.send_raw(burst)
+            for i in range(1, 2001):
+                delivery = await deliveries.receive()
+                assert delivery.undecodable is None, delivery
+                assert (delivery.delivery_tag, delivery.properties.correlation_id) == (i, f"c{i}")
 
 
 # -- sizes the broker announces --

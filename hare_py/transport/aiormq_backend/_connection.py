@@ -230,7 +230,8 @@ class AiormqConnection(TransportConnection):
             if number is None:
                 raise BrokerError(NOT_ALLOWED, f"NOT_ALLOWED - all {limit} channels are in use")
             conn.last_channel = number
-            conn.hare_headers.reset(number)
+            headers = conn.hare_headers
+            waiting = headers.reset(number)
             channel = _RawChannel(
                 conn,
                 number,
@@ -240,6 +241,7 @@ class AiormqConnection(TransportConnection):
                 on_return_raises=False,
             )
             conn.channels[number] = channel
+            channel.closing.add_done_callback(lambda _: headers.release(number, waiting))
         await channel.open()
         return channel
 

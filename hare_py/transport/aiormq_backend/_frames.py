@@ -67,9 +67,10 @@ _TEXTS: dict[int, tuple[int, ...]] = {
     commands.Channel.Close.index: (2, 0, 4),
     commands.Connection.Close.index: (2, 0, 4),
 }
-# Headers waiting on one channel: a channel's frame queue holds at most aiormq's
-# FRAME_BUFFER_SIZE frames, so more than this are ones its reader will never take.
-_WAITING = 64
+# Headers waiting on one channel: at most those of the frames checked but not
+# yet read by aiormq (one chunk: 22 bytes is the smallest content header frame)
+# and those in the channel's frame queue (aiormq's FRAME_BUFFER_SIZE).
+_WAITING = 4096
 
 _FROM_BROKER = frozenset(
     method.index
@@ -145,9 +146,15 @@ class HeaderStore:
         self._waiting: dict[int, deque[Incoming]] = {}
         self._tag = 0
 
-    def reset(self, channel: int) -> None:
-        """Forget what a previous channel of this number left untaken."""
-        self._waiting[channel] = deque(maxlen=_WAITING)
+    def reset(self, channel: int) -> deque[Incoming]:
+        """A fresh queue for a new channel; whatever a previous one left is forgotten."""
+        waiting = self._waiting[channel] = deque(maxlen=_WAITING)
+        return waiting
+
+    def release(self, channel: int, waiting: deque[Incoming]) -> None:
+        """Drop a closed channel's queue, unless a new channel has the number already."""
+        if self._waiting.get(channel) is waiting:
+            del self._waiting[channel]
 
     def put(
         self, channel: int, properties: Properties, undecodable: str | None, dropped: int
@@ -165,8 +172,9 @@ class HeaderStore:
             entry = waiting.popleft()
             if entry.tag == tag:
                 return entry
-        # Cannot happen while every content header passes through the guard.
-        return Incoming(tag, EMPTY_PROPERTIES, "the message's properties were lost")
+        # A bug if ever: fail the channel (its unacked messages go back to the
+        # queue) rather than hand on a message without its properties.
+        raise LookupError(f"no properties for content header {tag} on channel {channel}")
 
 
 class FrameGuard:
