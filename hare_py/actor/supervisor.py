@@ -15,6 +15,16 @@ A child is an async function ``start(*, task_status)`` that calls
 ``task_status.started()`` once it is ready (the ``start_link`` handshake) and
 returns its exit reason, or raises to crash. Restarts wait an exponential
 backoff with jitter.
+
+Stopping a child cancels its scope and waits ``ChildSpec.shutdown`` seconds.
+OTP then kills the child; anyio cannot kill a task, and a task group cannot
+be left while one of its tasks runs. So a child still running after its
+shutdown (one that shields its cleanup, blocks the event loop, waits on a
+thread, or swallows cancellation in a loop) is logged as
+``child.shutdown_timeout``, the remaining children are stopped on time, and
+the supervisor then waits for it (``child.stopped_late`` when it ends)
+before it starts that child again or returns. Two incarnations of one child
+never run at once.
 """
 
 from __future__ import annotations
@@ -51,7 +61,10 @@ class ChildSpec:
     id: str
     start: ChildStart | Callable[..., Awaitable[Any]]
     restart: Restart = "permanent"
-    shutdown: float = 5.0  # seconds to wait for the child after cancelling it
+    #: Seconds to wait for the child after cancelling it before stopping the
+    #: next one; a child that is still running then is waited for later (see
+    #: the module docstring): anyio cannot kill it.
+    shutdown: float = 5.0
 
     def __post_init__(self) -> None:
         if self.restart not in ("permanent", "transient", "temporary"):
@@ -90,6 +103,7 @@ class _Child:
         self.done = anyio.Event()
         self.running = False
         self.stopping = False
+        self.overdue_since: float | None = None  # when its shutdown ran out
         self.generation = 0
 
 
@@ -185,6 +199,7 @@ class Supervisor:
     async def _start_child(self, child: _Child, *, first: bool = False) -> bool:
         """Start ``child``; False (and a crash in the inbox) if its start failed."""
         assert self._tg is not None
+        await self._wait_gone([child])
         child.generation += 1
         child.done = anyio.Event()
         child.stopping = False
@@ -221,6 +236,12 @@ class Supervisor:
         finally:
             child.running = False
             child.done.set()
+            if child.overdue_since is not None:
+                late = anyio.current_time() - child.overdue_since
+                child.overdue_since = None
+                self._log.warning(
+                    "child.stopped_late", child=child.spec.id, seconds_late=round(late, 3)
+                )
         if not status.started_:
             task_status.started(None)  # returned without calling started(): it ran and ended
         if not child.stopping:
@@ -266,6 +287,7 @@ class Supervisor:
         else:
             group = self._children[child.index :]
         await self._stop_children([c for c in group if c is not child])
+        await self._wait_gone(group)
         delay = self.backoff.delay(len(self._restarts) - 1)
         self.restart_count += 1
         self._log.warning(
@@ -281,7 +303,7 @@ class Supervisor:
                 return  # its crash is in the inbox and counts as another restart
 
     async def _stop_children(self, children: Sequence[_Child]) -> None:
-        """Cancel children in reverse start order, waiting for each to finish."""
+        """Cancel children in reverse start order, waiting up to ``shutdown`` for each."""
         for child in reversed(children):
             if not child.running:
                 continue
@@ -291,7 +313,22 @@ class Supervisor:
             with anyio.move_on_after(child.spec.shutdown):
                 await child.done.wait()
             if child.running:
-                self._log.error("child.shutdown_timeout", child=child.spec.id)
+                # It cannot be killed: stop the others on time, wait for it later.
+                child.overdue_since = anyio.current_time()
+                self._log.error(
+                    "child.shutdown_timeout",
+                    child=child.spec.id,
+                    shutdown=child.spec.shutdown,
+                    detail="still running after its scope was cancelled; it cannot be killed, "
+                    "so the supervisor waits for it to return",
+                )
+
+    async def _wait_gone(self, children: Sequence[_Child]) -> None:
+        """Wait for children still running past their shutdown: a new incarnation
+        beside an old one would share its resources (an actor's mailbox, a queue)."""
+        for child in children:
+            if child.running:
+                await child.done.wait()
 
 
 class _InitialStartFailed(Exception):

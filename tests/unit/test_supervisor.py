@@ -7,6 +7,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio.abc import TaskStatus
+from structlog.testing import capture_logs
 
 from hare_py import Backoff, ChildSpec, ConfigError, RestartIntensityExceeded, Supervisor
 
@@ -202,3 +203,67 @@ def test_bad_configuration_is_refused() -> None:
         Supervisor([rec.child("a"), rec.child("a")])
     with pytest.raises(ConfigError, match="restart type"):
         ChildSpec("x", rec.child("a").start, restart="sometimes")  # type: ignore[arg-type]
+
+
+class Stubborn:
+    """A child whose cleanup, shielded from cancellation, outlasts its shutdown."""
+
+    def __init__(self, events: list[str], cleanup: float) -> None:
+        self.events = events
+        self.cleanup = cleanup
+        self.running = 0
+        self.peak = 0
+
+    def spec(self, name: str, shutdown: float) -> ChildSpec:
+        async def start(*, task_status: TaskStatus[None]) -> None:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            self.events.append(f"start {name}")
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(self.cleanup)
+                self.running -= 1
+                self.events.append(f"end {name}")
+
+        return ChildSpec(name, start, shutdown=shutdown)
+
+
+async def test_a_child_that_outlives_its_shutdown_never_runs_twice() -> None:
+    """A sibling still running past its shutdown is waited for before its restart."""
+    rec = Recorder()
+    stubborn = Stubborn(rec.events, cleanup=0.6)
+    with anyio.fail_after(30):
+        async with Supervisor(
+            [rec.child("a"), stubborn.spec("b", shutdown=0.2)],
+            strategy="one_for_all",
+            backoff=FAST,
+        ):
+            rec.tell("a", RuntimeError("boom"))
+            while rec.events.count("start b") < 2:
+                await anyio.sleep(0.01)
+    assert stubborn.peak == 1
+    assert rec.events == [
+        "start a",
+        "start b",
+        "stop a",  # the crash
+        "end b",  # late, but before anything restarts
+        "start a",
+        "start b",
+        "stop a",  # leaving the block: b times out, a stops on time
+        "end b",
+    ]
+
+
+async def test_shutdown_timeout_moves_on_and_says_when_the_child_ended() -> None:
+    """Past its shutdown a child is logged and the others stop on time; its late end is logged."""
+    rec = Recorder()
+    stubborn = Stubborn(rec.events, cleanup=0.6)
+    with anyio.fail_after(30), capture_logs() as logs:
+        async with Supervisor([rec.child("a"), stubborn.spec("b", shutdown=0.2)], backoff=FAST):
+            pass
+    assert rec.events == ["start a", "start b", "stop a", "end b"]
+    events = [e["event"] for e in logs if e["event"].startswith("child.")]
+    assert events == ["child.shutdown_timeout", "child.stopped_late"]
