@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-from ..errors import ClientStopped, RestartIntensityExceeded
+from ..errors import ClientStopped, ConfigError, RestartIntensityExceeded
 from .actor import Actor, InitRefused
 from .backoff import Backoff
 from .connection import Connection
@@ -24,7 +25,8 @@ class ActorRunner(Generic[A]):
     actor for good and the block goes on; exceeding the restart intensity
     cancels the block and raises ``RestartIntensityExceeded`` out of it.
     Leaving the block stops the actor (``terminate(reason="shutdown")``) and
-    closes the connection if the runner opened it from a URL.
+    closes the connection if the runner opened it from a URL; a
+    ``ConfigError`` that stopped that connection is raised out of the block.
     """
 
     def __init__(
@@ -39,6 +41,8 @@ class ActorRunner(Generic[A]):
     ) -> None:
         self.actor = actor
         self._owned = owned_connection
+        # Entered and left by the task of the ``async with``, in order.
+        self._stack = AsyncExitStack()
         spec = ChildSpec(
             id=actor.name,
             start=partial(actor._run, arg),
@@ -54,29 +58,23 @@ class ActorRunner(Generic[A]):
         )
 
     async def __aenter__(self) -> A:
-        if self._owned is not None:
-            await self._owned.__aenter__()
-        try:
-            await self.supervisor.__aenter__()
-        except InitRefused as exc:
-            await self._close_connection()
-            raise ClientStopped(exc.reason, f"{self.actor.name}: {exc}") from None
-        except BaseException:
-            await self._close_connection()
-            raise
+        async with AsyncExitStack() as stack:
+            if self._owned is not None:
+                await stack.enter_async_context(self._owned)
+            try:
+                await stack.enter_async_context(self.supervisor)
+            except InitRefused as exc:
+                raise ClientStopped(exc.reason, f"{self.actor.name}: {exc}") from None
+            self._stack = stack.pop_all()
         return self.actor
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
         try:
-            return await self.supervisor.__aexit__(exc_type, exc, tb)
-        except RestartIntensityExceeded as error:
-            self.actor._finish_for_good(error)
+            return await self._stack.__aexit__(exc_type, exc, tb)
+        except (RestartIntensityExceeded, ConfigError) as error:
+            if error is not exc:  # the supervisor's or the connection's, not the block's
+                self.actor._finish_for_good(error)
             raise
         finally:
             if self.actor._status != "stopped":
                 self.actor._finish_for_good("shutdown")
-            await self._close_connection()
-
-    async def _close_connection(self) -> None:
-        if self._owned is not None:
-            await self._owned.aclose()

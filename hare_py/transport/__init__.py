@@ -40,6 +40,7 @@ __all__ = [
     "TLSOptions",
     "TransportConnection",
     "backend_for",
+    "check_url",
     "parse_url",
     "wire_protocol_of",
 ]
@@ -95,6 +96,26 @@ def backend_for(url: BrokerURL) -> Backend:
         module_name, _, class_name = target.partition(":")
         backend = getattr(importlib.import_module(module_name), class_name)()
         _instances[target] = backend
+    return backend
+
+
+def check_url(url: BrokerURL, options: ConnectOptions) -> Backend:
+    """The backend for ``url``, once every setting it would read is checked.
+
+    Raises ``ConfigError`` for an unknown URL parameter or a value the backend
+    would refuse at connect time; nothing is connected.
+    """
+    backend = backend_for(url)
+    if url.scheme in ("amqp", "amqps"):
+        from .amqp import _common  # AMQP URL parameters are the same for both backends
+
+        _common.check_url(url, options)
+        if backend is _instances.get(_AIORMQ) and _common.login_mechanism(url) == "AMQPLAIN":
+            raise ConfigError(
+                f"auth=amqplain in {url}: aiormq logs in with PLAIN or EXTERNAL only; "
+                "add backend=anyio to use AMQPLAIN"
+            )
+    backend.check(url, options)
     return backend
 
 

@@ -519,3 +519,12 @@ class Backend(ABC):
         Raises ``ConnectFailed`` when the broker cannot be reached or refuses the
         login.
         """
+
+    def check(self, url: BrokerURL, options: ConnectOptions) -> None:  # noqa: B027
+        """Raise ``ConfigError`` for anything in ``url`` or ``options`` that ``connect``
+        would refuse, without connecting.
+
+        ``Connection`` calls it for every URL when its block is entered, so that
+        a configuration error fails there instead of being retried; a
+        ``ConfigError`` that ``connect`` raises later stops the connection.
+        """

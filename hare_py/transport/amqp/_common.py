@@ -12,7 +12,20 @@ from ...errors import ConfigError, HareError
 from ..base import ConnectOptions, TLSOptions
 from ..url import BrokerURL
 
-__all__ = ["heartbeat_seconds", "login_mechanism", "max_body_size", "scrub", "tls_context"]
+__all__ = [
+    "URL_PARAMETERS",
+    "check_url",
+    "heartbeat_seconds",
+    "login_mechanism",
+    "max_body_size",
+    "scrub",
+    "tls_context",
+]
+
+# Every query parameter of an amqp:// or amqps:// URL; any other is refused, so
+# that a misspelt one is not silently ignored. A new parameter goes here and
+# into check_url.
+URL_PARAMETERS = ("auth", "backend", "heartbeat", "max_body_size", "name")
 
 _MECHANISMS = {"plain": "PLAIN", "amqplain": "AMQPLAIN", "external": "EXTERNAL"}
 
@@ -94,3 +107,22 @@ def scrub(error: HareError, cause: BaseException | None, secret: str) -> HareErr
     error.__cause__ = cause
     error.__suppress_context__ = True
     return error
+
+
+def check_url(url: BrokerURL, options: ConnectOptions) -> None:
+    """``ConfigError`` for any URL parameter or TLS setting a connect would refuse.
+
+    ``Connection`` calls this before connecting, so that a mistake fails at
+    once instead of being retried. ``backend=`` is checked where the backend
+    is chosen (``transport.backend_for``).
+    """
+    unknown = sorted({key for key, _ in url.query} - set(URL_PARAMETERS))
+    if unknown:
+        raise ConfigError(
+            f"unknown URL parameter {', '.join(repr(k[:40]) for k in unknown)} in {url}; "
+            f"known: {', '.join(URL_PARAMETERS)}"
+        )
+    heartbeat_seconds(url, options)
+    max_body_size(url, options)
+    login_mechanism(url)
+    tls_context(url, options)
