@@ -176,7 +176,7 @@ def test_a_convention_of_another_protocol_is_a_config_error(broker: SandboxBroke
             return half
 
     conn = Connection(broker.url)
-    with pytest.raises(ConfigError, match="runs on nats.*speaks amqp-0-9-1"):
+    with pytest.raises(ConfigError, match=r"runs on nats.*speaks amqp-0-9-1"):
         RPCClient(conn, convention=OtherWire())
-    with pytest.raises(ConfigError, match="runs on nats.*speaks amqp-0-9-1"):
+    with pytest.raises(ConfigError, match=r"runs on nats.*speaks amqp-0-9-1"):
         RPCServer(conn, queue="q", convention=OtherWire())
