@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hare_py import ConfigError, ConnectionLost
 from hare_py.transport.aiormq_backend._errors import operation_error
+from hare_py.transport.aiormq_backend._frames import FrameRefused
 from hare_py.transport.base import CloseReason
 
 
@@ -18,3 +19,10 @@ def test_other_exceptions_keep_their_meaning() -> None:
     """A bare Exception with a message is not guessed at; bad values are ConfigError."""
     assert operation_error(Exception("a bug"), None) is None
     assert isinstance(operation_error(ValueError("bad"), None), ConfigError)
+
+
+def test_a_refused_frame_is_connection_lost_with_its_code() -> None:
+    """A frame the guard refused fails pending operations with ConnectionLost and its code."""
+    error = operation_error(FrameRefused(501, "a frame over frame_max"), None)
+    assert isinstance(error, ConnectionLost)
+    assert (error.code, error.text) == (501, "a frame over frame_max")

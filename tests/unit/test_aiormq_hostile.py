@@ -624,6 +624,21 @@ async def test_a_body_dropped_to_its_end_lets_the_next_message_through() -> None
             assert conn.is_open
 
 
+async def test_a_body_being_dropped_counts_as_signs_of_life() -> None:
+    """Body frames dropped unread still prove the broker alive: a slow body over the
+    limit, with nothing else sent for three heartbeat intervals, keeps the connection."""
+    with anyio.fail_after(15):
+        async with session(options(heartbeat=1, max_body_size=10)) as (conn, peer):
+            ch = await open_channel(conn, peer)
+            deliveries = await consume(ch, peer)
+            await peer.deliver(1, b"", raw_header(peer.ch, 1000, 0, b""))
+            assert (await deliveries.receive()).undecodable is not None
+            for _ in range(10):
+                await peer.send_raw(pamqp_frame.marshal(ContentBody(b"x" * 100), peer.ch))
+                await anyio.sleep(0.3)
+            assert conn.is_open, conn.close_reason
+
+
 async def test_max_body_size_from_the_url() -> None:
     """The URL's max_body_size= sets the limit too."""
     with anyio.fail_after(10):

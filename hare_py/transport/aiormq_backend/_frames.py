@@ -17,7 +17,8 @@ Rules this module keeps:
   by hare_py's bounded codec, or why they did not decode, wait in the
   ``HeaderStore`` under that tag for the channel to ``take`` them.
 - A body announced over ``max_body_size`` is not buffered: aiormq is told the
-  body is empty, the body frames are counted and dropped as they arrive, and
+  body is empty, the body frames are counted and dropped as they arrive (each
+  passed on as a heartbeat, so that they still count as signs of life), and
   the message is marked undecodable. A body frame with no message to belong
   to, or beyond its message's size, ends the connection (505).
 - Only methods a broker may send reach pamqp (a client-bound method holds no
@@ -56,6 +57,7 @@ _METHOD_ID = struct.Struct(">I")
 _END = 0xCE
 _REWRITTEN = struct.Struct(">BHIHHQHB")  # a content header frame without properties
 _CHUNK = 1 << 16
+_HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 _METHOD, _CONTENT_HEADER, _BODY = 1, 2, 3
 _START = commands.Connection.Start.index
 # Methods with texts a peer controls (names, reply texts a broker cuts at a byte
@@ -271,8 +273,8 @@ class FrameGuard:
                         FRAME_ERROR, f"a frame of type {kind} does not end with 0xCE"
                     )
                 if kind == _BODY:
-                    if self._body_frame(channel, size):
-                        out += buf[pos:end]
+                    # A dropped frame still proves the broker alive: aiormq gets a heartbeat.
+                    out += buf[pos:end] if self._body_frame(channel, size) else _HEARTBEAT
                 elif channel in self._body:
                     raise FrameRefused(
                         UNEXPECTED_FRAME,
