@@ -159,7 +159,7 @@ def targets(results: Results, settings: Settings) -> list[tuple[str, bool, str]]
 def _anyio_backend_targets(
     results: Results, settings: Settings, mid: Any
 ) -> list[tuple[str, bool, str]]:
-    """Issue 8's targets: the anyio backend against the aiormq backend, same client."""
+    """The anyio backend's targets against the aiormq backend, same client."""
     names = ("hare", "hare_anyio")
     if mid is None or not all(name in settings.contenders for name in names):
         return []

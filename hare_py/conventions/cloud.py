@@ -2,7 +2,7 @@
 
 Wire names::
 
-    Cloud.Service.RPC1.Requests            topic exchange, durable (the seed says direct: see below)
+    Cloud.Service.RPC1.Requests            topic exchange, durable (the conventions say direct: see below)
     Cloud.Service.RPC1.Responses           direct exchange, durable
     RPC.Cloud.<ServiceType>.<Resource>.<Action>   a request's routing key
     Cloud.Service.RPC1.Requests.<ServiceType>     a server's queue (durable), bound with
@@ -14,14 +14,15 @@ Bodies are JSON envelopes: ``RPCRequestDTO`` and ``RPCResponseDTO``. Their
 ``Payload`` is the request or response itself, serialised as JSON into a
 string (the DTO's class name fields say what to deserialise it into).
 
-Deviation from the seed: it calls the Requests exchange ``direct`` but has
-servers bind with wildcards (``RPC.Cloud.<ServiceType>.*``,
-``RPC.Cloud.*.<Resource>.*``); only a topic exchange matches wildcards (a
-direct one compares them literally), so the Requests exchange is declared as
-topic. A topic exchange routes exact keys as a direct one does, so callers
-see no difference. The seed's first pattern, ``RPC.Cloud.<ServiceType>.*``,
-has four words and matches no five-word key; the default binding is
-``RPC.Cloud.<ServiceType>.*.*``, the same shape as its resource pattern.
+Deviation from the Cloud.Service.RPC1 conventions: they call the Requests
+exchange ``direct`` but have servers bind with wildcards
+(``RPC.Cloud.<ServiceType>.*``, ``RPC.Cloud.*.<Resource>.*``); only a topic
+exchange matches wildcards (a direct one compares them literally), so the
+Requests exchange is declared as topic. A topic exchange routes exact keys as
+a direct one does, so callers see no difference. Their first pattern,
+``RPC.Cloud.<ServiceType>.*``, has four words and matches no five-word key;
+the default binding is ``RPC.Cloud.<ServiceType>.*.*``, the shape of their
+resource pattern.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def _word(what: str, value: object) -> str:
 # -- envelopes ----------------------------------------------------------------------------
 #
 # The JSON field names live here and nowhere else: each DTO field's ``wire`` metadata.
-# PascalCase, because that is what the seed's DTOs (C#-style "RPCRequestDTO") serialise
+# PascalCase, because that is what the conventions' DTOs (C#-style "RPCRequestDTO") serialise
 # to by default in .NET (Newtonsoft, System.Text.Json) and in Go (encoding/json without
 # tags); "Id", not "ID", per .NET naming. Fields are read case-insensitively, as
 # Newtonsoft does, so camelCase peers are understood too.
@@ -114,7 +115,7 @@ def _text(value: Any, wire: str) -> str | None:
 
 
 def _payload_text(value: Any) -> str | None:
-    # The seed's Payload is JSON serialised into a string; a peer that embeds the
+    # The conventions' Payload is JSON serialised into a string; a peer that embeds the
     # JSON value itself is understood too.
     if value is None or isinstance(value, str):
         return value

@@ -301,7 +301,7 @@ def test_cloud_client_unwraps_success_and_failure() -> None:
 
 
 def test_cloud_server_defaults_and_incoming() -> None:
-    """The default queue and binding (*.*: the seed's '.*' matches no five-word key)."""
+    """The default queue and binding (*.*: the documented '.*' matches no five-word key)."""
     server = cloud_server()
     assert server.queue == "Cloud.Service.RPC1.Requests.Users"
     assert server.routing_keys == ("RPC.Cloud.Users.*.*",)
