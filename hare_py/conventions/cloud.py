@@ -2,7 +2,7 @@
 
 Wire names::
 
-    Cloud.Service.RPC1.Requests            topic exchange, durable (the conventions say direct: see below)
+    Cloud.Service.RPC1.Requests            topic exchange, durable (documented as direct: see below)
     Cloud.Service.RPC1.Responses           direct exchange, durable
     RPC.Cloud.<ServiceType>.<Resource>.<Action>   a request's routing key
     Cloud.Service.RPC1.Requests.<ServiceType>     a server's queue (durable), bound with
