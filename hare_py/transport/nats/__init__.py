@@ -38,6 +38,7 @@ from typing import ClassVar
 
 from ..base import NATS, Backend, ConnectOptions, TransportConnection
 from ..url import BrokerURL
+from ._config import check_url
 from ._connection import NatsConnection, connect
 from ._session import NatsClientSession
 
@@ -54,3 +55,7 @@ class NatsBackend(Backend):
         self, url: BrokerURL, options: ConnectOptions
     ) -> AbstractAsyncContextManager[TransportConnection]:
         return connect(url, options)
+
+    def check(self, url: BrokerURL, options: ConnectOptions) -> None:
+        """``ConfigError`` for a URL parameter or TLS file a connect would refuse."""
+        check_url(url, options)

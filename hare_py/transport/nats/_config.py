@@ -25,9 +25,10 @@ from ...errors import ConfigError, HareError
 from ..base import ConnectOptions, TLSOptions
 from ..url import BrokerURL
 
-__all__ = ["NatsConfig", "config_for", "scrub"]
+__all__ = ["URL_PARAMETERS", "NatsConfig", "check_url", "config_for", "scrub"]
 
 DRAIN_TIMEOUT = 30.0
+URL_PARAMETERS = ("connect_timeout", "drain_timeout", "heartbeat", "name", "tls_hostname")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,12 @@ def _seconds(url: BrokerURL, name: str, default: float, *, zero: bool) -> float:
 
 def config_for(url: BrokerURL, options: ConnectOptions) -> NatsConfig:
     """The settings for ``url``; ``ConfigError`` for a parameter that cannot work."""
+    unknown = sorted({key for key, _ in url.query} - set(URL_PARAMETERS))
+    if unknown:
+        raise ConfigError(
+            f"unknown URL parameter {', '.join(repr(k[:40]) for k in unknown)} in {url}; "
+            f"known: {', '.join(URL_PARAMETERS)}, token"
+        )
     tls = options.tls or TLSOptions()
     return NatsConfig(
         where=str(url),
@@ -117,3 +124,10 @@ def scrub(error: HareError, cause: BaseException | None, secrets: tuple[str, ...
     error.__cause__ = cause
     error.__suppress_context__ = True
     return error
+
+
+def check_url(url: BrokerURL, options: ConnectOptions) -> None:
+    """``ConfigError`` for anything a connect to ``url`` would refuse, without connecting."""
+    config = config_for(url, options)
+    if config.want_tls or options.tls is not None:
+        config.ssl_context()

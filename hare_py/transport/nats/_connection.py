@@ -140,7 +140,6 @@ class NatsConnection(TransportConnection):
         self._sessions: set[NatsClientSession] = set()
         self._subs: dict[int, Subscription] = {}
         self._pongs: deque[_PongHook] = deque()
-        self._unanswered = 0  # heartbeat PINGs since the last PONG
         self._out: list[bytes] = []
         self._out_size = 0
         self._close_reason: CloseReason | None = None
@@ -275,13 +274,12 @@ class NatsConnection(TransportConnection):
     async def _pinger(self, interval: float) -> None:
         while True:
             await anyio.sleep(interval)
-            if self._unanswered >= PINGS_OUT:
+            if len(self._pongs) >= PINGS_OUT:  # ours, heartbeats and flushes alike
                 text = f"no PONG to {PINGS_OUT} PINGs {interval:g} s apart: the server went silent"
                 self._lost(CloseReason(0, text, "network"))
                 return
             if self._protocol.closed:
                 return
-            self._unanswered += 1
             self._ping(None)
 
     # -- bytes out -------------------------------------------------------------
@@ -344,7 +342,6 @@ class NatsConnection(TransportConnection):
                 if sub is not None:
                     sub.session.on_bad_message(sub, event)
             elif isinstance(event, p.PongReceived):
-                self._unanswered = 0
                 hook = self._pongs.popleft() if self._pongs else None
                 if hook is not None:
                     hook[0]()
