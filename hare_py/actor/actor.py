@@ -26,7 +26,17 @@ from .._clock import now
 from .._log import get_logger
 from ..errors import ClientCrashed, ClientStopped, ConfigError, RequestTimeout
 from .caller import Caller
-from .results import NOTHING, Ignore, NoReply, Reply, Stop, is_normal
+from .results import (
+    NOTHING,
+    CallResult,
+    Ignore,
+    InitResult,
+    NoReply,
+    NoticeResult,
+    Reply,
+    Stop,
+    is_normal,
+)
 
 __all__ = ["Actor", "InitRefused", "check_timeout"]
 
@@ -132,22 +142,23 @@ class Actor(Generic[S]):
 
     # -- callbacks ---------------------------------------------------------------
 
-    async def init(self, arg: Any) -> Any:
+    async def init(self, arg: Any) -> InitResult[S]:
         """Build the initial state from ``arg`` (default: ``arg`` itself)."""
-        return arg
+        state: S = arg
+        return state
 
-    async def handle_call(self, message: Any, caller: Caller, state: S) -> Any:
+    async def handle_call(self, message: Any, caller: Caller, state: S) -> CallResult[S]:
         """Answer ``call(message)``. Default: the caller gets ``NotImplementedError``."""
         return Reply(
             NotImplementedError(f"{type(self).__name__}.handle_call is not implemented"), state
         )
 
-    async def handle_cast(self, message: Any, state: S) -> Any:
+    async def handle_cast(self, message: Any, state: S) -> NoticeResult[S]:
         """Handle ``cast(message)``. Default: log and ignore."""
         self._log.warning("actor.unhandled_cast", message=repr(message)[:200])
         return NoReply(state)
 
-    async def handle_info(self, message: Any, state: S) -> Any:
+    async def handle_info(self, message: Any, state: S) -> NoticeResult[S]:
         """Handle ``send(message)``. Default: log and ignore."""
         self._log.warning("actor.unhandled_info", message=repr(message)[:200])
         return NoReply(state)

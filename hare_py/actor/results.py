@@ -12,9 +12,20 @@ first. ``init`` may return ``Ignore()`` (do not start, exit normally) or
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeAlias, TypeVar
 
-__all__ = ["NORMAL_REASONS", "NOTHING", "Ignore", "NoReply", "Reply", "Stop", "is_normal"]
+__all__ = [
+    "NORMAL_REASONS",
+    "NOTHING",
+    "CallResult",
+    "Ignore",
+    "InitResult",
+    "NoReply",
+    "NoticeResult",
+    "Reply",
+    "Stop",
+    "is_normal",
+]
 
 S = TypeVar("S")
 
@@ -76,3 +87,11 @@ class Stop(Generic[S]):
 @dataclass(frozen=True, slots=True)
 class Ignore:
     """From ``init``: do not start; the actor exits normally at once."""
+
+
+#: What ``init`` returns: the state, ``Ignore()`` or ``Stop(reason)``.
+InitResult: TypeAlias = S | Ignore | Stop[S]
+#: What a callback with a caller returns (``handle_call``, ``handle_response``, ...).
+CallResult: TypeAlias = Reply[S] | NoReply[S] | Stop[S]
+#: What a callback without a caller returns (``handle_cast``, ``handle_info``, ...).
+NoticeResult: TypeAlias = NoReply[S] | Stop[S]

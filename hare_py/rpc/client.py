@@ -30,7 +30,7 @@ from ..actor.actor import Actor, check_timeout
 from ..actor.backoff import Backoff
 from ..actor.caller import Caller
 from ..actor.connection import Connection
-from ..actor.results import NoReply, Reply
+from ..actor.results import CallResult, NoReply, NoticeResult, Reply
 from ..actor.runner import ActorRunner
 from ..codecs import BYTES, Codec
 from ..conventions import Convention, hare
@@ -171,6 +171,9 @@ class RPCClient(Actor[S], Generic[S]):
         )
         self._log = self._log.bind(exchange=self.exchange)
         self._drops = DropLog(self._log, "rpc.reply_dropped")
+        # The caller whose answer handle_response/_return/_timeout is deciding: out of
+        # the call table by then, so a crash in that callback must answer it here.
+        self._deciding: Caller | None = None
 
     @classmethod
     def start(
@@ -231,24 +234,26 @@ class RPCClient(Actor[S], Generic[S]):
 
     # -- callbacks ---------------------------------------------------------------
 
-    async def handle_connected(self, meta: ConnectedMeta, state: S) -> Any:
+    async def handle_connected(self, meta: ConnectedMeta, state: S) -> NoticeResult[S]:
         """The channel is open and the reply queue consumed. Default: go on."""
         return NoReply(state)
 
-    async def handle_request(self, request: Request, caller: Caller, state: S) -> Any:
+    async def handle_request(
+        self, request: Request, caller: Caller, state: S
+    ) -> Forward[S] | CallResult[S]:
         """Decide what to do with a request. Default: send it unchanged."""
         return Forward(state)
 
-    async def handle_response(self, response: Response, caller: Caller, state: S) -> Any:
+    async def handle_response(self, response: Response, caller: Caller, state: S) -> CallResult[S]:
         """Decide what the caller gets for a reply. Default: its payload, or
         ``RemoteError`` for an error reply."""
         return Reply(response.error if response.error is not None else response.payload, state)
 
-    async def handle_timeout(self, caller: Caller, state: S) -> Any:
+    async def handle_timeout(self, caller: Caller, state: S) -> CallResult[S]:
         """The caller's deadline passed. Default: it gets ``RequestTimeout``."""
         return Reply(self._timeout_error(caller), state)
 
-    async def handle_return(self, returned: Returned, caller: Caller, state: S) -> Any:
+    async def handle_return(self, returned: Returned, caller: Caller, state: S) -> CallResult[S]:
         """The broker returned the request as unroutable. Default: ``Unroutable``."""
         return Reply(
             Unroutable(
@@ -391,6 +396,9 @@ class RPCClient(Actor[S], Generic[S]):
             super()._hold(caller)
 
     def _fail_held(self, error: Any) -> None:
+        deciding, self._deciding = self._deciding, None
+        if deciding is not None and not deciding.done:
+            deciding.resolve(error())
         super()._fail_held(error)
         for call in self._calls.clear():
             call.caller.resolve(error())
@@ -402,8 +410,10 @@ class RPCClient(Actor[S], Generic[S]):
         self._drops.flush(now)
         for call in self._calls.expire(now):
             if not call.caller.done:
+                self._deciding = call.caller
                 result = await self.handle_timeout(call.caller, self._state)
                 self._apply(result, "handle_timeout", call.caller)
+                self._deciding = None
 
     async def _on_start(self, tg: TaskGroup) -> None:
         self._helpers = tg
@@ -579,8 +589,10 @@ class RPCClient(Actor[S], Generic[S]):
         response = Response(
             payload, reply.headers, call.request.correlation_id, reply.content_type, reply.error
         )
+        self._deciding = caller
         result = await self.handle_response(response, caller, self._state)
         self._apply(result, "handle_response", caller)
+        self._deciding = None
 
     async def _on_returned(self, returned: ReturnedMessage) -> None:
         cid = self.convention.returned_correlation(returned)
@@ -592,8 +604,10 @@ class RPCClient(Actor[S], Generic[S]):
         info = Returned(
             call.request, exchange, routing_key, returned.reply_code, returned.reply_text
         )
+        self._deciding = call.caller
         result = await self.handle_return(info, call.caller, self._state)
         self._apply(result, "handle_return", call.caller)
+        self._deciding = None
 
     async def _on_channel_up(self, message: ChannelUp) -> None:
         self._channel = self._last_channel = message.channel
