@@ -366,12 +366,10 @@ class NatsConnection(TransportConnection):
             return
         match = _SUB_VIOLATION.match(event.text)
         if match is None:
-            event_name = (
-                "nats.permission_violation"
-                if event.text.lower().startswith("permissions violation")
-                else "nats.server_error"
-            )
-            log.warning(event_name, url=self._where, error=event.text)
+            if event.text.lower().startswith("permissions violation"):
+                log.warning("nats.permission_violation", url=self._where, error=event.text)
+            else:
+                log.warning("nats.server_error", url=self._where, error=event.text)
             return
         subject, queue = match["subject"], match["queue"]
         hit = {
@@ -447,8 +445,10 @@ class NatsConnection(TransportConnection):
         if self._close_reason is None:
             self._close_reason = reason
             self._closed.set()
-            level = log.info if reason.is_normal else log.warning
-            level("nats.closed", url=self._where, reason=str(reason))
+            if reason.is_normal:
+                log.info("nats.closed", url=self._where, reason=str(reason))
+            else:
+                log.warning("nats.closed", url=self._where, reason=str(reason))
 
     def _lost(self, reason: CloseReason) -> None:
         """The socket is done: settle the connection and every session, stop the tasks."""
