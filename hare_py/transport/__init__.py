@@ -107,7 +107,7 @@ def check_url(url: BrokerURL, options: ConnectOptions) -> Backend:
     """
     backend = backend_for(url)
     if url.scheme in ("amqp", "amqps"):
-        from .amqp import _common  # AMQP URL parameters are the same for both backends
+        from . import _amqp_common as _common  # the same URL parameters for both backends
 
         _common.check_url(url, options)
         if backend is _instances.get(_AIORMQ) and _common.login_mechanism(url) == "AMQPLAIN":

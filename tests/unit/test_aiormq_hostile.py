@@ -38,10 +38,10 @@ from pamqp.heartbeat import Heartbeat
 from structlog.testing import capture_logs
 
 from hare_py.errors import ConfigError, ConnectFailed, ConnectionLost, UnsendableMessage
+from hare_py.transport._amqp_codec import FRAME_MAX_LIMIT
 from hare_py.transport.aiormq_backend import _channel, _connection, _frames
 from hare_py.transport.aiormq_backend._channel import AiormqChannel
 from hare_py.transport.aiormq_backend._connection import AiormqConnection, connect
-from hare_py.transport.amqp._protocol import FRAME_MAX_LIMIT
 from hare_py.transport.base import ConnectOptions, Delivery, Message, Properties
 from hare_py.transport.url import parse_url
 

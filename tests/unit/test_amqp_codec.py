@@ -22,9 +22,7 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from hare_py.transport import _fieldtable
-from hare_py.transport._fieldtable import FieldTableError, decode_table, encode_table
-from hare_py.transport.aiormq_backend._convert import to_pamqp, to_properties
-from hare_py.transport.amqp._codec import (
+from hare_py.transport._amqp_codec import (
     UndecodableProperties,
     decode_deliver,
     decode_header,
@@ -32,6 +30,8 @@ from hare_py.transport.amqp._codec import (
     encode_header,
     encode_publish,
 )
+from hare_py.transport._fieldtable import FieldTableError, decode_table, encode_table
+from hare_py.transport.aiormq_backend._convert import to_pamqp, to_properties
 from hare_py.transport.base import Properties
 
 short_text = st.text(max_size=40)

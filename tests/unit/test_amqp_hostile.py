@@ -36,9 +36,9 @@ from test_amqp_driver import (
 )
 
 from hare_py.errors import ConfigError, ConnectFailed, HareError, UnsendableMessage
+from hare_py.transport._amqp_codec import FRAME_MAX_LIMIT
 from hare_py.transport.amqp import _channel, _connection
 from hare_py.transport.amqp._connection import AmqpConnection, connect
-from hare_py.transport.amqp._protocol import FRAME_MAX_LIMIT
 from hare_py.transport.base import ConnectOptions, Delivery, Message, Properties, ReturnedMessage
 from hare_py.transport.url import parse_url
 

@@ -29,7 +29,8 @@ from test_amqp_driver import (
 )
 
 from hare_py.errors import ConnectFailed, HareError
-from hare_py.transport.amqp import _channel, _codec, _connection, _protocol as p
+from hare_py.transport import _amqp_codec as _codec
+from hare_py.transport.amqp import _channel, _connection, _protocol as p
 from hare_py.transport.amqp._connection import connect
 from hare_py.transport.base import Delivery, Properties, ReturnedMessage
 from hare_py.transport.url import parse_url

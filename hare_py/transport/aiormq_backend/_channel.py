@@ -8,7 +8,7 @@ Rules this module keeps:
   drop returns that have no publisher confirm to attach to).
 - Publishing adds nothing to the message (aiormq's ``basic_publish`` would set
   a random ``message_id``) and, without confirms, waits only for the write.
-  Frames are encoded by hare_py's codec (``amqp._codec``), not pamqp: it
+  Frames are encoded by hare_py's codec (``transport._amqp_codec``), not pamqp: it
   refuses what pamqp would silently change (header keys over 128 bytes) and a
   content header over ``frame_max``, which a broker answers by closing the
   whole connection. A batch is all or nothing: every message is encoded
@@ -39,7 +39,7 @@ from pamqp.header import ContentHeader
 
 from ..._log import get_logger
 from ...errors import BrokerError, ConfigError, ConnectionLost, UnsendableMessage
-from ..amqp._codec import encode_publish
+from .._amqp_codec import encode_publish
 from ..base import (
     CHANNEL_ERROR,
     EMPTY_PROPERTIES,

@@ -5,7 +5,7 @@ Rules this module keeps:
 - The URL with its password goes to aiormq and nowhere else; everything we
   log or raise names the redacted ``str(url)``.
 - A failed connect raises ``ConnectFailed`` built outside the ``except`` block
-  and scrubbed (``amqp._common.scrub``), so neither its text nor its cause chain can
+  and scrubbed (``_amqp_common.scrub``), so neither its text nor its cause chain can
   carry the password.
 - The close reason is settled once: ours (``close``), the broker's
   ``connection.close``, or the network (socket error, missed heartbeats, a
@@ -30,8 +30,8 @@ from pamqp.base import Frame
 
 from ..._log import get_logger
 from ...errors import BrokerError, ConfigError, ConnectionLost, HareError
-from ..amqp._common import heartbeat_seconds, login_mechanism, max_body_size, scrub, tls_context
-from ..amqp._protocol import FRAME_MAX_LIMIT, FRAME_MIN_SIZE
+from .._amqp_codec import FRAME_MAX_LIMIT, FRAME_MIN_SIZE
+from .._amqp_common import heartbeat_seconds, login_mechanism, max_body_size, scrub, tls_context
 from ..base import (
     REPLY_SUCCESS,
     Channel,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pamqp.commands import Basic
 
 from ...errors import ConfigError
-from ..amqp._codec import plain as _plain
+from .._amqp_codec import plain as _plain
 from ..base import Delivery, Properties, ReturnedMessage
 from ._frames import Incoming
 

@@ -7,7 +7,7 @@ Rules this module keeps:
   operation is ``ConnectionLost`` (with the broker's code when it gave one); a
   connection that could not be made is ``ConnectFailed``.
 - No text from an exception that may hold the broker URL's password leaves
-  this module; callers pass connect errors through ``amqp._common.scrub``.
+  this module; callers pass connect errors through ``_amqp_common.scrub``.
 """
 
 from __future__ import annotations

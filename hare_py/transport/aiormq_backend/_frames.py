@@ -42,8 +42,12 @@ from aiormq.exceptions import ProtocolSyntaxError
 from pamqp import commands
 from yarl import URL
 
-from ..amqp._codec import UndecodableProperties, decode_header, decode_start
-from ..amqp._protocol import HANDSHAKE_FRAME_MAX
+from .._amqp_codec import (
+    HANDSHAKE_FRAME_MAX,
+    UndecodableProperties,
+    decode_header,
+    decode_start,
+)
 from ..base import EMPTY_PROPERTIES, Properties
 
 __all__ = ["FrameGuard", "FrameRefused", "GuardedTransport", "HeaderStore", "Incoming"]

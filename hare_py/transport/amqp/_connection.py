@@ -35,6 +35,7 @@ import anyio.abc
 from ..._clock import now
 from ..._log import get_logger
 from ...errors import BrokerError, ConnectFailed, ConnectionLost, HareError
+from .._amqp_common import heartbeat_seconds, login_mechanism, max_body_size, scrub, tls_context
 from ..base import (
     ACCESS_REFUSED,
     NOT_ALLOWED,
@@ -48,7 +49,6 @@ from ..base import (
 from ..url import BrokerURL
 from . import _protocol as p
 from ._channel import AmqpChannel
-from ._common import heartbeat_seconds, login_mechanism, max_body_size, scrub, tls_context
 
 __all__ = ["AmqpConnection", "connect"]
 

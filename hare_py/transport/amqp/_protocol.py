@@ -31,7 +31,7 @@ Rules this module keeps:
   as a ``ContentReceived`` with empty properties and the reason in
   ``undecodable``, so that the consumer can refuse it alone.
 - The codec is pamqp, except for the frames every RPC makes (publish, deliver,
-  content header, body: ``_codec``). Methods are pamqp objects; message
+  content header, body: ``transport._amqp_codec``). Methods are pamqp objects; message
   properties are hare_py ``Properties``.
 """
 
@@ -48,8 +48,10 @@ from pamqp.base import Frame
 from pamqp.exceptions import UnmarshalingException
 from pamqp.heartbeat import Heartbeat
 
-from ..base import EMPTY_PROPERTIES, Message, Properties
-from ._codec import (
+from .._amqp_codec import (
+    FRAME_MAX_LIMIT,
+    FRAME_MIN_SIZE,
+    HANDSHAKE_FRAME_MAX,
     UndecodableProperties,
     decode_close,
     decode_deliver,
@@ -57,6 +59,7 @@ from ._codec import (
     decode_start,
     encode_publish,
 )
+from ..base import EMPTY_PROPERTIES, Message, Properties
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
@@ -95,12 +98,6 @@ _START = b"\x00\x0a\x00\x0a"
 _BY_HAND = (_DELIVER, b"\x00\x14\x00\x28", b"\x00\x0a\x00\x32", _START)
 MECHANISMS = ("PLAIN", "AMQPLAIN", "EXTERNAL")
 
-FRAME_MIN_SIZE = 4096  # AMQP 0-9-1: the least frame_max a peer may ask for
-# Frames before connection.tune: a connection.start is well under 1 KiB in practice.
-HANDSHAKE_FRAME_MAX = 131072
-# The most frame_max this client agrees to, also when the broker offers 0 (no
-# limit); RabbitMQ's default is 128 KiB.
-FRAME_MAX_LIMIT = 1 << 20
 DEFAULT_MAX_BODY_SIZE = 128 << 20  # RabbitMQ's own default max_message_size
 
 # Methods a broker sends a client. Anything else (a queue.declare with a table
@@ -584,7 +581,7 @@ class AMQPClientProtocol:
         return size if available >= size else None
 
     def _fast_frame(self, kind: int, raw: bytes, events: list[Event]) -> None:
-        """A body, content header, basic.deliver or close frame, decoded by ``_codec``."""
+        """A body, content header, basic.deliver or close frame, decoded by ``_amqp_codec``."""
         if raw[-1] != constants.FRAME_END:
             raise ProtocolError("malformed frame: no frame-end octet")
         channel = (raw[1] << 8) | raw[2]

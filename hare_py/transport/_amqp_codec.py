@@ -26,16 +26,19 @@ from typing import Any
 from pamqp import constants
 from pamqp.commands import Basic, Channel, Connection
 
-from .._fieldtable import (
+from ._fieldtable import (
     FieldTableError,
     decode_table,
     decode_timestamp,
     encode_table,
     encode_timestamp,
 )
-from ..base import Properties
+from .base import Properties
 
 __all__ = [
+    "FRAME_MAX_LIMIT",
+    "FRAME_MIN_SIZE",
+    "HANDSHAKE_FRAME_MAX",
     "UndecodableProperties",
     "decode_close",
     "decode_deliver",
@@ -46,6 +49,12 @@ __all__ = [
     "plain",
 ]
 
+FRAME_MIN_SIZE = 4096  # AMQP 0-9-1: the least frame_max a peer may ask for
+# Frames before connection.tune: a connection.start is well under 1 KiB in practice.
+HANDSHAKE_FRAME_MAX = 131072
+# The most frame_max this client agrees to, also when the broker offers 0 (no
+# limit); RabbitMQ's default is 128 KiB.
+FRAME_MAX_LIMIT = 1 << 20
 _FRAME = struct.Struct(">BHI")
 _PUBLISH = struct.Struct(">HHH")  # class 60, method 40, reserved-1
 _DELIVER_TAG = struct.Struct(">QB")  # delivery-tag, redelivered bit

@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 import ssl
 
-from ...errors import ConfigError, HareError
-from ..base import ConnectOptions, TLSOptions
-from ..url import BrokerURL
+from ..errors import ConfigError, HareError
+from .base import ConnectOptions, TLSOptions
+from .url import BrokerURL
 
 __all__ = [
     "URL_PARAMETERS",
