@@ -19,6 +19,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -71,24 +72,31 @@ class Subscription:
         self.ending = False  # UNSUB sent; delivering until the server has seen it
 
 
+_OTHER_PROPERTIES = (
+    "content_type",
+    "content_encoding",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "user_id",
+    "app_id",
+)
+_others = attrgetter(*_OTHER_PROPERTIES)
+_NONE = (None,) * len(_OTHER_PROPERTIES)
+
+
 def _other_property(props: Properties) -> str | None:
     """The first property NATS cannot carry, or None."""
-    for name in (
-        "content_type",
-        "content_encoding",
-        "delivery_mode",
-        "priority",
-        "correlation_id",
-        "expiration",
-        "message_id",
-        "timestamp",
-        "type",
-        "user_id",
-        "app_id",
-    ):
-        if getattr(props, name) is not None:
-            return name
-    return None
+    values = _others(props)
+    if values == _NONE:
+        return None
+    return next(
+        name for name, value in zip(_OTHER_PROPERTIES, values, strict=True) if value is not None
+    )
 
 
 def _header_items(headers: Mapping[str, Any]) -> Mapping[str, Any] | list[tuple[str, Any]]:
