@@ -403,6 +403,76 @@ async def test_backdoor_publish(broker: SandboxBroker) -> None:
         assert info.value.code == 404
 
 
+async def test_backdoor_publish_sends_only_what_a_client_could(broker: SandboxBroker) -> None:
+    """publish() refuses what AMQP cannot carry and delivers headers as the wire decodes them."""
+    with anyio.fail_after(5):
+        async with connect(broker.url) as conn:
+            ch = await channel(conn)
+            await ch.queue_declare("q")
+            with pytest.raises(ConfigError, match="headers"):
+                broker.publish("", "q", b"x", Properties(headers={"x": object()}))
+            with pytest.raises(ConfigError, match="routing key"):
+                broker.publish("", "k" * 256, b"x")
+            broker.publish("", "q", b"ok", Properties(headers={"t": (1, 2)}))
+            [message] = broker.messages("q")
+            assert message.body == b"ok"
+            assert message.properties.headers == {"t": [1, 2]}
+
+
+async def test_broker_limits_can_be_lowered() -> None:
+    """frame_max, max_message_size and channel_max are the broker's settings, as on RabbitMQ."""
+    with (
+        anyio.fail_after(5),
+        SandboxBroker(frame_max=4096, max_message_size=10, channel_max=2) as broker,
+    ):
+        async with connect(broker.url) as conn:
+            ch = await channel(conn, publisher_confirms=True)
+            await ch.queue_declare("q")
+            with pytest.raises(ConfigError, match="frame_max of 4096"):
+                await ch.basic_publish(
+                    b"x", routing_key="q", properties=Properties(headers={"h": "v" * 4096})
+                )
+            await ch.basic_publish(b"0123456789", routing_key="q")
+            await channel(conn)
+            with pytest.raises(BrokerError) as info:
+                await channel(conn)
+            assert info.value.code == 530
+            with pytest.raises(BrokerError) as info:
+                await ch.basic_publish(b"0123456789!", routing_key="q")
+            assert info.value.code == 406
+            assert "larger than configured max size 10" in info.value.text
+            assert conn.close_reason is None
+            assert [m.body for m in broker.messages("q")] == [b"0123456789"]
+    with pytest.raises(ConfigError, match="frame_max"):
+        SandboxBroker(frame_max=4095)
+
+
+class TestOnTheLoopsClock:
+    """Message TTLs follow the event loop's clock, so trio's MockClock moves them too."""
+
+    @pytest.fixture
+    def anyio_backend(self, fast_clock_backend: object) -> object:
+        return fast_clock_backend
+
+    async def test_message_ttl_follows_the_event_loops_clock(self, broker: SandboxBroker) -> None:
+        """A message's expiration and a queue's x-message-ttl pass with the loop's time."""
+        with anyio.fail_after(5):
+            async with connect(broker.url) as conn:
+                ch = await channel(conn, publisher_confirms=True)
+                await ch.queue_declare("q")
+                await ch.queue_declare("short", arguments={"x-message-ttl": 100})
+                await ch.basic_publish(
+                    b"short", routing_key="q", properties=Properties(expiration="100")
+                )
+                await ch.basic_publish(
+                    b"long", routing_key="q", properties=Properties(expiration="600000")
+                )
+                await ch.basic_publish(b"queue-ttl", routing_key="short")
+                await anyio.sleep(0.2)
+                assert [m.body for m in broker.messages("q")] == [b"long"]
+                assert (await ch.queue_declare("short", passive=True)).message_count == 0
+
+
 # -- delivery faults ---------------------------------------------------------------------
 
 

@@ -302,7 +302,7 @@ async def test_exclusive_consumer(amqp: Amqp) -> None:
 
 
 async def test_reusing_a_consumer_tag_is_refused(amqp: Amqp) -> None:
-    """A consumer tag already used on the channel is refused with 530 NOT_ALLOWED."""
+    """A consumer tag reused on a channel is refused with 530; the channel and consumer go on."""
     with anyio.fail_after(5):
         q = amqp.queue_name()
         ch = await amqp.channel()
@@ -311,3 +311,5 @@ async def test_reusing_a_consumer_tag_is_refused(amqp: Amqp) -> None:
         with pytest.raises(BrokerError) as info:
             await ch.basic_consume(q, Inbox(), consumer_tag="same")
         assert info.value.code == 530
+        assert ch.is_open
+        assert (await ch.queue_declare(q, passive=True)).consumer_count == 1

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from hypothesis import given, strategies as st
 
 from hare_py.errors import BrokerError, ConnectionLost
 from hare_py.transport.base import CloseReason, Properties
-from hare_py.transport.sandbox._model import BrokerModel
+from hare_py.transport.sandbox._model import BrokerModel, LoopClock
 from hare_py.transport.sandbox._routing import headers_match, topic_match
 from hare_py.transport.sandbox._state import (
     ChannelClosed,
@@ -153,3 +154,40 @@ def test_expired_messages_leave_from_the_head() -> None:
     assert len(model.messages("q")) == 1
     now[0] = 0.2
     assert model.messages("q") == []
+
+
+def test_channel_numbers_stay_within_channel_max() -> None:
+    """Channel numbers go up to channel_max, then reuse the lowest free one after the last."""
+    model = BrokerModel(lambda conn, event: None, channel_max=3)
+    conn = model.open_connection()
+    opened = [model.open_channel(conn) for _ in range(3)]
+    assert [number for _, number in opened] == [1, 2, 3]
+    with pytest.raises(BrokerError) as info:
+        model.open_channel(conn)
+    assert info.value.code == 530
+    assert model.connection_reason(conn) is None
+    model.close_channel(opened[1][0], CloseReason(200, "bye", "client"))
+    assert model.open_channel(conn)[1] == 2
+
+
+def test_hard_error_closes_the_connection_and_raises_connection_lost() -> None:
+    """An unknown exchange type closes the whole connection (503), seen as ConnectionLost."""
+    r = Recorder()
+    conn = r.model.open_connection()
+    ch, _ = r.model.open_channel(conn)
+    with pytest.raises(ConnectionLost) as info:
+        r.model.exchange_declare(ch, "x", "fanciful")
+    assert info.value.code == 503
+    assert [type(e) for e in r.take()] == [ChannelClosed, ConnectionClosed]
+    reason = r.model.connection_reason(conn)
+    assert reason == CloseReason(
+        503, "COMMAND_INVALID - unknown exchange type 'fanciful'", "broker"
+    )
+
+
+def test_loop_clock_stands_still_outside_a_loop() -> None:
+    """Outside any event loop the model's clock keeps its last reading."""
+    clock = LoopClock()
+    first = clock()
+    time.sleep(0.01)
+    assert clock() == first

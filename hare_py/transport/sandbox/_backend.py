@@ -4,12 +4,17 @@ Each connection owns a task group; each channel runs one dispatcher task in it
 that calls the channel's callbacks in broker order. Model events are posted to
 the channel's unbounded memory stream, so the broker never waits on a client
 and callbacks always run after the operation that caused them has returned.
+
+A channel plays the client's part too: every method and message is first
+encoded as the AMQP backends would send it (``_wire``), and what they would
+refuse before sending is refused here the same way (``ConfigError``,
+``UnsendableMessage``, a reused consumer tag), with the channel left open.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -17,17 +22,20 @@ from typing import Any, ClassVar, TypeVar
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
+from pamqp import commands as spec
 
 from ..._log import get_logger
-from ...errors import BrokerError, ConnectionLost
+from ...errors import BrokerError, ConfigError, ConnectionLost, UnsendableMessage
 from ..base import (
     EMPTY_PROPERTIES,
+    NOT_ALLOWED,
     REPLY_SUCCESS,
     Backend,
     Channel,
     CloseReason,
     ConnectOptions,
     ExchangeType,
+    Message,
     OnCancel,
     OnDelivery,
     OnReturn,
@@ -46,6 +54,7 @@ from ._state import (
     Event,
     Return,
 )
+from ._wire import Unsendable, encode_message, method_arguments
 
 __all__ = ["SandboxBackend", "SandboxChannel", "SandboxConnection"]
 
@@ -253,7 +262,12 @@ class SandboxChannel(Channel):
         try:
             fn(*args)
         except Exception:
-            log.exception(f"{what} callback failed", channel=self._number, connection=self._conn.id)
+            log.exception(
+                "sandbox.callback_failed",
+                callback=what,
+                channel=self._number,
+                connection=self._conn.id,
+            )
 
     async def _deliver_later(self, item: Deliver) -> None:
         await anyio.sleep(item.delay)
@@ -281,10 +295,15 @@ class SandboxChannel(Channel):
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return fn(self._id, *args, **kwargs)
-        except BrokerError:
-            # The broker closed the channel with this error: reflect it at once.
+        except (BrokerError, ConnectionLost):
+            # The broker closed the channel (or connection): reflect it at once.
             self._mark_closed(self._model.channel_reason(self._id))
             raise
+
+    def _check_open(self) -> None:
+        """``ConnectionLost`` on a closed channel, before anything is encoded (as the backends)."""
+        if self._reason is not None or self._model.channel_reason(self._id) is not None:
+            raise self._lost("is closed")
 
     def _lost(self, what: str) -> ConnectionLost:
         reason = self._reason or self._model.channel_reason(self._id)
@@ -316,6 +335,17 @@ class SandboxChannel(Channel):
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         await anyio.lowlevel.checkpoint()
+        self._check_open()
+        args = method_arguments(
+            spec.Exchange.Declare,
+            exchange=exchange,
+            exchange_type=exchange_type,
+            passive=passive,
+            durable=durable,
+            auto_delete=auto_delete,
+            internal=internal,
+            arguments=dict(arguments) if arguments else None,
+        )
         self._call(
             self._model.exchange_declare,
             exchange,
@@ -324,11 +354,13 @@ class SandboxChannel(Channel):
             durable=durable,
             auto_delete=auto_delete,
             internal=internal,
-            arguments=arguments,
+            arguments=args,
         )
 
     async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
         await anyio.lowlevel.checkpoint()
+        self._check_open()
+        method_arguments(spec.Exchange.Delete, exchange=exchange, if_unused=if_unused)
         self._call(self._model.exchange_delete, exchange, if_unused=if_unused)
 
     async def queue_declare(
@@ -342,6 +374,16 @@ class SandboxChannel(Channel):
         arguments: Mapping[str, Any] | None = None,
     ) -> QueueInfo:
         await anyio.lowlevel.checkpoint()
+        self._check_open()
+        args = method_arguments(
+            spec.Queue.Declare,
+            queue=queue,
+            passive=passive,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            arguments=dict(arguments) if arguments else None,
+        )
         return self._call(
             self._model.queue_declare,
             queue,
@@ -349,13 +391,15 @@ class SandboxChannel(Channel):
             durable=durable,
             exclusive=exclusive,
             auto_delete=auto_delete,
-            arguments=arguments,
+            arguments=args,
         )
 
     async def queue_delete(
         self, queue: str, *, if_unused: bool = False, if_empty: bool = False
     ) -> int:
         await anyio.lowlevel.checkpoint()
+        self._check_open()
+        method_arguments(spec.Queue.Delete, queue=queue, if_unused=if_unused, if_empty=if_empty)
         return self._call(self._model.queue_delete, queue, if_unused=if_unused, if_empty=if_empty)
 
     async def queue_bind(
@@ -366,7 +410,15 @@ class SandboxChannel(Channel):
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         await anyio.lowlevel.checkpoint()
-        self._call(self._model.queue_bind, queue, exchange, routing_key, arguments)
+        self._check_open()
+        args = method_arguments(
+            spec.Queue.Bind,
+            queue=queue,
+            exchange=exchange,
+            routing_key=routing_key,
+            arguments=dict(arguments) if arguments else None,
+        )
+        self._call(self._model.queue_bind, queue, exchange, routing_key, args)
 
     async def queue_unbind(
         self,
@@ -376,14 +428,26 @@ class SandboxChannel(Channel):
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
         await anyio.lowlevel.checkpoint()
-        self._call(self._model.queue_unbind, queue, exchange, routing_key, arguments)
+        self._check_open()
+        args = method_arguments(
+            spec.Queue.Unbind,
+            queue=queue,
+            exchange=exchange,
+            routing_key=routing_key,
+            arguments=dict(arguments) if arguments else None,
+        )
+        self._call(self._model.queue_unbind, queue, exchange, routing_key, args)
 
     async def queue_purge(self, queue: str) -> int:
         await anyio.lowlevel.checkpoint()
+        self._check_open()
+        method_arguments(spec.Queue.Purge, queue=queue)
         return self._call(self._model.queue_purge, queue)
 
     async def basic_qos(self, prefetch_count: int, *, global_: bool = False) -> None:
         await anyio.lowlevel.checkpoint()
+        self._check_open()
+        method_arguments(spec.Basic.Qos, prefetch_count=prefetch_count, global_=global_)
         self._call(self._model.basic_qos, prefetch_count, global_=global_)
 
     async def basic_consume(
@@ -398,13 +462,27 @@ class SandboxChannel(Channel):
         on_cancel: OnCancel | None = None,
     ) -> str:
         await anyio.lowlevel.checkpoint()
+        self._check_open()
+        if consumer_tag and consumer_tag in self._consumers:
+            # Both backends refuse this themselves, so the channel stays open.
+            raise BrokerError(
+                NOT_ALLOWED, f"NOT_ALLOWED - attempt to reuse consumer tag '{consumer_tag}'"
+            )
+        args = method_arguments(
+            spec.Basic.Consume,
+            queue=queue,
+            consumer_tag=consumer_tag,
+            no_ack=no_ack,
+            exclusive=exclusive,
+            arguments=dict(arguments) if arguments else None,
+        )
         tag = self._call(
             self._model.basic_consume,
             queue,
             no_ack=no_ack,
             exclusive=exclusive,
             consumer_tag=consumer_tag,
-            arguments=arguments,
+            arguments=args,
         )
         # Register before the first delivery can be dispatched.
         self._consumers[tag] = _ConsumerEntry(on_delivery, on_cancel)
@@ -413,6 +491,8 @@ class SandboxChannel(Channel):
 
     async def basic_cancel(self, consumer_tag: str) -> None:
         await anyio.lowlevel.checkpoint()
+        self._check_open()
+        method_arguments(spec.Basic.Cancel, consumer_tag=consumer_tag)
         self._call(self._model.basic_cancel, consumer_tag)
         # Deliveries sent before cancel-ok still reach the consumer.
         await self._sync()
@@ -428,20 +508,64 @@ class SandboxChannel(Channel):
         mandatory: bool = False,
     ) -> None:
         await anyio.lowlevel.checkpoint()
+        self._check_open()
+        try:
+            data, props = encode_message(
+                exchange, routing_key, body, properties, mandatory, self._frame_max
+            )
+        except Unsendable as exc:
+            raise ConfigError(f"cannot publish: {exc.reason}") from None
+        if self._route(data, exchange, routing_key, props, mandatory):
+            await self._confirmed()
+
+    async def basic_publish_many(
+        self, messages: Sequence[Message], *, mandatory: bool = False
+    ) -> None:
+        """All or nothing for encoding: every message is encoded before any is routed,
+        and ``UnsendableMessage`` names the first that cannot be."""
+        await anyio.lowlevel.checkpoint()
+        self._check_open()
+        encoded = []
+        for index, m in enumerate(messages):
+            try:
+                data, props = encode_message(
+                    m.exchange, m.routing_key, m.body, m.properties, mandatory, self._frame_max
+                )
+            except Unsendable as exc:
+                raise UnsendableMessage(index, exc.reason) from None
+            encoded.append((data, m.exchange, m.routing_key, props))
+        for data, exchange, routing_key, props in encoded:
+            if not self._route(data, exchange, routing_key, props, mandatory):
+                return  # the broker closed the channel: the rest are ignored, as on the wire
+        if encoded:
+            await self._confirmed()
+
+    @property
+    def _frame_max(self) -> int:
+        return self._conn.broker.frame_max
+
+    def _route(
+        self, body: bytes, exchange: str, routing_key: str, props: Properties, mandatory: bool
+    ) -> bool:
+        """Hand one message to the broker; False if it refused it without confirms."""
         try:
             self._model.basic_publish(
                 self._id,
-                bytes(body),
+                body,
                 exchange=exchange,
                 routing_key=routing_key,
-                properties=properties,
+                properties=props,
                 mandatory=mandatory,
             )
         except BrokerError:
             if not self._confirms:
-                return  # the client learns from the channel close, later
+                return False  # the client learns from the channel close, later
             self._mark_closed(self._model.channel_reason(self._id))
             raise
+        return True
+
+    async def _confirmed(self) -> None:
+        """Wait for the confirms of what was published, in confirm mode."""
         if self._confirms and not await self._sync():
             # The channel closed before the confirm. A broker close refuses the
             # publish; any other close loses it (as the aiormq backend reports it).
@@ -453,16 +577,21 @@ class SandboxChannel(Channel):
 
     async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
         await anyio.lowlevel.checkpoint()
+        method_arguments(spec.Basic.Ack, delivery_tag=delivery_tag, multiple=multiple)
         self._ack_call(self._model.basic_ack, delivery_tag, multiple=multiple)
 
     async def basic_nack(
         self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True
     ) -> None:
         await anyio.lowlevel.checkpoint()
+        method_arguments(
+            spec.Basic.Nack, delivery_tag=delivery_tag, multiple=multiple, requeue=requeue
+        )
         self._ack_call(self._model.basic_nack, delivery_tag, multiple=multiple, requeue=requeue)
 
     async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> None:
         await anyio.lowlevel.checkpoint()
+        method_arguments(spec.Basic.Reject, delivery_tag=delivery_tag, requeue=requeue)
         self._ack_call(self._model.basic_reject, delivery_tag, requeue=requeue)
 
     def _ack_call(self, fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:

@@ -15,8 +15,10 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ...errors import ConfigError, ConnectFailed
+from .._amqp_codec import FRAME_MIN_SIZE
 from ..base import CONNECTION_FORCED, EMPTY_PROPERTIES, CloseReason, Properties
 from ._faults import Fault, FaultAction
+from ._limits import CHANNEL_MAX, MAX_MESSAGE_SIZE
 from ._model import CANCEL_TEXT, BrokerModel
 from ._state import Event
 from ._views import (
@@ -29,6 +31,7 @@ from ._views import (
     QueueDetails,
     SandboxMessage,
 )
+from ._wire import FRAME_MAX, Unsendable, encode_message
 
 __all__ = ["SandboxBroker", "lookup_broker"]
 
@@ -56,15 +59,33 @@ class SandboxBroker:
     """An in-memory AMQP 0-9-1 broker reachable at ``sandbox://NAME``.
 
     Use it as a context manager (or call ``close()``) to unregister it.
+
+    It refuses what RabbitMQ 3.10 refuses, with its settings by default:
+    ``frame_max`` (a message's content header must fit in one frame),
+    ``max_message_size`` (a larger body is refused with 406) and
+    ``channel_max`` (channels open at once on one connection). Lower them to
+    test those limits without sending large messages.
     """
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        frame_max: int = FRAME_MAX,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+        channel_max: int = CHANNEL_MAX,
+    ) -> None:
         if name is None:
             name = f"broker-{next(_names)}-{secrets.token_hex(3)}"
         if name in _registry:
             raise ConfigError(f"a sandbox broker named {name!r} is already registered")
+        if frame_max < FRAME_MIN_SIZE:
+            raise ConfigError(f"frame_max must be at least {FRAME_MIN_SIZE}, got {frame_max}")
         self.name = name
-        self._model = BrokerModel(self._route_event)
+        self.frame_max = frame_max
+        self._model = BrokerModel(
+            self._route_event, max_message_size=max_message_size, channel_max=channel_max
+        )
         self._sinks: dict[int, Callable[[Event], None]] = {}
         self._connect_script: deque[Script] = deque()
         self._channel_script: deque[Script] = deque()
@@ -273,9 +294,18 @@ class SandboxBroker:
         body: bytes,
         properties: Properties = EMPTY_PROPERTIES,
     ) -> None:
-        """Publish a message from outside any connection (``BrokerError`` if no exchange)."""
+        """Publish a message from outside any connection (``BrokerError`` if no exchange).
+
+        ``ConfigError`` for a message no AMQP client could send.
+        """
+        try:
+            data, props = encode_message(
+                exchange, routing_key, body, properties, False, self.frame_max
+            )
+        except Unsendable as exc:
+            raise ConfigError(f"cannot publish: {exc.reason}") from None
         self._model.basic_publish(
-            None, body, exchange=exchange, routing_key=routing_key, properties=properties
+            None, data, exchange=exchange, routing_key=routing_key, properties=props
         )
 
     # -- delivery faults ---------------------------------------------------------------------

@@ -2,17 +2,22 @@
 
 Rules this module keeps:
 
-- Nothing here awaits or touches an event loop. Operations are plain methods
-  taking the acting channel's id; they complete at once.
+- Nothing here awaits; all it reads of an event loop is its clock. Operations
+  are plain methods taking the acting channel's id; they complete at once.
 - What clients must learn about (deliveries, returns, consumer cancels,
   channel and connection closes) is handed to ``emit(connection_id, event)``
   in broker order; the I/O layer delivers it asynchronously.
 - A refused operation closes its channel (or, for hard errors, its
   connection) in the model and emits the close *before* raising
-  ``BrokerError``, as a real broker sends ``channel.close``.
+  ``BrokerError`` (``ConnectionLost`` for a hard error), as a real broker
+  sends ``channel.close`` (or ``connection.close``).
 - An operation on a closed channel raises ``ConnectionLost`` and changes
   nothing.
-- Reply texts follow RabbitMQ's, so tests read the same on both.
+- Reply texts follow RabbitMQ's, so tests read the same on both; so do the
+  limits it enforces (``_limits``: argument values, message size, channel_max).
+  What a client could not even send is refused before the model (``_wire``).
+- Time is the running event loop's clock (``LoopClock``), so message TTLs
+  follow a mock clock.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, NoReturn
 
+from ..._clock import now
 from ...errors import BrokerError, ConnectionLost
 from ..base import (
     ACCESS_REFUSED,
@@ -41,6 +47,16 @@ from ..base import (
     ReturnedMessage,
 )
 from ._faults import FaultSet
+from ._limits import (
+    CHANNEL_MAX,
+    EXCHANGE_TYPES,
+    MAX_MESSAGE_SIZE,
+    amqp_type,
+    check_expiration,
+    check_queue,
+    check_x_match,
+    equivalent,
+)
 from ._routing import headers_match, topic_match
 from ._state import (
     Binding,
@@ -82,7 +98,8 @@ SYSTEM_EXCHANGES = {
     "amq.headers": "headers",
     "amq.match": "headers",
 }
-HARD_ERRORS = frozenset({NOT_ALLOWED, 501, 502, 503, 504, 505, 506, 540, 541})
+COMMAND_INVALID = 503
+HARD_ERRORS = frozenset({NOT_ALLOWED, 501, 502, COMMAND_INVALID, 504, 505, 506, 540, 541})
 # Queue arguments RabbitMQ compares on redeclare; others are accepted as they come.
 CHECKED_QUEUE_ARGS = (
     "x-dead-letter-exchange",
@@ -110,27 +127,24 @@ def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
-def _amqp_type(value: Any) -> str:
-    # How RabbitMQ names the field type in "inequivalent arg" messages.
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        for bits, name in ((8, "byte"), (16, "short"), (32, "signedint")):
-            if -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
-                return name
-        return "long"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, str | bytes):
-        return "longstr"
-    return "table" if isinstance(value, Mapping) else "array"
+class LoopClock:
+    """The running event loop's clock; outside any loop, time stands still.
 
+    Expiry deadlines are set and checked on the loop's clock, so under trio's
+    ``MockClock`` a TTL passes with virtual time. A backdoor call made outside
+    a loop sees the last time a loop showed.
+    """
 
-def _describe(value: Any) -> str:
-    if value is None:
-        return "none"
-    shown = value.decode(errors="replace") if isinstance(value, bytes) else value
-    return f"the value '{shown}' of type '{_amqp_type(value)}'"
+    def __init__(self) -> None:
+        self._last: float | None = None
+
+    def __call__(self) -> float:
+        try:
+            self._last = now()
+        except RuntimeError:  # no running event loop
+            if self._last is None:
+                self._last = time.monotonic()
+        return self._last
 
 
 def _parse_ttl(value: Any) -> int | None:
@@ -148,10 +162,15 @@ class BrokerModel:
     def __init__(
         self,
         emit: Callable[[int, Event], None],
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
+        *,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+        channel_max: int = CHANNEL_MAX,
     ) -> None:
         self._emit = emit
-        self._clock = clock
+        self._clock = clock if clock is not None else LoopClock()
+        self.max_message_size = max_message_size
+        self.channel_max = channel_max
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.bindings: list[Binding] = []
@@ -205,6 +224,10 @@ class BrokerModel:
                 self.close_connection(ch.connection.id, reason)
             else:
                 self._close_channel(ch, reason)
+        if code in HARD_ERRORS:
+            # The broker closed the connection: the client sees it go.
+            number = f"channel {ch.number} " if ch is not None else ""
+            raise ConnectionLost(f"{number}closed: {code} {full} (by connection)", code=code)
         raise BrokerError(code, full)
 
     def _check_exclusive(self, ch: ChannelState | None, q: Queue) -> None:
@@ -257,8 +280,16 @@ class BrokerModel:
         conn = self.connections[connection]
         if conn.reason is not None:
             raise ConnectionLost(f"connection is closed: {conn.reason}", code=conn.reason.code)
-        ch = ChannelState(next(self._channel_ids), conn, conn.next_number, confirms)
-        conn.next_number += 1
+        limit = self.channel_max
+        if len(conn.channels) >= limit:
+            # Both AMQP backends refuse this themselves; the connection goes on.
+            raise BrokerError(NOT_ALLOWED, f"NOT_ALLOWED - all {limit} channels are in use")
+        numbers = {c.number for c in conn.channels.values()}
+        number = conn.next_number
+        while number in numbers:  # after channel_max, wrap around to free numbers
+            number = number % limit + 1
+        ch = ChannelState(next(self._channel_ids), conn, number, confirms)
+        conn.next_number = number % limit + 1
         conn.channels[ch.id] = ch
         self.channels[ch.id] = ch
         self.record(Op("open_channel", connection, ch.id, {"publisher_confirms": confirms}))
@@ -319,6 +350,8 @@ class BrokerModel:
             arguments=args,
         ):
             ch = self._open_channel_state(channel)
+            if not passive and exchange_type not in EXCHANGE_TYPES:
+                self._refuse(ch, COMMAND_INVALID, f"unknown exchange type '{exchange_type}'")
             self._not_default(ch, exchange)
             if passive:
                 self._exchange_or_404(ch, exchange)
@@ -330,6 +363,14 @@ class BrokerModel:
                         ch,
                         ACCESS_REFUSED,
                         f"exchange name '{exchange}' contains reserved prefix 'amq.*'",
+                    )
+                alternate = args.get("alternate-exchange")
+                if alternate is not None and not isinstance(alternate, str):
+                    self._refuse(
+                        ch,
+                        PRECONDITION_FAILED,
+                        f"invalid type '{amqp_type(alternate)}' for arg 'alternate-exchange' "
+                        f"in exchange '{exchange}' in vhost '{VHOST}'",
                     )
                 self.exchanges[exchange] = Exchange(
                     exchange, exchange_type, durable, auto_delete, internal, args
@@ -369,13 +410,9 @@ class BrokerModel:
             have, want = current.get(key), wanted.get(key)
             if key == "x-queue-type":  # an absent type means the default, classic
                 have, want = have or "classic", want or "classic"
-            if have != want:
-                self._refuse(
-                    ch,
-                    PRECONDITION_FAILED,
-                    f"inequivalent arg '{key}' {what}: "
-                    f"received {_describe(want)} but current is {_describe(have)}",
-                )
+            refusal = equivalent(key, what, have, want)
+            if refusal is not None:
+                self._refuse(ch, PRECONDITION_FAILED, refusal)
 
     def exchange_delete(self, channel: int, exchange: str, *, if_unused: bool = False) -> None:
         with self._op("exchange_delete", channel, exchange=exchange, if_unused=if_unused):
@@ -440,6 +477,16 @@ class BrokerModel:
             name = queue or f"amq.gen-{_token()}"
             q_or_none = self.queues.get(name)
             if q_or_none is None:
+                refusal = check_queue(
+                    f"queue '{name}' in vhost '{VHOST}'",
+                    server_named=not queue,
+                    durable=durable,
+                    exclusive=exclusive,
+                    auto_delete=auto_delete,
+                    args=args,
+                )
+                if refusal is not None:
+                    self._refuse(ch, PRECONDITION_FAILED, refusal)
                 q = Queue(name, durable, owner if exclusive else None, auto_delete, args)
                 self.queues[name] = q
                 return self._queue_info(q)
@@ -535,6 +582,9 @@ class BrokerModel:
             x = self._exchange_or_404(ch, exchange)
             q = self._queue_or_404(ch, queue)
             self._check_exclusive(ch, q)
+            refusal = check_x_match(args) if x.type == "headers" else None
+            if refusal is not None:
+                self._refuse(ch, PRECONDITION_FAILED, refusal)
             if not any(b.same(exchange, queue, routing_key, args) for b in self.bindings):
                 self.bindings.append(Binding(exchange, queue, routing_key, args))
                 x.had_binding = True
@@ -688,6 +738,13 @@ class BrokerModel:
             mandatory=mandatory,
         ):
             ch = self._open_channel_state(channel) if channel is not None else None
+            if len(body) > self.max_message_size:
+                self._refuse(
+                    ch,
+                    PRECONDITION_FAILED,
+                    f"message size {len(body)} is larger than configured max size "
+                    f"{self.max_message_size}",
+                )
             x = self._exchange_or_404(ch, exchange) if exchange else None
             if x is not None and x.internal:
                 self._refuse(
@@ -712,11 +769,10 @@ class BrokerModel:
                 return
             ttl: int | None = None
             if props.expiration is not None:
-                ttl = _parse_ttl(props.expiration)
-                if ttl is None:
-                    self._refuse(
-                        ch, PRECONDITION_FAILED, f"invalid expiration '{props.expiration}'"
-                    )
+                parsed = check_expiration(props.expiration)
+                if isinstance(parsed, str):
+                    self._refuse(ch, PRECONDITION_FAILED, parsed)
+                ttl = parsed
             queues = self._route(x, routing_key, props.headers, set())
             if not queues:
                 if mandatory and ch is not None:
@@ -790,7 +846,13 @@ class BrokerModel:
         q.ready.append(message)
         self._pump(q)
         if message.immediate and message in q.ready:
-            q.ready.remove(message)  # TTL 0: not deliverable right now, so it expires
+            # TTL 0 and not deliverable now: at the head it expires at once; behind
+            # other messages it expires on reaching the head, as on RabbitMQ.
+            if q.ready[0] is message:
+                q.ready.pop(0)
+            else:
+                message.expires_at = self._clock()
+            message.immediate = False
 
     def _expire(self, q: Queue) -> None:
         # Like RabbitMQ, messages expire when they reach the head of the queue.
@@ -1043,6 +1105,7 @@ def _locked_text(queue: str) -> str:
 
 _CODE_NAMES = {
     ACCESS_REFUSED: "ACCESS_REFUSED",
+    COMMAND_INVALID: "COMMAND_INVALID",
     NOT_FOUND: "NOT_FOUND",
     RESOURCE_LOCKED: "RESOURCE_LOCKED",
     PRECONDITION_FAILED: "PRECONDITION_FAILED",
