@@ -2,19 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from ..errors import ClientStopped, ConfigError, RestartIntensityExceeded
+from ..transport.url import BrokerURL
 from .actor import Actor, InitRefused
 from .backoff import Backoff
 from .connection import Connection
 from .supervisor import ChildSpec, Supervisor
 
-__all__ = ["ActorRunner"]
+__all__ = ["ActorRunner", "ConnectionLike", "supervised"]
 
 A = TypeVar("A", bound=Actor[Any])
+
+#: What ``start()`` accepts: a shared ``Connection``, or URL(s) for one of its own.
+ConnectionLike: TypeAlias = "Connection | str | BrokerURL | Sequence[str | BrokerURL]"
+
+
+def supervised(
+    build: Callable[[Connection], A],
+    conn: ConnectionLike,
+    arg: Any,
+    *,
+    max_restarts: int,
+    within: float,
+    restart_backoff: Backoff | None,
+) -> ActorRunner[A]:
+    """The one start path of every behaviour: ``build`` the actor on ``conn`` (a
+    ``Connection``, shared and left open, or URLs: then one is opened and closed
+    with the block) and run it under its own supervisor."""
+    owned: Connection | None
+    if isinstance(conn, Connection):
+        owned, connection = None, conn
+    else:
+        owned = connection = Connection(conn)
+    return ActorRunner(
+        build(connection),
+        arg,
+        owned_connection=owned,
+        max_restarts=max_restarts,
+        within=within,
+        backoff=restart_backoff,
+    )
 
 
 class ActorRunner(Generic[A]):

@@ -17,9 +17,9 @@ channel within its deadline; no caller waits past its deadline (plus
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypedDict, TypeVar, Unpack
 
 import anyio
 from anyio.abc import TaskGroup
@@ -31,7 +31,7 @@ from ..actor.backoff import Backoff
 from ..actor.caller import Caller
 from ..actor.connection import Connection
 from ..actor.results import CallResult, NoReply, NoticeResult, Reply
-from ..actor.runner import ActorRunner
+from ..actor.runner import ActorRunner, ConnectionLike, supervised
 from ..codecs import BYTES, Codec
 from ..conventions import Convention, hare
 from ..errors import (
@@ -45,12 +45,12 @@ from ..errors import (
 )
 from ..transport.base import (
     Delivery,
+    ExchangeType,
     Message,
     OnCancel,
     ReturnedMessage,
     Session,
 )
-from ..transport.url import BrokerURL
 from .calls import Call, CallTable
 from .channel import (
     ChannelDown,
@@ -77,6 +77,22 @@ _BATCH = 64
 _MAX_TTL_MS = 4_294_967_295
 
 S = TypeVar("S")
+
+
+class ClientOptions(TypedDict, total=False):
+    """The options of ``RPCClient(...)`` that ``RPCClient.start(...)`` passes on."""
+
+    exchange: str
+    exchange_type: ExchangeType
+    exchange_durable: bool
+    timeout: float
+    max_in_flight: int
+    mandatory: bool
+    request_ttl: bool
+    codec: Codec | None
+    backoff: Backoff | None
+    convention: Convention | None
+    name: str | None
 
 
 class _Request:
@@ -113,7 +129,7 @@ class RPCClient(Actor[S], Generic[S]):
         connection: Connection,
         *,
         exchange: str = "",
-        exchange_type: str = "direct",
+        exchange_type: ExchangeType = "direct",
         exchange_durable: bool = False,
         timeout: float = 5.0,
         max_in_flight: int = 10_000,
@@ -178,58 +194,34 @@ class RPCClient(Actor[S], Generic[S]):
     @classmethod
     def start(
         cls,
-        conn: Connection | str | BrokerURL | Sequence[str | BrokerURL],
+        conn: ConnectionLike,
         *,
-        exchange: str = "",
-        exchange_type: str = "direct",
-        exchange_durable: bool = False,
         arg: Any = None,
-        timeout: float = 5.0,
         max_restarts: int = 3,
         within: float = 5.0,
-        max_in_flight: int = 10_000,
-        mandatory: bool = True,
-        request_ttl: bool = True,
-        codec: Codec | None = None,
-        backoff: Backoff | None = None,
         restart_backoff: Backoff | None = None,
-        convention: Convention | None = None,
-        name: str | None = None,
+        **options: Unpack[ClientOptions],
     ) -> ActorRunner[Self]:
         """Run a client under its own supervisor: ``async with Cls.start(conn) as client``.
 
         ``conn`` is a ``Connection`` (shared, left open) or broker URL(s) (a
         connection is opened and closed with the block). The block is entered
         once ``init(arg)`` has run; the broker may still be unreachable.
-        ``timeout`` is the default request deadline in seconds (``math.inf``
-        for none). ``max_restarts`` crashes within ``within`` seconds are
-        restarted (with ``restart_backoff``); one more raises
-        ``RestartIntensityExceeded`` out of the block. ``backoff`` paces
-        channel re-opening after failures. ``convention`` (default
-        ``hare()``) decides wire names, reply queues and envelopes.
+        ``max_restarts`` crashes within ``within`` seconds are restarted (with
+        ``restart_backoff``); one more raises ``RestartIntensityExceeded`` out
+        of the block. The other ``options`` are the constructor's
+        (``ClientOptions``): ``timeout`` is the default request deadline in
+        seconds (``math.inf`` for none), ``backoff`` paces session re-opening
+        after failures, ``convention`` (default ``hare()``) decides wire names,
+        reply addresses and envelopes.
         """
-        owned = None if isinstance(conn, Connection) else Connection(conn)
-        client = cls(
-            owned or conn,  # type: ignore[arg-type]
-            exchange=exchange,
-            exchange_type=exchange_type,
-            exchange_durable=exchange_durable,
-            timeout=timeout,
-            max_in_flight=max_in_flight,
-            mandatory=mandatory,
-            request_ttl=request_ttl,
-            codec=codec,
-            backoff=backoff,
-            convention=convention,
-            name=name,
-        )
-        return ActorRunner(
-            client,
+        return supervised(
+            lambda connection: cls(connection, **options),
+            conn,
             arg,
-            owned_connection=owned,
             max_restarts=max_restarts,
             within=within,
-            backoff=restart_backoff,
+            restart_backoff=restart_backoff,
         )
 
     # -- callbacks ---------------------------------------------------------------
