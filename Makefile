@@ -30,7 +30,7 @@ test: $(STAMP)
 
 # The unit and sandbox tests only: no broker needed.
 test-fast: $(STAMP)
-	$(BIN)/pytest -m "not rabbitmq and not chaos"
+	$(BIN)/pytest -m "not rabbitmq and not chaos and not nats"
 
 # hare_py against raw aiormq, aio-pika and FastStream on a private RabbitMQ
 # (or HARE_BENCH_AMQP_URL): table and plots into bench/results/, ~8 minutes.
