@@ -3,7 +3,8 @@
 ``hare()`` is the default; ``direct_reply_to()`` uses RabbitMQ's pseudo-queue;
 ``goamqp(service, caller)`` speaks sparetimecoders/goamqp's request/response;
 ``cloud(service_type)`` the Cloud.Service.RPC1 exchanges and DTO envelopes,
-all on AMQP 0-9-1; ``loom(service_type, ...)`` speaks Loom's NATS RPC.
+all on AMQP 0-9-1; ``loom(service_type, ...)`` speaks Loom's NATS RPC and
+``nats(service, ...)`` plain NATS request/reply as a NATS service.
 Choose one with ``RPCClient.start(conn, convention=...)`` or
 ``RPCServer.start(conn, convention=...)``.
 """
@@ -11,30 +12,40 @@ Choose one with ``RPCClient.start(conn, convention=...)`` or
 from .base import (
     ClientConvention as ClientConvention,
     Convention as Convention,
+    EndpointStats as EndpointStats,
     Incoming as Incoming,
+    LocalAnswer as LocalAnswer,
     NotForThisServer as NotForThisServer,
     Outgoing as Outgoing,
     Reply as Reply,
     ServerConvention as ServerConvention,
     ServerOptions as ServerOptions,
+    ServerStopping as ServerStopping,
+    UndecodableRequest as UndecodableRequest,
 )
 from .cloud import cloud as cloud
 from .goamqp import goamqp as goamqp
 from .hare import direct_reply_to as direct_reply_to, hare as hare
 from .loom import loom as loom
+from .nats import nats as nats
 
 __all__ = [
     "ClientConvention",
     "Convention",
+    "EndpointStats",
     "Incoming",
+    "LocalAnswer",
     "NotForThisServer",
     "Outgoing",
     "Reply",
     "ServerConvention",
     "ServerOptions",
+    "ServerStopping",
+    "UndecodableRequest",
     "cloud",
     "direct_reply_to",
     "goamqp",
     "hare",
     "loom",
+    "nats",
 ]

@@ -11,7 +11,10 @@ correlation id, a body or an error).
 
 Server: ``setup`` (declare, bind, consume the requests), ``unwrap`` (a
 request message into an ``Incoming``), ``wrap`` (a reply or an error into a
-message for the caller, or None when the caller wants no reply).
+message for the caller, or None when the caller wants no reply). A server
+convention may also count requests per endpoint (``Incoming.stats``), answer
+some requests itself (``LocalAnswer``), and, on a protocol that redelivers
+nothing, have the server drain before it closes (``drains``).
 """
 
 from __future__ import annotations
@@ -39,12 +42,16 @@ SessionT = TypeVar("SessionT", bound=Session)
 __all__ = [
     "ClientConvention",
     "Convention",
-    "ServerOptions",
+    "EndpointStats",
     "Incoming",
+    "LocalAnswer",
     "NotForThisServer",
     "Outgoing",
     "Reply",
     "ServerConvention",
+    "ServerOptions",
+    "ServerStopping",
+    "UndecodableRequest",
 ]
 
 
@@ -68,6 +75,33 @@ class Reply:
     routing_key: str = ""  # for conventions without correlation ids (goamqp)
 
 
+class EndpointStats:
+    """What a server counts for one endpoint of its convention: requests answered,
+    the errors among them, the last error, and the time from delivery to reply.
+
+    The convention owns one per endpoint and hands it out in ``Incoming.stats``;
+    the server calls ``record`` once per request it answers (or drops unanswered).
+    """
+
+    __slots__ = ("errors", "last_error", "processing_ns", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.last_error: BaseException | None = None
+        self.processing_ns = 0
+
+    def record(self, elapsed_ns: int, error: BaseException | None) -> None:
+        self.requests += 1
+        self.processing_ns += elapsed_ns
+        if error is not None:
+            self.errors += 1
+            self.last_error = error
+
+    def __repr__(self) -> str:
+        return f"<EndpointStats {self.requests} requests, {self.errors} errors>"
+
+
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """A request as the server sees it once unwrapped.
@@ -75,7 +109,8 @@ class Incoming:
     ``reply`` is whatever the convention needs to address the answer (a
     reply_to queue, a routing key, a service name); None means the caller
     wants no answer. ``request_id`` identifies a request across retries (the
-    server answers a repeated one from its cache).
+    server answers a repeated one from its cache). ``stats``, where the
+    convention counts per endpoint, is the endpoint's the request came through.
     """
 
     body: bytes
@@ -86,11 +121,31 @@ class Incoming:
     reply: Any
     request_id: str | None = None
     trace_id: str | None = None  # the envelope's trace id, where the convention has one
+    stats: EndpointStats | None = None
 
 
 class NotForThisServer(ValueError):
     """Raised by ``ServerConvention.unwrap`` for a message this server must drop
     unanswered and unlogged (it was meant for another instance)."""
+
+
+class LocalAnswer(Exception):
+    """Raised by ``ServerConvention.unwrap`` for a request the convention answers
+    itself (a NATS service API PING, say): the server sends ``message`` (None:
+    nothing) and calls no handler."""
+
+    def __init__(self, message: Outgoing | None) -> None:
+        super().__init__("answered by the convention")
+        self.message = message
+
+
+class UndecodableRequest(ValueError):
+    """The error a server answers with when its codec cannot decode a request."""
+
+
+class ServerStopping(RuntimeError):
+    """The error a draining server answers with for a request it could not finish
+    before it stopped (its handler was interrupted, or the drain ran out of time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +248,10 @@ class ServerConvention(ABC, Generic[SessionT]):
     #: The queue the server consumes (for logs and ``ConnectedMeta.reply_queue``).
     queue: str = ""
     exchange: str = ""
+    #: True where the protocol redelivers nothing a closed session held (NATS):
+    #: stopping then drains (``quiesce``, answer what is in hand, ``flush``) before
+    #: it closes. False where the broker redelivers the unsettled requests (AMQP).
+    drains: bool = False
 
     @abstractmethod
     async def setup(self, session: SessionT, on_request: OnDelivery, on_cancel: OnCancel) -> None:
@@ -205,9 +264,17 @@ class ServerConvention(ABC, Generic[SessionT]):
         if prefetch and isinstance(session, Channel):
             await session.basic_qos(prefetch)
 
+    async def quiesce(self, session: SessionT, timeout: float) -> None:
+        """With ``drains``: stop requests arriving, and return once every request
+        sent here before has been delivered (NATS: unsubscribe, then flush)."""
+
+    async def flush(self, session: SessionT, timeout: float) -> None:
+        """With ``drains``: return once the broker has what was sent on ``session``."""
+
     @abstractmethod
     def unwrap(self, delivery: Delivery) -> Incoming:
-        """A request message, opened; raise ValueError for a malformed one."""
+        """A request message, opened; raise ValueError for a malformed one,
+        ``NotForThisServer`` to drop it, ``LocalAnswer`` to answer it without a handler."""
 
     @abstractmethod
     def wrap(

@@ -21,6 +21,10 @@ what an unmodified Loom caller sends. The cost: every instance-addressed call
 is also delivered once to some member of the group, which drops it, and so a
 call to an instance that does not exist waits out its deadline instead of
 failing at once as ``Unroutable``.
+
+A server also answers the NATS service API (``$SRV.PING``/``INFO``/``STATS``,
+see ``_nats_common``) as the service named by its service type, its
+subscriptions being the endpoints, and drains when it stops.
 """
 
 from __future__ import annotations
@@ -32,24 +36,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError, RemoteError
-from ..transport.base import (
-    NATS,
-    Delivery,
-    Message,
-    NatsSession,
-    OnCancel,
-    OnDelivery,
-    Properties,
-    ReturnedMessage,
-)
+from ..transport.base import Delivery, Message, Properties
+from ._nats_common import Endpoint, InboxClient, NatsServer, inbox_correlation, nats_headers
 from .base import (
-    ClientConvention,
     Convention,
     Incoming,
     NotForThisServer,
     Outgoing,
     Reply,
-    ServerConvention,
     ServerOptions,
 )
 
@@ -78,30 +72,6 @@ def _method(value: object, what: str = "method") -> str:
     for part in value.split("."):
         _token(part, f"each dot-separated part of {what} {value!r:.60}")
     return value
-
-
-def inbox_correlation(subject: str) -> str | None:
-    """The correlation id an inbox reply subject ``_INBOX.<id>.<cid>`` carries."""
-    head, dot, cid = subject.rpartition(".")
-    return cid if dot and head and cid else None
-
-
-def _headers(headers: Mapping[str, Any]) -> dict[str, str | list[str]]:
-    """Request headers as NATS carries them: string keys and string values."""
-    out: dict[str, str | list[str]] = {}
-    for key, value in headers.items():
-        if not isinstance(key, str) or not key or any(c in key for c in ": \r\n"):
-            raise ConfigError(f"a NATS header name must be a token, got {key!r:.60}")
-        if isinstance(value, str):
-            values = [value]
-        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            values = list(value)
-        else:
-            raise ConfigError(f"NATS header {key!r} must be a string or strings, got {value!r:.60}")
-        if any("\r" in v or "\n" in v for v in values):
-            raise ConfigError(f"NATS header {key!r} holds a line break")
-        out[key] = values[0] if len(values) == 1 else values
-    return out
 
 
 def _json_payload(body: bytes, content_type: str | None) -> Any:
@@ -135,23 +105,16 @@ def _dump(value: Any) -> bytes:
         raise ConfigError(f"cannot encode the Loom envelope: {exc}") from None
 
 
-class LoomClient(ClientConvention[NatsSession]):
+class LoomClient(InboxClient):
     """Calls ``loom.rpc.{svc}.{instance}.{method}`` through one muxed inbox."""
-
-    wire_protocol = NATS
 
     def __init__(self, service_type: str, caller_id: str) -> None:
         self.service_type = service_type
         self.caller_id = caller_id
         self.exchange = f"{_PREFIX}.{service_type}"
 
-    async def setup(self, session: NatsSession, on_reply: OnDelivery, on_cancel: OnCancel) -> str:
-        inbox = f"_INBOX.{secrets.token_urlsafe(16).replace('-', 'A').replace('_', 'B')}"
-        await session.subscribe(f"{inbox}.*", on_reply)
-        return inbox
-
-    def check_headers(self, headers: Mapping[str, Any]) -> None:
-        _headers(headers)
+    def request_subject(self, routing_key: str) -> str:
+        return f"{self.exchange}.{routing_key}"
 
     def wrap(
         self, routing_key: str, body: bytes, content_type: str | None, headers: Mapping[str, Any],
@@ -177,7 +140,7 @@ class LoomClient(ClientConvention[NatsSession]):
             _dump(envelope),
             Properties(
                 reply_to=f"{reply_queue}.{correlation_id}",
-                headers=_headers(headers) if headers else None,
+                headers=nats_headers(headers) if headers else None,
             ),
         )
 
@@ -195,17 +158,14 @@ class LoomClient(ClientConvention[NatsSession]):
         payload = envelope.get("payload")
         return Reply(cid, _dump(payload), JSON_TYPE, headers)
 
-    def returned_correlation(self, returned: ReturnedMessage) -> str | None:
-        return inbox_correlation(returned.routing_key)
 
-    def returned_address(self, returned: ReturnedMessage, routing_key: str) -> tuple[str, str]:
-        return "", f"{self.exchange}.{routing_key}"  # NATS names the reply subject only
+class LoomServer(NatsServer):
+    """Serves the methods of one instance, and of any instance through queue group ``svc``.
 
-
-class LoomServer(ServerConvention[NatsSession]):
-    """Serves the methods of one instance, and of any instance through queue group ``svc``."""
-
-    wire_protocol = NATS
+    Its service API name is the service type; its endpoints, per method, are
+    the instance's subject, the ``any`` subject and (``compat_wildcard``) the
+    wildcard subject, each named by the method (``>`` for every method).
+    """
 
     def __init__(
         self,
@@ -220,30 +180,24 @@ class LoomServer(ServerConvention[NatsSession]):
         self.compat_wildcard = compat_wildcard
         self.exchange = f"{_PREFIX}.{service_type}"
         self.queue = f"{self.exchange}.{instance_id}"
-        self._wildcard_sids: set[str] = set()
-
-    async def limit(self, session: NatsSession, prefetch: int) -> None:
-        """NATS has no prefetch: a server holds what it was sent."""
-
-    async def setup(
-        self, session: NatsSession, on_request: OnDelivery, on_cancel: OnCancel
-    ) -> None:
-        self._wildcard_sids = set()
-        for method in self.methods or (">",):
-            await session.subscribe(f"{self.queue}.{method}", on_request)
-            await session.subscribe(
-                f"{self.exchange}.{ANY}.{method}", on_request, queue=self.service_type
-            )
-            if self.compat_wildcard:
-                sid = await session.subscribe(
-                    f"{self.exchange}.*.{method}", on_request, queue=self.service_type
-                )
-                self._wildcard_sids.add(sid)
+        endpoints: list[Endpoint] = []
+        compat: list[Endpoint] = []
+        for method in methods or (">",):
+            endpoints.append(Endpoint(method, f"{self.queue}.{method}", ""))
+            endpoints.append(Endpoint(method, f"{self.exchange}.{ANY}.{method}", service_type))
+            if compat_wildcard:
+                compat.append(Endpoint(method, f"{self.exchange}.*.{method}", service_type))
+        super().__init__(
+            service_type, "0.0.0", "", {"instance_id": instance_id}, endpoints + compat
+        )
+        self._compat = frozenset(compat)
 
     def unwrap(self, delivery: Delivery) -> Incoming:
+        self.answer_control(delivery)
         rest = delivery.routing_key[len(self.exchange) + 1 :]
         instance, _, method = rest.partition(".")
-        if delivery.consumer_tag in self._wildcard_sids and instance not in ("*", ANY):
+        endpoint = self._by_sid.get(delivery.consumer_tag)
+        if endpoint in self._compat and instance not in ("*", ANY):
             # Addressed to one instance, also seen through the compat wildcard group.
             # ('any' requests match both group subscriptions; the group delivers once.)
             raise NotForThisServer(delivery.routing_key)
@@ -261,6 +215,7 @@ class LoomServer(ServerConvention[NatsSession]):
             correlation_id=None,
             reply=delivery.properties.reply_to,
             trace_id=trace if isinstance(trace, str) else None,
+            stats=endpoint.stats if endpoint is not None else None,
         )
 
     def wrap(

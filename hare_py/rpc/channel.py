@@ -6,7 +6,8 @@ needs on it (``setup``), and reports ``ChannelUp`` and then ``ChannelDown`` to
 the actor's mailbox. A failed setup is retried with backoff; a consumer
 cancelled by the broker (its queue was deleted) closes the session, so that a
 fresh one, with fresh declarations, replaces it. The actor never waits on any
-of this.
+of this. Cancelled, it closes its session, or hands it to ``hand_over`` (an
+actor that drains it before closing it itself).
 """
 
 from __future__ import annotations
@@ -86,15 +87,22 @@ async def keep_channel(
     log: Any,
     on_return: OnReturn | None = None,
     on_error: Callable[[BaseException | None], None] = lambda exc: None,
+    hand_over: Callable[[Session], None] | None = None,
 ) -> None:
-    """Keep one session open for an actor, forever; cancel it to stop."""
+    """Keep one session open for an actor, forever; cancel it to stop.
+
+    With ``hand_over``, a session still open when this is cancelled after its
+    ``ChannelUp`` is passed to it instead of closed: the callee must close it.
+    """
     failures = 0
     connects = 0
     channel: Session | None = None
+    up = False
     try:
         while True:
             conn = await connection.wait_connected()
             watch = _ConsumerWatch()
+            up = False
             try:
                 channel = await conn.open_session(on_return=on_return)
                 meta = await setup(channel, watch.on_cancel, connects + 1)
@@ -112,13 +120,17 @@ async def keep_channel(
             on_error(None)
             log.info("rpc.channel_opened", queue=meta.reply_queue, connects=connects)
             post(ChannelUp(channel, meta))
+            up = True
             reason = await watch.first_close(channel)
             log.warning("rpc.channel_closed", reason=str(reason))
             post(ChannelDown(channel, reason))
             channel = None
     finally:
         if channel is not None:
-            await close_quietly(channel)
+            if up and hand_over is not None and channel.is_open:
+                hand_over(channel)
+            else:
+                await close_quietly(channel)
 
 
 async def close_quietly(channel: Session) -> None:

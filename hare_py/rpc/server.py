@@ -15,50 +15,75 @@ gets an error reply (``RemoteError("UndecodableRequest", ...)`` in a hare_py
 client) and is rejected, not requeued (so a dead-letter exchange keeps it),
 with a log line; one the convention cannot unwrap is rejected the same way,
 unanswered.
+
+Where the convention counts per endpoint (``Incoming.stats``), every answer
+records the time from delivery to reply and whether it was an error. Where
+the protocol redelivers nothing (a convention that ``drains``: NATS),
+stopping drains: the session keeper hands the session over instead of
+closing it, and before ``terminate`` the server unsubscribes, answers the
+requests in hand (those delivered, and those held with ``NoReply`` as their
+``reply`` comes) within ``shutdown_timeout``, flushes, then closes; a request
+it cannot finish gets a ``ServerStopping`` error reply, so that its caller
+fails at once instead of at its deadline.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import suppress
 from functools import partial
-from typing import Any, Generic, Self, TypeVar
+from time import perf_counter_ns
+from typing import Any, Generic, Self, TypedDict, TypeVar, Unpack
 
+import anyio
 from anyio.abc import TaskGroup
 
-from ..actor.actor import Actor
+from ..actor.actor import Actor, _StopSignal
 from ..actor.backoff import Backoff
 from ..actor.caller import Caller
 from ..actor.connection import Connection
 from ..actor.results import NOTHING, NoReply, Reply, Stop
-from ..actor.runner import ActorRunner
+from ..actor.runner import ActorRunner, ConnectionLike, supervised
 from ..codecs import BYTES, Codec
-from ..conventions import Convention, Incoming, NotForThisServer, ServerOptions, hare
+from ..conventions import (
+    Convention,
+    Incoming,
+    LocalAnswer,
+    NotForThisServer,
+    ServerOptions,
+    ServerStopping,
+    UndecodableRequest,
+    hare,
+)
 from ..errors import BrokerError, ConfigError, ConnectionLost
-from ..transport.base import Delivery, OnCancel, Session
-from ..transport.url import BrokerURL
-from .channel import ChannelDown, ChannelUp, check_exchange, check_protocol, keep_channel
+from ..transport.base import Delivery, ExchangeType, Message, OnCancel, Session
+from .channel import (
+    ChannelDown,
+    ChannelUp,
+    check_exchange,
+    check_protocol,
+    close_quietly,
+    keep_channel,
+)
 from .drops import DropLog
 from .messages import ConnectedMeta, Request
 
-__all__ = ["RPCServer"]
+__all__ = ["RPCServer", "ServerStopping", "UndecodableRequest"]
 
 S = TypeVar("S")
-
-
-class UndecodableRequest(ValueError):
-    """The reply to a request whose body the server's codec could not decode."""
 
 
 class _Pending:
     """A request being answered: where it came from, to reply to it and ack it."""
 
-    __slots__ = ("channel", "delivery", "incoming")
+    __slots__ = ("channel", "delivery", "incoming", "started")
 
     def __init__(self, channel: Session, delivery: Delivery, incoming: Incoming) -> None:
         self.channel = channel
         self.delivery = delivery
         self.incoming = incoming
+        self.started = perf_counter_ns() if incoming.stats is not None else 0
 
 
 class _Delivered:
@@ -77,6 +102,23 @@ class _LateReply:
         self.value = value
 
 
+class ServerOptionsDict(TypedDict, total=False):
+    """The options of ``RPCServer(...)`` that ``RPCServer.start(...)`` passes on."""
+
+    queue: str | None
+    exchange: str
+    exchange_type: ExchangeType
+    routing_keys: Sequence[str] | None
+    durable: bool
+    auto_delete: bool
+    prefetch: int
+    codec: Codec | None
+    backoff: Backoff | None
+    convention: Convention | None
+    dedupe: int
+    name: str | None
+
+
 class RPCServer(Actor[S], Generic[S]):
     """Subclass it, override ``handle_request`` (and others), and ``start()`` it.
 
@@ -91,7 +133,7 @@ class RPCServer(Actor[S], Generic[S]):
         *,
         queue: str | None = None,
         exchange: str = "",
-        exchange_type: str = "direct",
+        exchange_type: ExchangeType = "direct",
         routing_keys: Sequence[str] | None = None,
         durable: bool = False,
         auto_delete: bool = False,
@@ -133,6 +175,11 @@ class RPCServer(Actor[S], Generic[S]):
         self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
         self._channel: Session | None = None
         self._incoming: dict[Caller, _Pending] = {}
+        # For a drain: the session the keeper handed over, the request whose
+        # handler the stop interrupted, and replies whose send it interrupted.
+        self._handed: Session | None = None
+        self._handling: Caller | None = None
+        self._in_doubt: list[Message] = []
         self.handled = 0
         self._handlers.update(
             {
@@ -148,24 +195,13 @@ class RPCServer(Actor[S], Generic[S]):
     @classmethod
     def start(
         cls,
-        conn: Connection | str | BrokerURL | Sequence[str | BrokerURL],
+        conn: ConnectionLike,
         *,
-        queue: str | None = None,
-        exchange: str = "",
-        exchange_type: str = "direct",
-        routing_keys: Sequence[str] | None = None,
-        durable: bool = False,
-        auto_delete: bool = False,
-        prefetch: int = 32,
         arg: Any = None,
         max_restarts: int = 3,
         within: float = 5.0,
-        codec: Codec | None = None,
-        backoff: Backoff | None = None,
         restart_backoff: Backoff | None = None,
-        convention: Convention | None = None,
-        dedupe: int = 1024,
-        name: str | None = None,
+        **options: Unpack[ServerOptionsDict],
     ) -> ActorRunner[Self]:
         """Serve ``queue`` under a supervisor: ``async with Cls.start(conn, queue=...)``.
 
@@ -175,33 +211,17 @@ class RPCServer(Actor[S], Generic[S]):
         ``convention`` (default ``hare()``) may derive the queue, exchange and
         bindings itself; ``dedupe`` bounds the cache of answers to requests
         that carry a request id (a repeated one is answered from it, not
-        handled again). ``prefetch`` bounds the
-        requests being handled at once (0: unbounded). The other options are
-        those of ``RPCClient.start``.
+        handled again). ``prefetch`` bounds the requests being handled at once
+        (0: unbounded). ``conn``, ``arg`` and the supervision options are those
+        of ``RPCClient.start``.
         """
-        owned = None if isinstance(conn, Connection) else Connection(conn)
-        server = cls(
-            owned or conn,  # type: ignore[arg-type]
-            queue=queue,
-            exchange=exchange,
-            exchange_type=exchange_type,
-            routing_keys=routing_keys,
-            durable=durable,
-            auto_delete=auto_delete,
-            prefetch=prefetch,
-            codec=codec,
-            backoff=backoff,
-            convention=convention,
-            dedupe=dedupe,
-            name=name,
-        )
-        return ActorRunner(
-            server,
+        return supervised(
+            lambda connection: cls(connection, **options),
+            conn,
             arg,
-            owned_connection=owned,
             max_restarts=max_restarts,
             within=within,
-            backoff=restart_backoff,
+            restart_backoff=restart_backoff,
         )
 
     # -- callbacks ---------------------------------------------------------------
@@ -238,6 +258,7 @@ class RPCServer(Actor[S], Generic[S]):
     async def _on_start(self, tg: TaskGroup) -> None:
         self._channel = None
         self._incoming = {}
+        self._handed, self._handling, self._in_doubt = None, None, []
         tg.start_soon(
             partial(
                 keep_channel,
@@ -246,8 +267,12 @@ class RPCServer(Actor[S], Generic[S]):
                 post=self._enqueue,
                 backoff=self.backoff,
                 log=self._log,
+                hand_over=self._hand_over if self.convention.drains else None,
             )
         )
+
+    def _hand_over(self, session: Session) -> None:
+        self._handed = session
 
     def _fail_held(self, error: Any) -> None:
         # Unanswered requests are not acked: the broker redelivers them.
@@ -265,6 +290,10 @@ class RPCServer(Actor[S], Generic[S]):
             incoming = self.convention.unwrap(delivery)
         except NotForThisServer:
             await self._settle(message.channel, delivery)
+            return
+        except LocalAnswer as answer:  # the convention's own (a NATS service API PING)
+            if answer.message is not None:
+                await self._send_local(self._channel or message.channel, answer.message)
             return
         except Exception as exc:  # no envelope: nobody to answer
             self._reject_log("malformed", exc, delivery.properties.correlation_id)
@@ -293,9 +322,11 @@ class RPCServer(Actor[S], Generic[S]):
         )
         caller = Caller(request=request)
         self._incoming[caller] = pending
+        self._handling = caller
         try:
             result = await self.handle_request(request, caller, self._state)
         except Exception as exc:
+            self._handling = None
             self._log.error(
                 "rpc.handler_failed",
                 error=repr(exc),
@@ -305,6 +336,7 @@ class RPCServer(Actor[S], Generic[S]):
             )
             await self._answer(caller, exc)
             return
+        self._handling = None
         kind = type(result)
         if kind is Reply:
             self._state = result.state
@@ -370,6 +402,7 @@ class RPCServer(Actor[S], Generic[S]):
         except ConfigError as exc:  # the answer does not fit the envelope
             self._log.error("rpc.reply_unsendable", error=str(exc)[:300])
             if error is not None:
+                self._count(pending, error)
                 await self._settle(pending.channel, pending.delivery, reject=True)
                 return
             out = self.convention.wrap(pending.incoming, b"", None, exc)
@@ -392,8 +425,30 @@ class RPCServer(Actor[S], Generic[S]):
             except (ConnectionLost, BrokerError) as exc:
                 # Not acked either: the broker will redeliver the request.
                 self._log.warning("rpc.reply_failed", error=str(exc))
+                self._count(pending, exc)
                 return
+            except BaseException:
+                # A stop cancelled the send: the reply may not have left, and
+                # nothing will be redelivered, so the drain sends it (again).
+                if self.convention.drains:
+                    self._in_doubt.append(out)
+                    self._count(pending, error)
+                raise
+        stats = pending.incoming.stats
+        if stats is not None:
+            stats.record(perf_counter_ns() - pending.started, error)
         await self._settle(pending.channel, pending.delivery, reject=reject)
+
+    def _count(self, pending: _Pending, error: BaseException | None) -> None:
+        stats = pending.incoming.stats
+        if stats is not None:
+            stats.record(perf_counter_ns() - pending.started, error)
+
+    async def _send_local(self, session: Session, message: Message) -> None:
+        try:
+            await session.send([message])
+        except (ConfigError, ConnectionLost, BrokerError) as exc:
+            self._log.warning("rpc.local_answer_failed", error=str(exc)[:300])
 
     async def _settle(self, session: Session, delivery: Delivery, *, reject: bool = False) -> None:
         if not session.is_open:
@@ -415,6 +470,89 @@ class RPCServer(Actor[S], Generic[S]):
             if pending.channel is message.channel:
                 del self._incoming[caller]
         self._log.warning("rpc.channel_lost", reason=str(message.reason))
+
+    # -- draining ------------------------------------------------------------------
+
+    async def _end(self, reason: Any, crash: BaseException | None) -> None:
+        session, self._handed = self._handed, None
+        if session is not None:
+            try:
+                if crash is None:
+                    await self._drain(session)
+            finally:
+                await close_quietly(session)
+                if self._channel is session:
+                    self._channel = None
+        self._handling, self._in_doubt = None, []
+        await super()._end(reason, crash)
+
+    async def _drain(self, session: Session) -> None:
+        """Unsubscribe, answer what is in hand, flush: within ``shutdown_timeout``."""
+        timeout = self.shutdown_timeout
+        deferred: list[Any] = []  # other mailbox messages, kept in order for later
+        self._log.info("rpc.draining", pending=len(self._incoming))
+        with anyio.move_on_after(timeout) as scope:
+            try:
+                in_doubt, self._in_doubt = self._in_doubt, []
+                if in_doubt:
+                    await session.send(in_doubt)
+                interrupted, self._handling = self._handling, None
+                if interrupted is not None:
+                    stopped = ServerStopping("the server stopped while handling the request")
+                    await self._answer(interrupted, stopped)
+                await self.convention.quiesce(session, timeout)
+                await self._finish_in_hand(deferred)
+                await self.convention.flush(session, timeout)
+            except (ConfigError, ConnectionLost, BrokerError) as exc:
+                self._log.warning("rpc.drain_failed", error=str(exc)[:300])
+            except Exception as exc:  # a callback misbehaved while draining
+                self._log.error("rpc.drain_failed", error=repr(exc)[:300], exc_info=exc)
+        if scope.cancelled_caught:
+            self._log.warning("rpc.drain_timeout", seconds=timeout, pending=len(self._incoming))
+        await self._refuse_the_rest(deferred)
+        for message in deferred:
+            self._send.send_nowait(message)
+
+    async def _finish_in_hand(self, deferred: list[Any]) -> None:
+        """Handle the requests in the mailbox, and wait for the held ones' replies."""
+        recv, handlers = self._recv, self._handlers
+        while True:
+            try:
+                message = recv.receive_nowait()
+            except anyio.WouldBlock:
+                if not self._incoming:
+                    return
+                message = await recv.receive()  # a reply() for a request held with NoReply
+            kind = type(message)
+            if kind is _Delivered or kind is _LateReply:
+                with suppress(_StopSignal):  # a handler's Stop: the server is stopping already
+                    await handlers[kind](message)
+            elif kind is not ChannelUp and kind is not ChannelDown:  # those are of this session
+                deferred.append(message)
+
+    async def _refuse_the_rest(self, deferred: list[Any]) -> None:
+        """Tell the callers of what could not be finished at once, not at their deadlines."""
+        while True:  # the mailbox, in order, behind what was deferred already
+            try:
+                deferred.append(self._recv.receive_nowait())
+            except anyio.WouldBlock:
+                break
+        delivered = [m for m in deferred if type(m) is _Delivered]
+        if not (delivered or self._incoming):
+            return
+        deferred[:] = [m for m in deferred if type(m) is not _Delivered]
+        stopped = ServerStopping("the server stopped before it answered")
+        with anyio.move_on_after(min(self.shutdown_timeout, 1.0)):
+            for caller in list(self._incoming):
+                await self._answer(caller, stopped)
+            for message in delivered:
+                try:
+                    incoming = self.convention.unwrap(message.delivery)
+                except Exception:
+                    continue  # malformed, or not a request: nobody to tell
+                await self._send_reply(
+                    _Pending(message.channel, message.delivery, incoming), b"", None, stopped
+                )
 
     async def _setup_channel(
         self, channel: Session, on_cancel: OnCancel, connects: int
