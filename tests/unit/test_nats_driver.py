@@ -349,6 +349,20 @@ async def test_answered_pings_keep_it_alive_and_two_unanswered_ones_end_it() -> 
         await session.send([Message("", "x", b"")])
 
 
+async def test_pings_of_flushes_still_out_are_not_missed_heartbeats() -> None:
+    """Only the pinger's own PINGs count: with two flush PINGs unanswered, the server is
+    declared dead after two heartbeat PINGs more, not at the first heartbeat."""
+    with anyio.fail_after(TIMEOUT):
+        async with connected(query="heartbeat=0.5") as (conn, peer):
+            session = await session_of(conn)
+            for _ in range(2):
+                with pytest.raises(ConnectionLost, match="did not answer a PING"):
+                    await session.flush(0.01)
+            rest = await peer.until_closed()
+    assert rest == b"PING\r\n" * 4
+    assert conn.close_reason is not None and "no PONG" in conn.close_reason.text
+
+
 async def test_a_server_that_trickles_a_message_is_declared_dead() -> None:
     """A server that sends a message a byte at a time (and so never a PONG) is dead."""
     with anyio.fail_after(TIMEOUT):

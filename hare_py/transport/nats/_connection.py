@@ -13,8 +13,9 @@ Rules this module keeps:
   A stream that breaks the protocol or a bound ends the connection (by
   ``"network"``), never the caller's code.
 - The pinger sends a PING every ``heartbeat`` seconds and declares the
-  server dead when two PINGs are out without a PONG. Only a PONG answers: a
-  server that trickles a message byte by byte is as dead as a silent one.
+  server dead when its last two PINGs are without a PONG. Only a PONG
+  answers: a server that trickles a message byte by byte is as dead as a
+  silent one. The reader stops reading while too much waits for the socket.
 - The close reason is settled once: ours, the server's closing ``-ERR`` (by
   ``"broker"``, with its text), lame duck mode, or the network. Every session
   then closes by ``"connection"``. An ``-ERR`` that does not close (a
@@ -140,6 +141,8 @@ class NatsConnection(TransportConnection):
         self._sessions: set[NatsClientSession] = set()
         self._subs: dict[int, Subscription] = {}
         self._pongs: deque[_PongHook] = deque()
+        self._pings_sent = 0  # PONGs come in order: PING n is answered once n have come
+        self._pongs_seen = 0
         self._out: list[bytes] = []
         self._out_size = 0
         self._close_reason: CloseReason | None = None
@@ -244,6 +247,9 @@ class NatsConnection(TransportConnection):
                     self.wake_writer()
                 if protocol.closed:
                     return  # a closing -ERR: dispatch settled the reason
+                if self._out_size > HIGH_WATER:
+                    # A server that sends PINGs but reads nothing must not grow our queue.
+                    await self.wait_writable()
         except _NETWORK_ERRORS as exc:
             self._lost(CloseReason(0, describe(exc), "network"))
         except p.NatsProtocolError as exc:
@@ -272,15 +278,17 @@ class NatsConnection(TransportConnection):
             self._lost(CloseReason(0, describe(exc), "network"))
 
     async def _pinger(self, interval: float) -> None:
+        beats: deque[int] = deque(maxlen=PINGS_OUT)  # our last heartbeat PINGs
         while True:
             await anyio.sleep(interval)
-            if len(self._pongs) >= PINGS_OUT:  # ours, heartbeats and flushes alike
+            if len(beats) == PINGS_OUT and self._pongs_seen < beats[0]:
                 text = f"no PONG to {PINGS_OUT} PINGs {interval:g} s apart: the server went silent"
                 self._lost(CloseReason(0, text, "network"))
                 return
             if self._protocol.closed:
                 return
             self._ping(None)
+            beats.append(self._pings_sent)
 
     # -- bytes out -------------------------------------------------------------
 
@@ -306,6 +314,7 @@ class NatsConnection(TransportConnection):
     def _ping(self, hook: _PongHook) -> None:
         self.take_queued()
         self._protocol.ping()
+        self._pings_sent += 1
         self._pongs.append(hook)
         self.take_queued()
         self.wake_writer()
@@ -342,6 +351,7 @@ class NatsConnection(TransportConnection):
                 if sub is not None:
                     sub.session.on_bad_message(sub, event)
             elif isinstance(event, p.PongReceived):
+                self._pongs_seen += 1
                 hook = self._pongs.popleft() if self._pongs else None
                 if hook is not None:
                     hook[0]()
