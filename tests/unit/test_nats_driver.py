@@ -143,6 +143,14 @@ async def test_a_server_that_never_greets_properly_is_connect_failed(greeting: b
                         pass
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1:1", "é" * 70 + ".example"])
+async def test_an_unreachable_or_unresolvable_host_is_connect_failed(host: str) -> None:
+    """A refused port and a host name IDNA cannot encode (no lookup made) are ConnectFailed."""
+    with anyio.fail_after(TIMEOUT), pytest.raises(ConnectFailed, match="cannot"):
+        async with connect(parse_url(f"nats://{host}"), ConnectOptions()):
+            pass
+
+
 async def test_tls_url_against_a_server_without_tls_is_connect_failed() -> None:
     """tls:// to a server whose INFO offers no TLS fails instead of going on in clear."""
     with anyio.fail_after(TIMEOUT):

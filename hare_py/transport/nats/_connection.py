@@ -558,6 +558,8 @@ async def _open(url: BrokerURL, options: ConnectOptions) -> tuple[NatsConnection
         error, cause = ConnectFailed(f"TLS with {where} failed: {describe(exc)}"), exc
     except _NETWORK_ERRORS as exc:
         error, cause = ConnectFailed(f"cannot connect to {where}: {describe(exc)}"), exc
+    except UnicodeError as exc:  # a host name IDNA cannot encode
+        error, cause = ConnectFailed(f"cannot resolve the host of {where}: {exc}"), exc
     except BaseException:
         await _discard(stream)
         raise
