@@ -309,6 +309,22 @@ async def test_publish_to_a_deleted_exchange_closes_the_channel_with_404(
             await other.queue_declare("", exclusive=True)
 
 
+async def test_close_right_after_a_refused_publish_keeps_the_connection(
+    amqp: AmqpCombo, rabbitmq_url: str
+) -> None:
+    """A channel.close crossing the broker's own close of that channel closes only the channel."""
+    with anyio.fail_after(20):
+        async with amqp.connect(rabbitmq_url, heartbeat=0) as conn:
+            ch = await conn.open_channel()
+            # The publish and our channel.close leave in one write; the broker
+            # closes the channel (404) before it reads our close.
+            await ch.basic_publish(b"m", exchange=unique("missing"))
+            await ch.close()
+            with anyio.move_on_after(1):
+                await conn.wait_closed()
+            assert conn.is_open, conn.close_reason
+
+
 async def test_a_refused_operation_raises_broker_error(amqp: AmqpCombo, rabbitmq_url: str) -> None:
     """A passive declare of a missing queue raises BrokerError(404) and closes the channel."""
     with anyio.fail_after(10):
@@ -921,6 +937,28 @@ async def test_bodies_of_every_size_round_trip(
     assert [d.body for d in got] == bodies
     assert [d.properties.correlation_id for d in got] == [str(i) for i in range(len(sizes))]
     assert [d.properties.headers for d in got] == [{"size": size} for size in sizes]
+
+
+@pytest.mark.parametrize("amqp", ANYIO_ONLY, indirect=True)
+async def test_body_of_frame_max_minus_8_and_empty_body_round_trip(
+    amqp: AmqpCombo, rabbitmq_url: str
+) -> None:
+    """Bodies at the negotiated frame_max's boundaries, and an empty one, arrive whole."""
+    got: list[bytes] = []
+    with anyio.fail_after(30):
+        async with amqp.connect(rabbitmq_url, heartbeat=0) as conn:
+            assert isinstance(conn, AmqpConnection)
+            ch = await conn.open_channel(publisher_confirms=True)
+            frame_max = conn.protocol.frame_max
+            queue = (await ch.queue_declare("", exclusive=True)).name
+            bodies = [b"", b"x" * (frame_max - 8), b"y" * (frame_max - 7), b"z" * 3 * frame_max]
+            for body in bodies:
+                await ch.basic_publish(body, routing_key=queue)
+            await ch.basic_consume(queue, lambda d: got.append(d.body), no_ack=True)
+            while len(got) < len(bodies):
+                await anyio.sleep(0.01)
+            assert got == bodies
+            assert conn.is_open
 
 
 # -- Concurrency on one channel ---------------------------------------------------

@@ -183,6 +183,20 @@ def test_truncated_frames_do_not_decode(cut: int) -> None:
     assert len(errors) == 2
 
 
+def test_huge_header_table_round_trips() -> None:
+    """A content header with ~400 kB of headers, a timestamp and delivery mode round-trips."""
+    headers = {f"k{i}": "v" * 200 for i in range(2000)}  # ~ 400 kB of headers
+    stamp = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+    props = Properties(headers=headers, timestamp=stamp, delivery_mode=2)
+    frame = encode_header(1, 3, props)
+    size, decoded = decode_header(frame[7:-1])
+    assert size == 3
+    assert decoded.headers == headers
+    assert decoded.delivery_mode == 2
+    assert decoded.timestamp is not None
+    assert decoded.timestamp.replace(tzinfo=None) == stamp.replace(tzinfo=None)
+
+
 # -- field tables: the bounded codec against pamqp ----------------------------------
 
 keys = st.text(min_size=0, max_size=12)

@@ -345,6 +345,12 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
             await anyio.sleep(0.005)
 
 
+async def quiet_for(conn: AmqpConnection, seconds: float = 0.3) -> None:
+    """Give the reader time to act on what the broker sent."""
+    with anyio.move_on_after(seconds):
+        await conn.wait_closed()
+
+
 # -- 1. heartbeats --
 
 
@@ -523,6 +529,37 @@ async def test_abandoned_consume_is_cancelled_when_consume_ok_arrives_late() -> 
             assert ch.is_open and conn.is_open
 
 
+async def test_consume_ok_and_a_cancel_in_one_read_the_call_still_returns_its_tag() -> None:
+    """A consume cancelled in the read that brings its consume-ok still returns its tag."""
+    # Checked: anyio does not cancel a task whose wait already completed, so a
+    # settled consume is never dropped without a basic.cancel (no leaked consumer).
+    with anyio.fail_after(10):
+        async with session() as (conn, peer):
+            scope = anyio.CancelScope()
+
+            def on_return(_: ReturnedMessage) -> None:
+                scope.cancel()  # the caller's scope, cancelled in the same read
+
+            ch = await open_channel(conn, peer, on_return=on_return)
+            tags: list[str] = []
+
+            async def consume() -> None:
+                with scope:
+                    tags.append(await ch.basic_consume("q", lambda _: None))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consume)
+                method = await peer.expect(commands.Basic.Consume, 1)
+                await peer.send(
+                    (1, commands.Basic.ConsumeOk(method.consumer_tag)),
+                    (1, commands.Basic.Return(312, "NO_ROUTE", "", "rk")),
+                    (1, ContentHeader(0, 0, commands.Basic.Properties())),
+                )
+            assert scope.cancel_called
+            assert tags == [method.consumer_tag]
+            assert conn.is_open
+
+
 # -- 5. publisher confirms --
 
 
@@ -670,6 +707,47 @@ async def test_broker_channel_close_fails_a_waiting_confirm_with_broker_error() 
             assert isinstance(pub.error, BrokerError)
             assert pub.error.code == 404
             assert conn.is_open
+
+
+async def test_crossed_channel_close_keeps_the_connection_open() -> None:
+    """A broker channel.close crossing ours is answered and closes only that channel."""
+    # RabbitMQ's reader answers a channel.close that arrives while it is closing
+    # the channel itself with channel.close-ok (rabbit_reader, "closing" state).
+    with anyio.fail_after(10):
+        async with session() as (conn, peer):
+            ch = await open_channel(conn, peer)
+            async with anyio.create_task_group() as tg:
+                closing = spawn(tg, ch.close)
+                await peer.expect(commands.Channel.Close, 1)
+                await peer.send(
+                    (1, commands.Channel.Close(404, "NOT_FOUND - no exchange 'x'", 60, 40)),
+                    (1, commands.Channel.CloseOk()),
+                )
+                await peer.expect(commands.Channel.CloseOk, 1)
+                await closing.wait()
+            await quiet_for(conn)
+            assert closing.error is None
+            assert conn.is_open, conn.close_reason
+
+
+async def test_channel_number_is_not_reused_before_our_close_ok_arrives() -> None:
+    """A channel number stays taken until the broker's close-ok for our channel.close."""
+    with anyio.fail_after(10):
+        async with session() as (conn, peer):
+            ch = await open_channel(conn, peer)
+            async with anyio.create_task_group() as tg:
+                closing = spawn(tg, ch.close)
+                await peer.expect(commands.Channel.Close, 1)
+                await peer.send((1, commands.Channel.Close(406, "PRECONDITION_FAILED", 50, 10)))
+                await peer.expect(commands.Channel.CloseOk, 1)
+                await closing.wait()
+                # The broker has not yet answered our channel.close.
+                opening = spawn(tg, conn.open_channel)
+                channel, frame = await peer.recv()
+                assert isinstance(frame, commands.Channel.Open)
+                await peer.send((channel, commands.Channel.OpenOk()))
+                await opening.wait()
+            assert channel != 1, "channel 1 reused while its close-ok is still due"
 
 
 # -- 7. backpressure --
@@ -960,3 +1038,80 @@ async def test_channel_flow_from_the_broker_is_answered_with_flow_ok() -> None:
             ok = await peer.expect(commands.Channel.FlowOk, 1)
             assert ok.active is True
             assert ch.is_open and conn.is_open
+
+
+# -- 13. consumer callbacks --
+
+
+async def test_on_delivery_that_raises_does_not_hurt_the_connection() -> None:
+    """A consumer callback that raises loses nothing: later deliveries arrive and acks go out."""
+    seen: list[int] = []
+
+    def boom(delivery: Delivery) -> None:
+        seen.append(delivery.delivery_tag)
+        raise RuntimeError("user bug")
+
+    with anyio.fail_after(10):
+        async with session() as (conn, peer):
+            ch = await open_channel(conn, peer)
+            async with anyio.create_task_group() as tg:
+                pending = spawn(tg, lambda: ch.basic_consume("q", boom))
+                consume = await peer.expect(commands.Basic.Consume, 1)
+                await peer.send((1, commands.Basic.ConsumeOk(consume.consumer_tag)))
+                await pending.wait()
+            for tag in (1, 2):
+                await peer.send_content(
+                    1, commands.Basic.Deliver(pending.result, tag, False, "", "rk"), b"m"
+                )
+            await until(lambda: seen == [1, 2])
+            await ch.basic_ack(2, multiple=True)
+            ack = await peer.expect(commands.Basic.Ack, 1)
+            assert ack.delivery_tag == 2 and ack.multiple
+            assert conn.is_open and ch.is_open
+
+
+async def test_callback_closing_its_channel_through_a_task() -> None:
+    """A callback may close its own channel from a task; the close is normal and the rest stays."""
+    with anyio.fail_after(10):
+        async with session() as (conn, peer):
+            ch = await open_channel(conn, peer)
+            async with anyio.create_task_group() as tg:
+                pending = spawn(
+                    tg, lambda: ch.basic_consume("q", lambda _: tg.start_soon(ch.close))
+                )
+                consume = await peer.expect(commands.Basic.Consume, 1)
+                await peer.send((1, commands.Basic.ConsumeOk(consume.consumer_tag)))
+                await pending.wait()
+                await peer.send_content(
+                    1, commands.Basic.Deliver(pending.result, 1, False, "", "rk"), b"m"
+                )
+                await peer.expect(commands.Channel.Close, 1)
+                # A delivery already on the wire is dropped while closing.
+                await peer.send_content(
+                    1, commands.Basic.Deliver(pending.result, 2, False, "", "rk"), b"m"
+                )
+                await peer.send((1, commands.Channel.CloseOk()))
+            assert ch.close_reason is not None and ch.close_reason.is_normal
+            assert conn.is_open
+
+
+# -- 14. body frames --
+
+
+async def test_body_of_frame_max_minus_8_is_one_body_frame_and_one_more_byte_two() -> None:
+    """A body of frame_max - 8 bytes goes in one body frame, one byte more in two, empty in none."""
+    with anyio.fail_after(10):
+        async with session() as (conn, peer):
+            ch = await open_channel(conn, peer)
+            for size, frames in ((FRAME_MAX - 8, 1), (FRAME_MAX - 7, 2), (0, 0)):
+                await ch.basic_publish(b"x" * size, routing_key="q")
+                await peer.expect(commands.Basic.Publish, 1)
+                header = await peer.expect(ContentHeader, 1)
+                assert header.body_size == size
+                got = 0
+                for _ in range(frames):
+                    got += len((await peer.expect(ContentBody, 1)).value)
+                assert got == size
+            # Nothing else was sent: the empty body has no body frame.
+            await ch.basic_ack(9)
+            await peer.expect(commands.Basic.Ack, 1)

@@ -2,12 +2,13 @@
 
 The scripted fake broker of ``test_amqp_driver`` sends what RabbitMQ relays
 from any publisher (headers nested hundreds deep, a timestamp of 2**63 - 1, a
-header key that is not UTF-8, a body over the limit) and what only a hostile
-or broken broker sends (a frame with no end before the handshake, a 2**63-byte
-body, a frame trickled byte by byte). Each must end in a typed result: a
-delivery the consumer can reject alone, an error for the one publish that
-cannot be sent, or a ``ConnectionLost``/``ConnectFailed`` in bounded time and
-memory.
+header key or a short string that is not UTF-8, a body over the limit), what
+RabbitMQ itself may send (a reply text cut inside a multi-byte character) and
+what only a hostile or broken broker sends (a frame with no end before the
+handshake, a 2**63-byte body, a frame trickled byte by byte). Each must end in
+a typed result: a delivery the consumer can reject alone, an error for the one
+publish that cannot be sent, or a ``ConnectionLost``/``ConnectFailed`` in
+bounded time and memory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import anyio
 import anyio.abc
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
-from pamqp import commands, frame as pamqp_frame
+from pamqp import commands, constants, encode, frame as pamqp_frame
 from pamqp.header import ContentHeader
 from structlog.testing import capture_logs
 from test_amqp_driver import (
@@ -31,8 +32,10 @@ from test_amqp_driver import (
     fake_broker,
     open_channel,
     options,
+    quiet_for,
     session,
     together,
+    until,
 )
 
 from hare_py.errors import ConfigError, ConnectFailed, HareError, UnsendableMessage
@@ -71,6 +74,16 @@ def content_header(channel: int, body_size: int, flags: int, properties: bytes) 
     return raw_frame(2, channel, struct.pack(">HHQH", 60, 0, body_size, flags) + properties)
 
 
+def shortstr(data: bytes) -> bytes:
+    return bytes((len(data),)) + data
+
+
+def raw_channel_close(channel: int, code: int, text: bytes) -> bytes:
+    """channel.close with ``text`` as raw bytes (not necessarily UTF-8)."""
+    payload = struct.pack(">HHH", 20, 40, code) + shortstr(text) + struct.pack(">HH", 50, 10)
+    return raw_frame(1, channel, payload)
+
+
 _KEY_NOT_UTF8 = b"\x01\xffS\x00\x00\x00\x01v"
 POISON = {
     "headers-500-deep": (0x2000, nested_table(500)),
@@ -91,12 +104,6 @@ async def consuming(conn: AmqpConnection, peer: Peer, got: list[Delivery]) -> tu
 
     tag = await together(lambda: ch.basic_consume("q", got.append), consume_ok)
     return ch, tag
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    with anyio.fail_after(5):
-        while not predicate():
-            await anyio.sleep(0.005)
 
 
 def deliver(tag: str, delivery_tag: int) -> bytes:
@@ -204,6 +211,104 @@ async def test_poison_messages_through_rabbitmq_are_dead_lettered_and_the_consum
     assert [d.undecodable is None for d in got] == [False] * len(POISON) + [True]
     assert got[-1].body == b"fine"
     assert {d.body for d in kept} == {b"poison"}
+
+
+# -- strings from the broker that are not UTF-8 ----------------------------------
+
+
+async def test_non_utf8_reply_text_in_channel_close_closes_only_the_channel() -> None:
+    """A channel.close whose reply text is not UTF-8 closes that channel, not the connection."""
+    # RabbitMQ cuts reply texts at 252 bytes (amqp_exception_explanation),
+    # which can split a multi-byte character of a queue or exchange name.
+    with anyio.fail_after(10):
+        async with session() as (conn, peer):
+            ch = await open_channel(conn, peer)
+            await peer.stream.send(raw_channel_close(1, 404, b"NOT_FOUND - no queue '\xc3"))
+            await quiet_for(conn)
+            assert conn.is_open, conn.close_reason
+            assert ch.close_reason is not None and ch.close_reason.code == 404
+
+
+async def test_non_utf8_text_during_handshake_is_connect_failed() -> None:
+    """A refusal during the handshake whose reply text is not UTF-8 is ConnectFailed."""
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        peer = Peer(stream)
+        await peer.start()
+        await stream.send(
+            raw_frame(
+                1,
+                0,
+                struct.pack(">HHH", 10, 50, 403) + shortstr(b"ACCESS_REFUSED \xff") + b"\0" * 4,
+            )
+        )
+        with anyio.move_on_after(2):
+            await peer.recv_until_eof()
+        await peer.aclose()
+
+    with anyio.fail_after(10):
+        async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(listener.serve, handle)
+                url = parse_url(f"amqp://guest:guest@127.0.0.1:{port}/")
+                try:
+                    async with connect(url, options()):
+                        pass
+                except HareError as exc:
+                    error: BaseException = exc
+                except Exception as exc:
+                    error = exc
+                tg.cancel_scope.cancel()
+    assert isinstance(error, ConnectFailed), repr(error)
+
+
+async def test_non_utf8_header_key_does_not_kill_the_connection() -> None:
+    """A header key that is not UTF-8 drops that message's header table, not the connection."""
+    got: list[Delivery] = []
+    with anyio.fail_after(10):
+        async with session() as (conn, peer):
+            _, tag = await consuming(conn, peer, got)
+            # headers = {b"\xff": "v"}: the table is a long size then key, type, value.
+            entry = shortstr(b"\xff") + b"S" + struct.pack(">I", 1) + b"v"
+            table = struct.pack(">I", len(entry)) + entry
+            await peer.stream.send(
+                deliver(tag, 1) + content_header(1, 1, 0x2000, table) + raw_frame(3, 1, b"x")
+            )
+            await quiet_for(conn)
+            assert conn.is_open, conn.close_reason
+    # The message still arrives; only its undecodable header table is dropped.
+    assert [(d.body, d.properties.headers) for d in got] == [(b"x", None)]
+
+
+def test_ascii_field_table_encode_sanity() -> None:
+    """The hand-built field tables of these tests are laid out as pamqp encodes them."""
+    # The table bytes above are what pamqp writes for {"k": "v"} with a
+    # different key: keep the hand-built table honest.
+    entry = shortstr(b"k") + b"S" + struct.pack(">I", 1) + b"v"
+    assert struct.pack(">I", len(entry)) + entry == encode.field_table({"k": "v"})
+    assert constants.FRAME_END == 0xCE
+
+
+async def test_non_utf8_short_string_properties_and_cluster_id_are_tolerated() -> None:
+    """Short-string properties that are not UTF-8, app-id and cluster-id still decode."""
+    got: list[Delivery] = []
+    with anyio.fail_after(10):
+        async with session() as (conn, peer):
+            _, tag = await consuming(conn, peer, got)
+            # content-type (bad UTF-8), app-id and cluster-id, which brokers may set.
+            props = shortstr(b"text/\xff") + shortstr(b"app") + shortstr(b"rabbit@node")
+            flags = 0x8000 | 0x0008 | 0x0004
+            await peer.stream.send(
+                deliver(tag, 7) + content_header(1, 0, flags, props)  # empty body
+            )
+            await until(lambda: bool(got))
+            assert conn.is_open
+    (delivery,) = got
+    assert delivery.body == b""
+    assert delivery.delivery_tag == 7
+    assert delivery.properties.app_id == "app"
+    assert delivery.properties.content_type == "text/\ufffd"
 
 
 # -- bodies over max_body_size ------------------------------------------------------

@@ -13,6 +13,7 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader, ProtocolHeader
 from pamqp.heartbeat import Heartbeat
 
+from hare_py.transport._amqp_codec import encode_header
 from hare_py.transport.amqp._protocol import (
     FRAME_MAX_LIMIT,
     HANDSHAKE_FRAME_MAX,
@@ -644,6 +645,32 @@ def test_a_method_frame_too_short_for_its_id_is_a_protocol_error() -> None:
     client = open_client()
     with pytest.raises(ProtocolError, match="method"):
         client.receive_data(raw_frame(1, 1, b"\x00\x14"))
+
+
+def test_a_frame_of_exactly_frame_max_is_taken_and_one_byte_more_is_refused() -> None:
+    """A frame of exactly frame_max bytes is taken, split at any byte; one byte more is refused."""
+    proto = open_client(4096)
+    wire = (
+        marshal((1, commands.Basic.Deliver("t", 1, False, "", "rk")))
+        + encode_header(1, 4096 - 8, Properties())
+        + raw_frame(3, 1, b"a" * (4096 - 8))
+    )
+    events = []
+    for i in range(len(wire)):  # split at every byte
+        events += proto.receive_data(wire[i : i + 1])
+    (event,) = events
+    assert isinstance(event, ContentReceived) and event.body == b"a" * 4088
+    with pytest.raises(ProtocolError, match="frame_max"):
+        proto.receive_data(raw_frame(3, 1, b"a" * (4096 - 7)))
+
+
+def test_truncated_content_header_is_a_protocol_error_not_an_index_error() -> None:
+    """A content header cut short inside its properties is a ProtocolError, not an IndexError."""
+    proto = open_client()
+    proto.receive_data(marshal((1, commands.Basic.Deliver("t", 1, False, "", "rk"))))
+    # delivery-mode flag set, but the octet is missing.
+    with pytest.raises(ProtocolError):
+        proto.receive_data(raw_frame(2, 1, struct.pack(">HHQH", 60, 0, 1, 0x1000)))
 
 
 @pytest.mark.parametrize(
