@@ -283,8 +283,20 @@ async def test_unsubscribe_delivers_what_the_server_routed_before_it_saw_the_uns
         (Message("", "out.x", b"", Properties(headers={"K": 1})), "header"),
         (Message("", "out.x", b"", Properties(headers={"K": "a\r\nb"})), "header"),
         (Message("", "out.x", b"", Properties(reply_to="bad reply")), "subject"),
+        (Message("", "out.x", "text"), "bytes"),  # type: ignore[arg-type]
+        (Message("", "out.x", "text", Properties(headers={})), "bytes"),  # type: ignore[arg-type]
     ],
-    ids=["too-big", "exchange", "wildcard", "property", "header-int", "header-crlf", "reply"],
+    ids=[
+        "too-big",
+        "exchange",
+        "wildcard",
+        "property",
+        "header-int",
+        "header-crlf",
+        "reply",
+        "str-body",
+        "str-body-hpub",
+    ],
 )
 async def test_an_unsendable_message_fails_its_batch_before_anything_is_written(
     bad: Message, reason: str

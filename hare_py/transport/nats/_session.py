@@ -49,6 +49,7 @@ __all__ = ["NatsClientSession", "Subscription"]
 log = get_logger("hare_py.transport.nats")
 
 _CLOSED_BY_CLIENT = CloseReason(0, "closed by the client", "client")
+_NOT_BYTES = "a message body is bytes"
 
 
 class Subscription:
@@ -246,6 +247,8 @@ class NatsClientSession(NatsSession):
                         publish(subject, body)
                     except ConfigError as exc:
                         raise UnsendableMessage(index, str(exc)) from None
+                    except TypeError:
+                        raise UnsendableMessage(index, _NOT_BYTES) from None
                     continue
                 other = _other_property(props)
                 if other is not None:
@@ -262,6 +265,8 @@ class NatsClientSession(NatsSession):
                     )
                 except ConfigError as exc:
                     raise UnsendableMessage(index, str(exc)) from None
+                except TypeError:
+                    raise UnsendableMessage(index, _NOT_BYTES) from None
         except p.NatsProtocolError:
             protocol.data_to_send()
             connection.check_wire()
