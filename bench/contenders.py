@@ -177,12 +177,17 @@ class HareClient:
 
 
 class Hare(Raw):
-    name, label, queue, concurrent = "hare", "hare_py", "bench.hare", True
+    """hare_py on the aiormq backend (``?backend=aiormq``), client and server."""
+
+    name, label, queue, concurrent = "hare", "hare_py aiormq backend", "bench.hare", True
 
     def client(self, url: str) -> Any:
-        return HareClient(url, None)
+        return HareClient(_backend(url, "aiormq"), None)
 
     async def serve(self, url: str, queue: str, ready: Ready) -> None:
+        await self._serve(_backend(url, "aiormq"), queue, ready)
+
+    async def _serve(self, url: str, queue: str, ready: Ready) -> None:
         import hare_py
 
         class Echo(hare_py.RPCServer[None]):
@@ -206,7 +211,7 @@ class HareDirect(Hare):
     def client(self, url: str) -> Any:
         from hare_py.conventions import direct_reply_to
 
-        return HareClient(url, direct_reply_to())
+        return HareClient(_backend(url, "aiormq"), direct_reply_to())
 
 
 class HareAnyio(Hare):
@@ -215,14 +220,14 @@ class HareAnyio(Hare):
     name, label, queue = "hare_anyio", "hare_py anyio backend", "bench.hare_anyio"
 
     def client(self, url: str) -> Any:
-        return HareClient(_anyio(url), None)
+        return HareClient(_backend(url, "anyio"), None)
 
     async def serve(self, url: str, queue: str, ready: Ready) -> None:
-        await super().serve(_anyio(url), queue, ready)
+        await self._serve(_backend(url, "anyio"), queue, ready)
 
 
-def _anyio(url: str) -> str:
-    return f"{url}{'&' if '?' in url else '?'}backend=anyio"
+def _backend(url: str, backend: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}backend={backend}"
 
 
 # --- aio-pika patterns.RPC --------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Every test runs on three combinations (the ``amqp`` fixture):
 
-- ``aiormq-asyncio``: aiormq, the default on asyncio;
+- ``aiormq-asyncio``: aiormq (``?backend=aiormq``), on asyncio only;
 - ``anyio-asyncio``: the anyio-native backend on asyncio (``?backend=anyio``);
 - ``anyio-trio``: the anyio-native backend, the default on trio.
 
@@ -79,7 +79,7 @@ class AmqpCombo:
 
 
 COMBOS = {
-    "aiormq-asyncio": AmqpCombo("asyncio", None, AiormqConnection),
+    "aiormq-asyncio": AmqpCombo("asyncio", "aiormq", AiormqConnection),
     "anyio-asyncio": AmqpCombo("asyncio", "anyio", AmqpConnection),
     "anyio-trio": AmqpCombo("trio", None, AmqpConnection),
 }

@@ -46,7 +46,12 @@ async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
     assert "[round 1/1]" in stdout  # one progress line per measurement
 
     table = (tmp_path / "results.md").read_text()
-    for label in ("raw aiormq", "hare_py", "hare_py anyio backend", "hare_py direct_reply_to"):
+    for label in (
+        "raw aiormq",
+        "hare_py aiormq backend",
+        "hare_py anyio backend",
+        "hare_py direct_reply_to",
+    ):
         assert f"| {label} |" in table
     assert "aio-pika patterns.RPC" in table and "FastStream request/reply" in table
     for png in ("latency.png", "throughput.png"):

@@ -78,8 +78,8 @@ def wire_protocol_of(url: BrokerURL) -> str:
 def backend_for(url: BrokerURL) -> Backend:
     """The backend for ``url``'s scheme, for the running async library.
 
-    AMQP URLs go to aiormq on asyncio and to the anyio-native backend on trio;
-    ``?backend=anyio`` picks the latter on asyncio too.
+    AMQP URLs go to hare_py's anyio-native backend on asyncio and trio;
+    ``?backend=aiormq`` picks aiormq instead, on asyncio only.
     """
     if url.scheme == "sandbox":
         target = _SANDBOX
@@ -113,7 +113,7 @@ def check_url(url: BrokerURL, options: ConnectOptions) -> Backend:
         if backend is _instances.get(_AIORMQ) and _common.login_mechanism(url) == "AMQPLAIN":
             raise ConfigError(
                 f"auth=amqplain in {url}: aiormq logs in with PLAIN or EXTERNAL only; "
-                "add backend=anyio to use AMQPLAIN"
+                "leave backend=aiormq out to use AMQPLAIN"
             )
     backend.check(url, options)
     return backend
@@ -123,7 +123,7 @@ def _amqp_backend(url: BrokerURL) -> str:
     library = sniffio.current_async_library()
     wanted = url.param("backend")
     if wanted is None:
-        return _AIORMQ if library == "asyncio" else _ANYIO_AMQP
+        return _ANYIO_AMQP
     target = _AMQP_BACKENDS.get(wanted)
     if target is None:
         raise ConfigError(

@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(
-    params=[("asyncio", None), ("asyncio", "anyio"), ("trio", None)],
+    params=[("asyncio", "aiormq"), ("asyncio", None), ("trio", None)],
     ids=["aiormq-asyncio", "anyio-asyncio", "anyio-trio"],
 )
 def chaos_kind(request: pytest.FixtureRequest) -> tuple[str, str | None]:

@@ -34,7 +34,9 @@ class BrokerKind:
         pytest.param(BrokerKind("sandbox", "asyncio"), id="sandbox-asyncio"),
         pytest.param(BrokerKind("sandbox", "trio"), id="sandbox-trio"),
         pytest.param(
-            BrokerKind("rabbitmq", "asyncio"), id="rabbitmq-asyncio", marks=pytest.mark.rabbitmq
+            BrokerKind("rabbitmq", "asyncio", "aiormq"),
+            id="rabbitmq-asyncio-aiormq",
+            marks=pytest.mark.rabbitmq,
         ),
         pytest.param(
             BrokerKind("rabbitmq", "asyncio", "anyio"),

@@ -33,7 +33,9 @@ class Kind:
         pytest.param(Kind("sandbox", "asyncio"), id="sandbox-asyncio"),
         pytest.param(Kind("sandbox", "trio"), id="sandbox-trio"),
         pytest.param(
-            Kind("rabbitmq", "asyncio"), id="rabbitmq-asyncio", marks=pytest.mark.rabbitmq
+            Kind("rabbitmq", "asyncio", "aiormq"),
+            id="rabbitmq-asyncio-aiormq",
+            marks=pytest.mark.rabbitmq,
         ),
         pytest.param(
             Kind("rabbitmq", "asyncio", "anyio"),

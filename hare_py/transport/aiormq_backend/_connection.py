@@ -268,7 +268,7 @@ async def _open(url: BrokerURL, options: ConnectOptions) -> AiormqConnection:
     if login_mechanism(url) == "AMQPLAIN":
         raise ConfigError(
             f"auth=amqplain in {url}: aiormq logs in with PLAIN or EXTERNAL only; "
-            "add backend=anyio to use AMQPLAIN"
+            "leave backend=aiormq out to use AMQPLAIN"
         )
     query = [("heartbeat", str(heartbeat))]
     query += [(k, v) for k, v in url.query if k in _PASSED_PARAMS]

@@ -1,7 +1,7 @@
-"""AMQP 0-9-1 on anyio streams: the ``amqp://`` and ``amqps://`` backend on trio.
+"""AMQP 0-9-1 on anyio streams: the ``amqp://`` and ``amqps://`` backend.
 
-Chosen automatically on trio; on asyncio add ``backend=anyio`` to the URL
-(``amqp://host/?backend=anyio``), otherwise asyncio uses aiormq. It takes the
+The default on asyncio and on trio (``?backend=aiormq`` picks aiormq instead,
+on asyncio; ``?backend=anyio`` names this one). It takes the
 same URL parameters as the aiormq backend: ``heartbeat=SECONDS``, ``name=`` and
 ``auth=plain|amqplain|external``, and ``max_body_size=BYTES`` (over
 ``ConnectOptions.max_body_size``, default 128 MiB); TLS settings come from
