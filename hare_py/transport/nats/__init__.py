@@ -11,9 +11,10 @@ URLs; it adds the cluster's other servers from INFO ``connect_urls``
 (``TransportConnection.discovered_urls``).
 
 Layers: ``_protocol`` is the sans-I/O client core (bytes in, events out;
-calls in, bytes out), with no sockets and no clock; ``_connection`` drives it
-with one reader, one writer and one pinger per connection; ``_session`` is
-one actor's ``NatsSession`` on it.
+calls in, bytes out), with no sockets and no clock; ``_handshake`` opens
+the socket (TCP, INFO, TLS, CONNECT); ``_connection`` drives the core with
+one reader, one writer and one pinger per connection; ``_session`` is one
+actor's ``NatsSession`` on it.
 
 Errors are ``hare_py.errors`` only:
 

@@ -26,18 +26,16 @@ Rules this module keeps:
   the sessions are told they are draining and go on receiving, and
   ``close()`` waits (up to ``drain_timeout``) for them to close before it
   hangs up, so that answers to requests in flight still arrive.
-- The URL's password or token reaches the protocol object and nothing else;
-  errors and logs name the redacted URL, and connect errors are scrubbed.
+- The URL's password or token reaches the protocol object (``_handshake``)
+  and nothing else; errors and logs name the redacted URL.
 """
 
 from __future__ import annotations
 
 import re
-import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from importlib.metadata import PackageNotFoundError, version
 from typing import ClassVar
 from urllib.parse import urlsplit
 
@@ -46,11 +44,12 @@ import anyio.abc
 from anyio.streams.tls import TLSStream
 
 from ..._log import get_logger
-from ...errors import ConnectFailed, ConnectionLost, HareError
+from ...errors import ConnectionLost
 from ..base import NATS, CloseReason, ConnectOptions, OnReturn, Session, TransportConnection
 from ..url import BrokerURL
 from . import _protocol as p
-from ._config import NatsConfig, config_for, scrub
+from ._config import NatsConfig
+from ._handshake import NETWORK_ERRORS, READ_SIZE, describe, open_wire, parse_events
 from ._session import NatsClientSession, Subscription
 
 __all__ = ["NatsConnection", "connect"]
@@ -58,19 +57,11 @@ __all__ = ["NatsConnection", "connect"]
 log = get_logger("hare_py.transport.nats")
 
 CLOSE_TIMEOUT = 5.0  # bounds writing our last bytes; the connection is gone for us anyway
-READ_SIZE = 256 * 1024
 # Publishers wait while more than this is queued for the socket (a slow server).
 HIGH_WATER = 4 * 1024 * 1024
 MAX_DISCOVERED = 64  # connect_urls kept from one server
 PINGS_OUT = 2  # PINGs without a PONG before the server is dead
 
-_NETWORK_ERRORS = (
-    OSError,
-    ssl.SSLError,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    anyio.EndOfStream,
-)
 # -ERR 'Permissions Violation for Subscription to "SUBJECT"[ using queue "GROUP"]'
 _SUB_VIOLATION = re.compile(
     r'permissions violation for subscription to "(?P<subject>[^"]*)"'
@@ -81,44 +72,6 @@ _LAME_DUCK = "lame duck mode"
 
 # On a PONG: (called when it comes, called if the connection ends first), or None.
 _PongHook = tuple[Callable[[], None], Callable[[], None]] | None
-
-
-def _version() -> str:
-    try:
-        return version("hare_py")
-    except PackageNotFoundError:  # run from a source tree without installing
-        return "unknown"
-
-
-def describe(exc: BaseException) -> str:
-    """A short text for a network error (never holds a URL: we build none into them)."""
-    if isinstance(exc, anyio.EndOfStream):
-        return "the server closed the socket"
-    if isinstance(exc, OSError) and exc.errno is None and exc.__cause__ is not None:
-        # anyio.connect_tcp: OSError("All connection attempts failed") from the real ones.
-        cause = exc.__cause__
-        causes = cause.exceptions if isinstance(cause, BaseExceptionGroup) else (cause,)
-        texts = sorted({describe(c) for c in causes if isinstance(c, OSError)})
-        if texts:
-            return "; ".join(texts)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc)
-    return text if text else type(exc).__name__
-
-
-def _receive(protocol: p.NatsClientProtocol, data: bytes) -> list[p.Event]:
-    """``protocol.receive_data``; any failure of it is a NatsProtocolError."""
-    try:
-        return protocol.receive_data(data)
-    except p.NatsProtocolError:
-        raise
-    except Exception as exc:
-        # A parser bug must end this connection, not escape into the user's code.
-        log.exception("nats.decode_failed")
-        raise p.NatsProtocolError(
-            f"cannot parse the server's bytes ({type(exc).__name__})"
-        ) from None
 
 
 class NatsConnection(TransportConnection):
@@ -239,7 +192,7 @@ class NatsConnection(TransportConnection):
         try:
             while True:
                 data = await receive(READ_SIZE)
-                events = _receive(protocol, data)
+                events = parse_events(protocol, data)
                 if events:
                     self.dispatch(events)
                 if protocol.bytes_to_send:
@@ -250,7 +203,7 @@ class NatsConnection(TransportConnection):
                 if self._out_size > HIGH_WATER:
                     # A server that sends PINGs but reads nothing must not grow our queue.
                     await self.wait_writable()
-        except _NETWORK_ERRORS as exc:
+        except NETWORK_ERRORS as exc:
             self._lost(CloseReason(0, describe(exc), "network"))
         except p.NatsProtocolError as exc:
             log.error("nats.protocol_error", url=self._where, error=str(exc))
@@ -274,7 +227,7 @@ class NatsConnection(TransportConnection):
                     self._wire_closed.set()
                     self._scope.cancel()
                     return
-        except _NETWORK_ERRORS as exc:
+        except NETWORK_ERRORS as exc:
             self._lost(CloseReason(0, describe(exc), "network"))
 
     async def _pinger(self, interval: float) -> None:
@@ -512,12 +465,21 @@ class NatsConnection(TransportConnection):
 @asynccontextmanager
 async def connect(url: BrokerURL, options: ConnectOptions) -> AsyncIterator[NatsConnection]:
     """Connect to ``url``; the connection closes when the block exits."""
-    connection, leftover = await _open(url, options)
+    wire = await open_wire(url, options)
+    connection = NatsConnection(wire.stream, wire.protocol, url, wire.config)
+    log.info(
+        "nats.connected",
+        url=wire.config.where,
+        name=wire.config.name,
+        server=connection.server_info.server_name,
+        heartbeat=wire.config.heartbeat,
+        tls=isinstance(wire.stream, TLSStream),
+    )
     body_error: BaseException | None = None
     async with anyio.create_task_group() as tg:
         await tg.start(connection.run)
-        if leftover:
-            connection.dispatch(leftover)
+        if wire.leftover:
+            connection.dispatch(wire.leftover)
         # The block's error is re-raised outside the task group, so that it is
         # not wrapped in an ExceptionGroup.
         try:
@@ -528,121 +490,3 @@ async def connect(url: BrokerURL, options: ConnectOptions) -> AsyncIterator[Nats
             await connection.close()
     if body_error is not None:
         raise body_error
-
-
-async def _open(url: BrokerURL, options: ConnectOptions) -> tuple[NatsConnection, list[p.Event]]:
-    config = config_for(url, options)
-    where = config.where
-    protocol = p.NatsClientProtocol(
-        name=config.name,
-        user=config.user,
-        password=config.password,
-        token=config.token,
-        version=_version(),
-        tls_required=config.want_tls,
-    )
-    stream: anyio.abc.ByteStream | None = None
-    error: HareError | None = None
-    cause: BaseException | None = None
-    leftover: list[p.Event] = []
-    try:
-        with anyio.fail_after(config.connect_timeout):
-            stream = await anyio.connect_tcp(config.host, config.port)
-            stream, leftover = await _handshake(stream, protocol, config)
-    except HareError as exc:
-        error, cause = exc, exc.__cause__
-    except TimeoutError as exc:
-        error = ConnectFailed(f"{where} did not answer within {config.connect_timeout:g} s")
-        cause = exc
-    except ssl.SSLError as exc:
-        error, cause = ConnectFailed(f"TLS with {where} failed: {describe(exc)}"), exc
-    except _NETWORK_ERRORS as exc:
-        error, cause = ConnectFailed(f"cannot connect to {where}: {describe(exc)}"), exc
-    except UnicodeError as exc:  # a host name IDNA cannot encode
-        error, cause = ConnectFailed(f"cannot resolve the host of {where}: {exc}"), exc
-    except BaseException:
-        await _discard(stream)
-        raise
-    if error is not None:
-        await _discard(stream)
-        # Raised outside the except blocks: no __context__ links back to an
-        # exception that could hold a secret.
-        raise scrub(error, cause, config.secrets)
-    assert stream is not None
-    connection = NatsConnection(stream, protocol, url, config)
-    log.info(
-        "nats.connected",
-        url=where,
-        name=config.name,
-        server=protocol.server_info.server_name if protocol.server_info else "",
-        heartbeat=config.heartbeat,
-        tls=isinstance(stream, TLSStream),
-    )
-    return connection, leftover
-
-
-async def _discard(stream: anyio.abc.ByteStream | None) -> None:
-    if stream is not None:
-        with anyio.CancelScope(shield=True):
-            await stream.aclose()
-
-
-async def _handshake(
-    stream: anyio.abc.ByteStream, protocol: p.NatsClientProtocol, config: NatsConfig
-) -> tuple[anyio.abc.ByteStream, list[p.Event]]:
-    """INFO, TLS if wanted or required, CONNECT and PING, to the PONG; before any task runs.
-
-    Returns the stream (TLS-wrapped or not) and the events that came after the PONG.
-    """
-    where = config.where
-    events: list[p.Event] = []
-    while not events:
-        events = _handshake_events(protocol, await _read(stream, where))
-    first = events[0]
-    if not isinstance(first, p.InfoReceived):  # the core refuses anything else first
-        raise ConnectFailed(f"{where} did not start with INFO")
-    info = first.info
-    if info.lame_duck_mode:
-        raise ConnectFailed(f"{where} is in lame duck mode")
-    if config.want_tls or info.tls_required:
-        if not (info.tls_required or info.tls_available):
-            raise ConnectFailed(f"{where} does not offer TLS")
-        stream = await TLSStream.wrap(
-            stream,
-            server_side=False,
-            hostname=config.tls_hostname,
-            ssl_context=config.ssl_context(),
-            standard_compatible=False,
-        )
-    await stream.send(protocol.data_to_send())  # CONNECT and PING
-    events = events[1:]
-    while True:
-        for index, event in enumerate(events):
-            if isinstance(event, p.ErrReceived):
-                raise _refused(event, where)
-            if isinstance(event, p.Connected):
-                return stream, events[index + 1 :]
-        pending = protocol.data_to_send()  # PONGs to the server's PINGs
-        if pending:
-            await stream.send(pending)
-        events = _handshake_events(protocol, await _read(stream, where))
-
-
-async def _read(stream: anyio.abc.ByteStream, where: str) -> bytes:
-    try:
-        return await stream.receive(READ_SIZE)
-    except anyio.EndOfStream:
-        raise ConnectFailed(f"{where} closed the connection during the handshake") from None
-
-
-def _handshake_events(protocol: p.NatsClientProtocol, data: bytes) -> list[p.Event]:
-    try:
-        return _receive(protocol, data)
-    except p.NatsProtocolError as exc:
-        raise ConnectFailed(f"the server broke the NATS protocol: {exc}") from None
-
-
-def _refused(event: p.ErrReceived, where: str) -> ConnectFailed:
-    if event.auth:
-        return ConnectFailed(f"{where} refused the login: {event.text}")
-    return ConnectFailed(f"{where} refused the connection: {event.text}")
