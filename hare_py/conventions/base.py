@@ -47,7 +47,7 @@ __all__ = [
     "LocalAnswer",
     "NotForThisServer",
     "Outgoing",
-    "Reply",
+    "IncomingReply",
     "ServerConvention",
     "ServerOptions",
     "ServerStopping",
@@ -60,7 +60,7 @@ Outgoing = Message
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
+class IncomingReply:
     """A reply as the client sees it once unwrapped.
 
     ``correlation_id`` None: the reply names no request; it is dropped, unless
@@ -219,7 +219,7 @@ class ClientConvention(ABC, Generic[SessionT]):
         """The message that carries a request."""
 
     @abstractmethod
-    def unwrap(self, delivery: Delivery) -> Reply:
+    def unwrap(self, delivery: Delivery) -> IncomingReply:
         """A reply message, opened; raise ValueError for a malformed one."""
 
     def check_headers(self, headers: Mapping[str, Any]) -> None:

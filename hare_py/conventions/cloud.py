@@ -39,8 +39,8 @@ from .base import (
     ClientConvention,
     Convention,
     Incoming,
+    IncomingReply,
     Outgoing,
-    Reply,
     ServerConvention,
     ServerOptions,
 )
@@ -300,7 +300,7 @@ class CloudClient(ClientConvention[Channel]):
             ),
         )
 
-    def unwrap(self, delivery: Delivery) -> Reply:
+    def unwrap(self, delivery: Delivery) -> IncomingReply:
         dto = RPCResponseDTO.decode(delivery.body)
         props = delivery.properties
         meta = {
@@ -309,7 +309,7 @@ class CloudClient(ClientConvention[Channel]):
             "ResponseType": dto.response_type,
             "Status": dto.status,
         }
-        return Reply(
+        return IncomingReply(
             dto.correlation_id or props.correlation_id or None,
             dto.payload_bytes,
             CONTENT_TYPE,

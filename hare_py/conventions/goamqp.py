@@ -49,8 +49,8 @@ from .base import (
     ClientConvention,
     Convention,
     Incoming,
+    IncomingReply,
     Outgoing,
-    Reply,
     ServerConvention,
     ServerOptions,
 )
@@ -192,10 +192,10 @@ class GoamqpClient(ClientConvention[Channel]):
             ),
         )
 
-    def unwrap(self, delivery: Delivery) -> Reply:
+    def unwrap(self, delivery: Delivery) -> IncomingReply:
         props = delivery.properties
         headers = props.headers or {}
-        return Reply(
+        return IncomingReply(
             props.correlation_id or None,
             delivery.body,
             props.content_type,

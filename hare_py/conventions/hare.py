@@ -29,8 +29,8 @@ from .base import (
     ClientConvention,
     Convention,
     Incoming,
+    IncomingReply,
     Outgoing,
-    Reply,
     ServerConvention,
     ServerOptions,
 )
@@ -154,10 +154,10 @@ class HareClient(ClientConvention[Channel]):
             ),
         )
 
-    def unwrap(self, delivery: Delivery) -> Reply:
+    def unwrap(self, delivery: Delivery) -> IncomingReply:
         props = delivery.properties
         headers = props.headers or {}
-        return Reply(
+        return IncomingReply(
             props.correlation_id,
             delivery.body,
             props.content_type,

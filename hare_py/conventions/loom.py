@@ -41,9 +41,9 @@ from ._nats_common import Endpoint, InboxClient, NatsServer, inbox_correlation, 
 from .base import (
     Convention,
     Incoming,
+    IncomingReply,
     NotForThisServer,
     Outgoing,
-    Reply,
     ServerOptions,
 )
 
@@ -144,7 +144,7 @@ class LoomClient(InboxClient):
             ),
         )
 
-    def unwrap(self, delivery: Delivery) -> Reply:
+    def unwrap(self, delivery: Delivery) -> IncomingReply:
         cid = inbox_correlation(delivery.routing_key)
         envelope = _open_envelope(delivery.body, "response")
         ok = envelope.get("ok")
@@ -154,9 +154,9 @@ class LoomClient(InboxClient):
         if not ok:
             error = envelope.get("error")
             text = error if isinstance(error, str) else json.dumps(error)[:1000]
-            return Reply(cid, b"", None, headers, RemoteError("LoomError", text))
+            return IncomingReply(cid, b"", None, headers, RemoteError("LoomError", text))
         payload = envelope.get("payload")
-        return Reply(cid, _dump(payload), JSON_TYPE, headers)
+        return IncomingReply(cid, _dump(payload), JSON_TYPE, headers)
 
 
 class LoomServer(NatsServer):

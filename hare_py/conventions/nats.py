@@ -44,7 +44,7 @@ from ._nats_common import (
     inbox_correlation,
     nats_headers,
 )
-from .base import Convention, Incoming, Outgoing, Reply, ServerOptions
+from .base import Convention, Incoming, IncomingReply, Outgoing, ServerOptions
 
 __all__ = ["DEFAULT_QUEUE_GROUP", "NatsClient", "NatsServiceServer", "nats"]
 
@@ -65,17 +65,17 @@ class NatsClient(InboxClient):
         props = Properties(reply_to=f"{reply_queue}.{correlation_id}", headers=sent)
         return Message("", routing_key, body, props)
 
-    def unwrap(self, delivery: Delivery) -> Reply:
+    def unwrap(self, delivery: Delivery) -> IncomingReply:
         cid = inbox_correlation(delivery.routing_key)
         headers = delivery.properties.headers
         if not headers:
-            return Reply(cid, delivery.body, None)
+            return IncomingReply(cid, delivery.body, None)
         code = first_value(headers, ERROR_CODE_HEADER)
         text = first_value(headers, ERROR_HEADER)
         if code is not None or text is not None:
             error = RemoteError(code or "500", text or "")
-            return Reply(cid, b"", None, headers, error)
-        return Reply(cid, delivery.body, first_value(headers, CONTENT_TYPE_HEADER), headers)
+            return IncomingReply(cid, b"", None, headers, error)
+        return IncomingReply(cid, delivery.body, first_value(headers, CONTENT_TYPE_HEADER), headers)
 
 
 class NatsServiceServer(NatsServer):
