@@ -28,6 +28,7 @@ import structlog
 from ._log import console_handler
 from .actor.connection import Connection
 from .codecs import JSON
+from .conventions import nats as nats_convention
 from .errors import (
     BrokerError,
     ConfigError,
@@ -39,6 +40,7 @@ from .errors import (
 )
 from .rpc.client import RPCClient
 from .rpc.server import RPCServer
+from .transport.base import NATS
 
 __all__ = [
     "EXIT_CONNECTION",
@@ -72,8 +74,10 @@ exit codes:
 """
 
 URL_HELP = (
-    "broker URL: amqp://USER:PASSWORD@HOST:PORT/VHOST, amqps://... for TLS, or "
-    "sandbox://NAME for hare_py's in-memory broker (only reachable from the same process)"
+    "broker URL: amqp://USER:PASSWORD@HOST:PORT/VHOST, amqps://... for TLS, "
+    "nats://[USER:PASSWORD@]HOST:PORT or tls://... for NATS, or sandbox://NAME "
+    "(sandbox+nats://NAME) for hare_py's in-memory brokers (only reachable from the "
+    "same process)"
 )
 
 
@@ -287,18 +291,25 @@ async def _declared(client: RPCClient[None], deadline: float) -> None:
             await anyio.sleep(0.005)
 
 
+def _wire_options(conn: Connection, args: argparse.Namespace) -> dict[str, Any]:
+    """The convention options for the URL's protocol: exchanges on AMQP, subjects on NATS
+    (the routing key or ``--queue`` is the subject; ``--exchange`` has no meaning there)."""
+    if conn.wire_protocol != NATS:
+        return {"exchange": args.exchange, "exchange_type": args.exchange_type}
+    if args.exchange:
+        raise UsageError(f"--exchange has no meaning on NATS ({conn.urls[0]}): subjects route")
+    return {"convention": nats_convention("hare-py")}
+
+
 async def _call(args: argparse.Namespace) -> int:
     payload = _payload(args)
     headers = _headers(args.header)
     deadline = anyio.current_time() + args.timeout
     async with Connection(args.url, name="hare-py call", connect_timeout=args.timeout) as conn:
         await _connect(conn, deadline)
+        options = _wire_options(conn, args)
         async with _Client.start(
-            conn,
-            exchange=args.exchange,
-            exchange_type=args.exchange_type,
-            codec=JSON if args.json else None,
-            max_restarts=0,
+            conn, codec=JSON if args.json else None, max_restarts=0, **options
         ) as client:
             await _declared(client, deadline)
             left = max(0.001, deadline - anyio.current_time())
@@ -321,10 +332,9 @@ async def _serve_echo(args: argparse.Namespace) -> int:
             _Echo.start(
                 conn,
                 queue=args.queue,
-                exchange=args.exchange,
-                exchange_type=args.exchange_type,
                 routing_keys=args.routing_keys,
                 prefetch=args.prefetch,
+                **_wire_options(conn, args),
             ) as server,
         ):
             print(

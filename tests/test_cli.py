@@ -220,3 +220,36 @@ async def test_call_to_an_exchange_of_another_type_is_a_broker_error(capsys: Any
                 )
     assert code == EXIT_ERROR
     assert "406" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the SIGTERM comes from os.kill
+@pytest.mark.parametrize("server", ["sandbox", pytest.param("nats-server", marks=pytest.mark.nats)])
+async def test_call_and_serve_echo_on_nats(
+    capsys: Any, server: str, request: pytest.FixtureRequest
+) -> None:
+    """On NATS, `serve-echo --queue SUBJECT` answers `call -k SUBJECT`; nobody there exits 4."""
+    from hare_py.testing import SandboxNatsBroker
+
+    codes: list[int] = []
+    subject = f"cli.echo.{os.getpid()}"
+    with SandboxNatsBroker() as sandbox:
+        url = sandbox.url if server == "sandbox" else request.getfixturevalue("nats_server").url
+
+        async def serve() -> None:
+            codes.append(await run(["serve-echo", url, "--queue", subject]))
+
+        with anyio.fail_after(15):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(serve)
+                while "serving" not in capsys.readouterr().out:
+                    await anyio.sleep(0.05)
+                await anyio.sleep(0.2)  # the subscription reaches the server
+                assert await run(["call", url, "-k", subject, "ping"]) == EXIT_OK
+                assert await run(["call", url, "-k", "cli.nobody", "x"]) == EXIT_UNROUTABLE
+                assert await run(["call", url, "--exchange", "x", "-k", subject, "y"]) == (
+                    EXIT_USAGE
+                )
+                os.kill(os.getpid(), signal.SIGTERM)
+    out = capsys.readouterr()
+    assert codes == [EXIT_OK]
+    assert "ping\n" in out.out
