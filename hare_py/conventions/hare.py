@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError, RemoteError
+from ..transport._amqp_common import DIRECT_REPLY_TO
 from ..transport.base import Channel, Delivery, OnCancel, OnDelivery, Properties
 from .base import (
     ClientConvention,
@@ -47,7 +48,6 @@ __all__ = [
 
 ERROR_TYPE_HEADER = "x-error-type"
 ERROR_MESSAGE_HEADER = "x-error-message"
-DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 
 def error_headers(error: BaseException) -> dict[str, str]:

@@ -13,6 +13,8 @@ from .base import ConnectOptions, TLSOptions
 from .url import BrokerURL
 
 __all__ = [
+    "CLOSE_TIMEOUT",
+    "DIRECT_REPLY_TO",
     "URL_PARAMETERS",
     "check_url",
     "heartbeat_seconds",
@@ -26,6 +28,15 @@ __all__ = [
 # that a misspelt one is not silently ignored. A new parameter goes here and
 # into check_url.
 URL_PARAMETERS = ("auth", "backend", "heartbeat", "max_body_size", "name")
+
+# Bounds our own connection.close and channel.close handshakes, in seconds: the
+# connection or channel is gone for us either way, so a broker that does not
+# answer must not hold the caller.
+CLOSE_TIMEOUT = 10.0
+
+# RabbitMQ's direct reply-to pseudo-queue: no queue, replies go straight to the
+# channel that consumes it.
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 _MECHANISMS = {"plain": "PLAIN", "amqplain": "AMQPLAIN", "external": "EXTERNAL"}
 

@@ -57,6 +57,7 @@ EXCHANGE_TYPES: frozenset[str] = frozenset({"direct", "topic", "fanout", "header
 
 # AMQP reply codes used across backends.
 REPLY_SUCCESS = 200
+NORMAL_CLOSE_TEXT = "Normal shutdown"  # the reply text of a close we ask for, as RabbitMQ's
 CONNECTION_FORCED = 320
 NO_ROUTE = 312
 ACCESS_REFUSED = 403

@@ -40,9 +40,12 @@ from pamqp.header import ContentHeader
 from ..._log import get_logger
 from ...errors import BrokerError, ConfigError, ConnectionLost, UnsendableMessage
 from .._amqp_codec import encode_publish
+from .._amqp_common import CLOSE_TIMEOUT
 from ..base import (
     CHANNEL_ERROR,
     EMPTY_PROPERTIES,
+    NORMAL_CLOSE_TEXT,
+    NOT_ALLOWED,
     REPLY_SUCCESS,
     Channel,
     CloseReason,
@@ -64,9 +67,6 @@ if TYPE_CHECKING:
 __all__ = ["AiormqChannel"]
 
 log = get_logger("hare_py.transport.aiormq")
-
-# Bounds our own channel.close handshake; the channel is gone for us either way.
-CLOSE_TIMEOUT = 10.0
 
 
 OnMessage = Callable[[DeliveredMessage, Incoming], None]
@@ -205,10 +205,10 @@ class AiormqChannel(Channel):
     async def close(self) -> None:
         if self._close_reason is not None:
             return
-        self._settle(CloseReason(REPLY_SUCCESS, "Normal shutdown", "client"))
+        self._settle(CloseReason(REPLY_SUCCESS, NORMAL_CLOSE_TEXT, "client"))
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
             try:
-                await self._raw.close(ChannelClosed(REPLY_SUCCESS, "Normal shutdown"))
+                await self._raw.close(ChannelClosed(REPLY_SUCCESS, NORMAL_CLOSE_TEXT))
             except Exception as exc:  # never raises: the channel is gone for us
                 log.debug("amqp.channel_close_failed", channel=self.number, error=repr(exc))
 
@@ -393,7 +393,9 @@ class AiormqChannel(Channel):
 
         async with self._translate():
             if tag in self._raw.hare_deliveries:
-                raise BrokerError(530, f"NOT_ALLOWED - attempt to reuse consumer tag '{tag}'")
+                raise BrokerError(
+                    NOT_ALLOWED, f"NOT_ALLOWED - attempt to reuse consumer tag '{tag}'"
+                )
             # Registered before basic.consume goes out: deliveries can follow
             # consume-ok in the same read.
             self._raw.hare_deliveries[tag] = deliver

@@ -31,8 +31,17 @@ from pamqp.base import Frame
 from ..._log import get_logger
 from ...errors import BrokerError, ConfigError, ConnectionLost, HareError
 from .._amqp_codec import FRAME_MAX_LIMIT, FRAME_MIN_SIZE
-from .._amqp_common import heartbeat_seconds, login_mechanism, max_body_size, scrub, tls_context
+from .._amqp_common import (
+    CLOSE_TIMEOUT,
+    heartbeat_seconds,
+    login_mechanism,
+    max_body_size,
+    scrub,
+    tls_context,
+)
 from ..base import (
+    NORMAL_CLOSE_TEXT,
+    NOT_ALLOWED,
     REPLY_SUCCESS,
     Channel,
     CloseReason,
@@ -42,15 +51,13 @@ from ..base import (
 )
 from ..url import BrokerURL
 from ._channel import AiormqChannel, _RawChannel
-from ._errors import NOT_ALLOWED, connect_error, operation_error, reply_of
+from ._errors import connect_error, operation_error, reply_of
 from ._frames import FRAME_ERROR, FrameGuard, FrameRefused, GuardedTransport, HeaderStore
 
 __all__ = ["AiormqConnection", "connect"]
 
 log = get_logger("hare_py.transport.aiormq")
 
-# Bounds our connection.close handshake (aiormq waits 2 s for close-ok itself).
-CLOSE_TIMEOUT = 10.0
 # aiormq reads these query parameters; we pass none of the user's others on.
 _PASSED_PARAMS = ("auth",)
 
@@ -185,11 +192,11 @@ class AiormqConnection(TransportConnection):
         return self._close_reason
 
     async def close(self) -> None:
-        self._settle(CloseReason(REPLY_SUCCESS, "Normal shutdown", "client"))
+        self._settle(CloseReason(REPLY_SUCCESS, NORMAL_CLOSE_TEXT, "client"))
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
             if not self._raw.is_closed:
                 try:
-                    await self._raw.close(ax.ConnectionClosed(REPLY_SUCCESS, "Normal shutdown"))
+                    await self._raw.close(ax.ConnectionClosed(REPLY_SUCCESS, NORMAL_CLOSE_TEXT))
                 except Exception as exc:  # never raises: the connection is gone for us
                     log.debug("amqp.close_failed", url=self._where, error=repr(exc))
             await self._raw.hare_closed()

@@ -20,12 +20,11 @@ import aiormq.connection
 from aiormq import exceptions as ax
 
 from ...errors import BrokerError, ConfigError, ConnectFailed, ConnectionLost, HareError
-from ..base import ACCESS_REFUSED, CloseReason
+from ..base import ACCESS_REFUSED, NOT_ALLOWED, CloseReason
 from ._frames import FrameRefused
 
 __all__ = ["REPLY_OF_CLASS", "connect_error", "operation_error", "reply_of"]
 
-NOT_ALLOWED = 530
 NOT_IMPLEMENTED = 540
 
 # aiormq keeps the reply code only in the class for these channel and

@@ -37,8 +37,10 @@ from pamqp.base import Frame
 
 from ..._log import get_logger
 from ...errors import BrokerError, ConfigError, ConnectionLost, HareError, UnsendableMessage
+from .._amqp_common import CLOSE_TIMEOUT
 from ..base import (
     EMPTY_PROPERTIES,
+    NORMAL_CLOSE_TEXT,
     NOT_ALLOWED,
     REPLY_SUCCESS,
     Channel,
@@ -62,8 +64,6 @@ __all__ = ["AmqpChannel"]
 
 log = get_logger("hare_py.transport.amqp")
 _F = TypeVar("_F", bound=Frame)
-
-CLOSE_TIMEOUT = 10.0
 
 
 def _build(method: type[_F], *args: Any, **fields: Any) -> _F:
@@ -320,7 +320,7 @@ class AmqpChannel(Channel):
         if self._closed.is_set():
             return
         if self._close_reason is None:
-            self._close_reason = CloseReason(REPLY_SUCCESS, "Normal shutdown", "client")
+            self._close_reason = CloseReason(REPLY_SUCCESS, NORMAL_CLOSE_TEXT, "client")
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
             if self._connection.close_reason is None:
                 try:

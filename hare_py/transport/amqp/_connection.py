@@ -35,9 +35,17 @@ import anyio.abc
 from ..._clock import now
 from ..._log import get_logger
 from ...errors import BrokerError, ConnectFailed, ConnectionLost, HareError
-from .._amqp_common import heartbeat_seconds, login_mechanism, max_body_size, scrub, tls_context
+from .._amqp_common import (
+    CLOSE_TIMEOUT,
+    heartbeat_seconds,
+    login_mechanism,
+    max_body_size,
+    scrub,
+    tls_context,
+)
 from ..base import (
     ACCESS_REFUSED,
+    NORMAL_CLOSE_TEXT,
     NOT_ALLOWED,
     REPLY_SUCCESS,
     Channel,
@@ -54,7 +62,6 @@ __all__ = ["AmqpConnection", "connect"]
 
 log = get_logger("hare_py.transport.amqp")
 
-CLOSE_TIMEOUT = 10.0  # bounds our close handshakes; the connection is gone for us anyway
 READ_SIZE = 256 * 1024
 # Publishers wait while more than this is queued for the socket (a slow or
 # blocked broker); the rest of the time a publish only queues its frames.
@@ -313,13 +320,13 @@ class AmqpConnection(TransportConnection):
         return self._close_reason
 
     async def close(self) -> None:
-        self._settle(CloseReason(REPLY_SUCCESS, "Normal shutdown", "client"))
+        self._settle(CloseReason(REPLY_SUCCESS, NORMAL_CLOSE_TEXT, "client"))
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
             if not self._wire_closed.is_set():
                 self._protocol.close()
                 self.wake_writer()
                 await self._wire_closed.wait()
-        self._lost(CloseReason(REPLY_SUCCESS, "Normal shutdown", "client"))
+        self._lost(CloseReason(REPLY_SUCCESS, NORMAL_CLOSE_TEXT, "client"))
         self._scope.cancel()
 
     # -- channels ----------------------------------------------------------------

@@ -59,7 +59,7 @@ from .._amqp_codec import (
     decode_start,
     encode_publish,
 )
-from ..base import EMPTY_PROPERTIES, Message, Properties
+from ..base import EMPTY_PROPERTIES, NORMAL_CLOSE_TEXT, REPLY_SUCCESS, Message, Properties
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
@@ -88,7 +88,6 @@ __all__ = [
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 _FRAME_HEADER = struct.Struct(">BHI")
 _FRAME_OVERHEAD = constants.FRAME_HEADER_SIZE + 1  # type, channel, size + frame-end
-_REPLY_SUCCESS = 200
 _BODY = constants.FRAME_BODY
 _HEADER = constants.FRAME_HEADER
 _DELIVER = b"\x00\x3c\x00\x3c"  # class 60 (basic), method 60 (deliver)
@@ -408,8 +407,8 @@ class AMQPClientProtocol:
     def close_channel(
         self,
         channel: int,
-        reply_code: int = _REPLY_SUCCESS,
-        reply_text: str = "Normal shutdown",
+        reply_code: int = REPLY_SUCCESS,
+        reply_text: str = NORMAL_CLOSE_TEXT,
         class_id: int = 0,
         method_id: int = 0,
     ) -> None:
@@ -480,8 +479,8 @@ class AMQPClientProtocol:
 
     def close(
         self,
-        reply_code: int = _REPLY_SUCCESS,
-        reply_text: str = "Normal shutdown",
+        reply_code: int = REPLY_SUCCESS,
+        reply_text: str = NORMAL_CLOSE_TEXT,
         class_id: int = 0,
         method_id: int = 0,
     ) -> None:
@@ -756,7 +755,7 @@ class AMQPClientProtocol:
             if state is not _ChannelState.CLOSING:
                 raise ProtocolError(f"channel.close-ok on channel {channel} without a close")
             del self._channels[channel]
-            events.append(ChannelClosed(channel, _REPLY_SUCCESS, "", "client"))
+            events.append(ChannelClosed(channel, REPLY_SUCCESS, "", "client"))
         elif state in _WINDING_DOWN:
             pass  # AMQP: discard everything but close/close-ok while closing
         elif isinstance(method, commands.Channel.OpenOk):

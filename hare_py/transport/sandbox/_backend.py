@@ -28,6 +28,7 @@ from ..._log import get_logger
 from ...errors import BrokerError, ConfigError, ConnectionLost, UnsendableMessage
 from ..base import (
     EMPTY_PROPERTIES,
+    NORMAL_CLOSE_TEXT,
     NOT_ALLOWED,
     REPLY_SUCCESS,
     Backend,
@@ -45,7 +46,7 @@ from ..base import (
 )
 from ..url import BrokerURL
 from ._broker import SandboxBroker, lookup_broker
-from ._model import NORMAL_CLOSE_TEXT, BrokerModel
+from ._model import BrokerModel
 from ._state import (
     ChannelClosed,
     ConnectionClosed,

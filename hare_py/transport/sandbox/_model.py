@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 
 from ..._clock import now
 from ...errors import BrokerError, ConnectionLost
+from .._amqp_common import DIRECT_REPLY_TO
 from ..base import (
     ACCESS_REFUSED,
     NO_ROUTE,
@@ -85,12 +86,9 @@ from ._views import (
     SandboxMessage,
 )
 
-__all__ = ["REPLY_TO", "SYSTEM_EXCHANGES", "BrokerModel"]
+__all__ = ["SYSTEM_EXCHANGES", "BrokerModel"]
 
 VHOST = "/"
-# RabbitMQ's direct reply-to pseudo-queue: no queue, replies go straight to the
-# channel that consumes it.
-REPLY_TO = "amq.rabbitmq.reply-to"
 SYSTEM_EXCHANGES = {
     "amq.direct": "direct",
     "amq.topic": "topic",
@@ -115,7 +113,6 @@ CHECKED_QUEUE_ARGS = (
     "x-single-active-consumer",
 )
 CHECKED_EXCHANGE_ARGS = ("alternate-exchange",)
-NORMAL_CLOSE_TEXT = "Normal shutdown"
 CANCEL_TEXT = "consumer cancelled by the broker"
 
 
@@ -462,8 +459,8 @@ class BrokerModel:
         ):
             ch = self._open_channel_state(channel)
             owner = ch.connection.id
-            if queue == REPLY_TO:
-                return QueueInfo(REPLY_TO, 0, 0)
+            if queue == DIRECT_REPLY_TO:
+                return QueueInfo(DIRECT_REPLY_TO, 0, 0)
             if passive:
                 q = self._queue_or_404(ch, queue)
                 self._check_exclusive(ch, q)
@@ -658,7 +655,7 @@ class BrokerModel:
         ):
             ch = self._open_channel_state(channel)
             tag = consumer_tag or f"amq.ctag-{_token()}"
-            if queue == REPLY_TO:
+            if queue == DIRECT_REPLY_TO:
                 return self._consume_replies(ch, tag, no_ack)
             q = self._queue_or_404(ch, queue)
             self._check_exclusive(ch, q)
@@ -681,11 +678,11 @@ class BrokerModel:
             self._refuse(ch, PRECONDITION_FAILED, "reply consumer cannot acknowledge")
         if ch.reply_consumer is not None:
             self._refuse(ch, PRECONDITION_FAILED, "reply consumer already set")
-        consumer = Consumer(tag, REPLY_TO, ch, no_ack=True, exclusive=False, prefetch=0)
+        consumer = Consumer(tag, DIRECT_REPLY_TO, ch, no_ack=True, exclusive=False, prefetch=0)
         ch.consumers[tag] = consumer
         ch.reply_consumer = consumer
         if ch.reply_address is None:
-            ch.reply_address = f"{REPLY_TO}.{_token()}.{_token()}"
+            ch.reply_address = f"{DIRECT_REPLY_TO}.{_token()}.{_token()}"
             self._reply_channels[ch.reply_address] = ch
         return tag
 
@@ -760,11 +757,11 @@ class BrokerModel:
                     f"user_id property set to '{props.user_id}' but authenticated user was "
                     f"'{user}'",
                 )
-            if props.reply_to == REPLY_TO:
+            if props.reply_to == DIRECT_REPLY_TO:
                 if ch is None or ch.reply_address is None or ch.reply_consumer is None:
                     self._refuse(ch, PRECONDITION_FAILED, "fast reply consumer does not exist")
                 props = replace(props, reply_to=ch.reply_address)
-            if x is None and routing_key.startswith(REPLY_TO + "."):
+            if x is None and routing_key.startswith(DIRECT_REPLY_TO + "."):
                 self._reply(ch, body, routing_key, props, mandatory)
                 return
             ttl: int | None = None
@@ -797,14 +794,14 @@ class BrokerModel:
         consumer = target.reply_consumer if target is not None else None
         if consumer is not None:
             message = Message(body, props, "", routing_key)
-            fault = self.faults.check(_view(REPLY_TO, message))
+            fault = self.faults.check(_view(DIRECT_REPLY_TO, message))
             if fault is None:
-                self._deliver(consumer, REPLY_TO, message)
+                self._deliver(consumer, DIRECT_REPLY_TO, message)
             elif fault.action == "delay":
-                self._deliver(consumer, REPLY_TO, message, delay=fault.delay)
+                self._deliver(consumer, DIRECT_REPLY_TO, message, delay=fault.delay)
             elif fault.action == "duplicate":
-                self._deliver(consumer, REPLY_TO, message)
-                self._deliver(consumer, REPLY_TO, message)
+                self._deliver(consumer, DIRECT_REPLY_TO, message)
+                self._deliver(consumer, DIRECT_REPLY_TO, message)
         # RabbitMQ 3.10 returns every mandatory reply, delivered or not.
         if mandatory and ch is not None:
             returned = ReturnedMessage(body, props, "", routing_key, NO_ROUTE, "NO_ROUTE")
