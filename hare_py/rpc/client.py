@@ -602,6 +602,10 @@ class RPCClient(Actor[S], Generic[S]):
         self._deciding = None
 
     async def _on_channel_up(self, message: ChannelUp) -> None:
+        if not message.channel.is_open:
+            # Closed already: a crashed incarnation's channel whose ChannelUp outlived it
+            # in the mailbox, or one that closed meanwhile (its keeper opens the next).
+            return
         self._channel = self._last_channel = message.channel
         self._reply_queue = message.meta.reply_queue
         result = await self.handle_connected(message.meta, self._state)

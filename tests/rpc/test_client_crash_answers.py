@@ -1,6 +1,10 @@
-"""A crash in a callback that decides a caller's answer (handle_response, handle_return,
-handle_timeout) answers that caller with ClientCrashed at once, as a crash in
-handle_request does; it does not leave it to wait for its deadline."""
+"""Crashes and what the next incarnation sees.
+
+A crash in a callback that decides a caller's answer (handle_response,
+handle_return, handle_timeout) answers that caller with ClientCrashed at once,
+as a crash in handle_request does; it does not leave it to wait for its
+deadline. And a crashed incarnation's channel, whose ChannelUp may still wait
+in the mailbox (which outlives incarnations), is not taken by the next one."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from hare_py import Caller, ClientCrashed, Returned, RPCClient
+from hare_py import Caller, ClientCrashed, ConnectedMeta, Forward, NoReply, Returned, RPCClient
 from hare_py.actor.backoff import Backoff
 from hare_py.testing import SandboxBroker
 from hare_py.transport.base import Delivery
@@ -92,3 +96,47 @@ async def test_the_caller_of_a_crashed_answer_gets_client_crashed_at_once(
                 await anyio.sleep(0.01)
             assert await client.request(b"after", "echo") == b"after"
             assert client.pending == 0
+
+
+class SlowCrash(RPCClient[None]):
+    """``b"slow-crash"`` crashes handle_request after a pause, long enough for the channel
+    to open and its ChannelUp to wait in the mailbox behind it; ``connected_to`` lists the
+    reply queues handle_connected was given, over every incarnation."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connected_to: list[str] = []
+
+    async def handle_connected(self, meta: ConnectedMeta, state: None) -> Any:
+        self.connected_to.append(meta.reply_queue)
+        return NoReply(state)
+
+    async def handle_request(self, request: Any, caller: Caller, state: None) -> Any:
+        if request.payload == b"slow-crash":
+            await anyio.sleep(0.2)
+            raise RuntimeError("injected crash in handle_request")
+        return Forward(state)
+
+
+async def test_a_crashed_incarnations_channel_is_not_taken_by_the_next(
+    broker: SandboxBroker,
+) -> None:
+    """A ChannelUp left in the mailbox by a crashed incarnation (its channel closed with it)
+    is ignored: the next incarnation sends only on a channel of its own."""
+    async with (
+        echo_server(broker.url),
+        SlowCrash.start(broker.url, timeout=5, restart_backoff=FAST) as client,
+    ):
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+
+                async def crash() -> None:
+                    with pytest.raises(ClientCrashed):
+                        await client.request(b"slow-crash", "echo")
+
+                tg.start_soon(crash)
+                await anyio.sleep(0.1)  # the channel opened meanwhile; the crash is to come
+                assert client.pending == 0 and not client.connected
+                # Queued behind the old ChannelUp: it must wait for the new channel.
+                assert await client.request(b"victim", "echo") == b"victim"
+            assert client.connected_to == [client.reply_queue]  # its own channel only
