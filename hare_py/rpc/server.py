@@ -491,6 +491,8 @@ class RPCServer(Actor[S], Generic[S]):
         timeout = self.shutdown_timeout
         deferred: list[Any] = []  # other mailbox messages, kept in order for later
         self._log.info("rpc.draining", pending=len(self._incoming))
+        if not session.is_open:
+            return  # a restart answers the mailbox's requests through its own session
         with anyio.move_on_after(timeout) as scope:
             try:
                 in_doubt, self._in_doubt = self._in_doubt, []
@@ -509,7 +511,7 @@ class RPCServer(Actor[S], Generic[S]):
                 self._log.error("rpc.drain_failed", error=repr(exc)[:300], exc_info=exc)
         if scope.cancelled_caught:
             self._log.warning("rpc.drain_timeout", seconds=timeout, pending=len(self._incoming))
-        await self._refuse_the_rest(deferred)
+        await self._refuse_the_rest(session, deferred)
         for message in deferred:
             self._send.send_nowait(message)
 
@@ -530,29 +532,37 @@ class RPCServer(Actor[S], Generic[S]):
             elif kind is not ChannelUp and kind is not ChannelDown:  # those are of this session
                 deferred.append(message)
 
-    async def _refuse_the_rest(self, deferred: list[Any]) -> None:
+    async def _refuse_the_rest(self, session: Session, deferred: list[Any]) -> None:
         """Tell the callers of what could not be finished at once, not at their deadlines."""
         while True:  # the mailbox, in order, behind what was deferred already
             try:
                 deferred.append(self._recv.receive_nowait())
             except anyio.WouldBlock:
                 break
-        delivered = [m for m in deferred if type(m) is _Delivered]
-        if not (delivered or self._incoming):
+        if not session.is_open:
+            return  # nothing can be sent here; a restart answers the mailbox's requests
+        mine = [m for m in deferred if type(m) is _Delivered or type(m) is _LateReply]
+        if not (mine or self._incoming):
             return
-        deferred[:] = [m for m in deferred if type(m) is not _Delivered]
+        deferred[:] = [
+            m for m in deferred if type(m) is not _Delivered and type(m) is not _LateReply
+        ]
         stopped = ServerStopping("the server stopped before it answered")
         with anyio.move_on_after(min(self.shutdown_timeout, 1.0)):
+            for message in mine:
+                if type(message) is _LateReply:  # answered after all
+                    await self._on_late_reply(message)
             for caller in list(self._incoming):
                 await self._answer(caller, stopped)
-            for message in delivered:
+            for message in mine:
+                if type(message) is not _Delivered:
+                    continue
                 try:
                     incoming = self.convention.unwrap(message.delivery)
                 except Exception:
                     continue  # malformed, or not a request: nobody to tell
-                await self._send_reply(
-                    _Pending(message.channel, message.delivery, incoming), b"", None, stopped
-                )
+                pending = _Pending(message.channel, message.delivery, incoming)
+                await self._send_reply(pending, b"", None, stopped)
 
     async def _setup_channel(
         self, channel: Session, on_cancel: OnCancel, connects: int
