@@ -1,0 +1,197 @@
+"""NATS chaos fixtures: private nats-servers (the tests kill them), an echo server in its
+own process, and the report rows.
+
+The servers are started by the test itself (``tests/natsserver.py``): on
+127.0.0.1, on a fixed free port where a test restarts one in place, with an
+HTTP monitoring port so that a test can ask the server what a client holds
+(``/connz``). Without nats-server the tests skip, and in CI they fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from natsserver import NatsServer, NatsServerUnavailable
+from rabbitmq import unavailable
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a server restarted on the same port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Node:
+    """One private nats-server that a test may kill, restart in place or put in lame duck
+    mode; ``port`` stays the same across restarts."""
+
+    def __init__(
+        self, *, port: int | None = None, args: Sequence[str] = (), config: str = ""
+    ) -> None:
+        self.port = port or free_port()
+        self.args = ["-p", str(self.port), "-m", "-1", *args]
+        self.config = config or None
+        self.server: NatsServer | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.server is not None
+        return self.server.pid
+
+    def start(self) -> None:
+        assert self.server is None or self.server._process is None
+        try:
+            server = NatsServer(config=self.config, args=self.args)
+            server.start()
+        except NatsServerUnavailable as exc:
+            unavailable(f"no nats-server: {exc}")
+        self.server = server
+        self.starts += 1
+
+    def kill(self) -> None:
+        """SIGKILL: the server goes without a word to its clients."""
+        if self.server is not None and self.server._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.server.pid, signal.SIGKILL)
+            self.server.stop()
+
+    def lame_duck(self) -> None:
+        """What ``nats-server --signal ldm=<pid>`` sends."""
+        os.kill(self.pid, signal.SIGUSR2)
+
+    def exited(self) -> bool:
+        process = self.server._process if self.server is not None else None
+        return process is None or process.poll() is not None
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    def monitor(self, path: str) -> Any:
+        """GET ``path`` from the server's HTTP monitoring port, as JSON."""
+        assert self.server is not None
+        base = self.server.ports["monitoring"][0]
+        with urllib.request.urlopen(f"{base}{path}", timeout=5) as answer:
+            return json.loads(answer.read())
+
+    def subscriptions_of(self, name: str) -> list[list[str]]:
+        """The subjects each client connection named ``name`` subscribes to, one list per
+        connection."""
+        conns = self.monitor("/connz?subs=1&limit=1024")["connections"] or []
+        return [sorted(c.get("subscriptions_list") or []) for c in conns if c.get("name") == name]
+
+
+@pytest.fixture
+def nodes() -> Iterator[Callable[..., Node]]:
+    """Start private nats-servers: ``node = nodes(args=[...], config=...)``; all stop at the
+    end of the test."""
+    started: list[Node] = []
+
+    def start(**kw: Any) -> Node:
+        node = Node(**kw)
+        started.append(node)
+        node.start()
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+def cluster_args(name: str, own: int, routes: Sequence[int]) -> list[str]:
+    """Command-line options for one node of a cluster on loopback ports."""
+    return [
+        "--server_name",
+        name,
+        "--cluster_name",
+        "chaos",
+        "--cluster",
+        f"nats://127.0.0.1:{own}",
+        "--routes",
+        ",".join(f"nats://127.0.0.1:{port}" for port in routes),
+    ]
+
+
+@pytest.fixture
+def echo_server() -> Iterator[Callable[[Sequence[str], str, str], None]]:
+    """Start the loom echo server in its own process: ``echo_server(urls, service,
+    instance)``; it is stopped (SIGTERM) at the end of the test."""
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(urls: Sequence[str], service: str, instance: str) -> None:
+        process = subprocess.Popen(
+            [sys.executable, str(HERE / "echo_server.py"), ",".join(urls), service, instance],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        processes.append(process)
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 30.0)
+        line = process.stdout.readline() if ready else ""
+        if line.strip() != "ready":
+            process.kill()
+            _, err = process.communicate(timeout=10)
+            pytest.fail(f"echo server did not start: {line!r}\n{err[-2000:]}")
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+# --- the report: the same rows, and the same place, as tests/chaos -----------------
+
+_report: list[dict[str, Any]] = []
+
+
+def _rows() -> list[dict[str, Any]]:
+    """tests/chaos's list of rows when that suite runs too (one table), else ours."""
+    amqp = sys.modules.get("chaos.conftest")
+    rows = getattr(amqp, "_report", None)
+    return rows if isinstance(rows, list) else _report
+
+
+@pytest.fixture
+def report(anyio_backend: str) -> Any:
+    """Record a fault's figures; they are printed at the end of the run."""
+
+    def add(row: dict[str, Any]) -> None:
+        _rows().append({"backend": f"nats/{anyio_backend}", **row})
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _report:
+        return
+    terminalreporter.section("chaos: recovery figures")
+    for row in _report:
+        terminalreporter.write_line(" ".join(f"{k}={v}" for k, v in row.items()))
