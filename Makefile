@@ -22,6 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash .ci/install-rabbitmq.sh
 	bash .ci/install-nats.sh
+	bash .ci/install-proton-examples.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -8,7 +8,8 @@
 - its node name, Erlang cookie, config, data and log files live in a temporary
   directory owned by the test run; ``HOME`` points there so that ``rabbitmqctl``
   finds the cookie;
-- every plugin is off, which keeps start-up to a few seconds;
+- only the ``rabbitmq_amqp1_0`` plugin is on (AMQP 1.0 on the same port), which
+  keeps start-up to a few seconds;
 - when ``openssl`` is installed it also listens for ``amqps://`` on another free
   port, with a throw-away CA, a server certificate for localhost/127.0.0.1 and
   a client certificate (``tls_url``, ``ca_file``, ``client_cert``, ``client_key``);
@@ -221,7 +222,7 @@ class RabbitMQNode:
         cookie = d / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(16))
         cookie.chmod(0o400)  # Erlang refuses a cookie that others can read
-        (d / "enabled_plugins").write_text("[].\n")
+        (d / "enabled_plugins").write_text("[rabbitmq_amqp1_0].\n")
         (d / "rabbitmq.conf").write_text(
             f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}\n"
             # A test machine's small /tmp must not block publishers.

@@ -4,11 +4,13 @@
 ``goamqp(service, caller)`` speaks sparetimecoders/goamqp's request/response;
 ``cloud(service_type)`` the Cloud.Service.RPC1 exchanges and DTO envelopes,
 all on AMQP 0-9-1; ``loom(service_type, ...)`` speaks Loom's NATS RPC and
-``nats(service, ...)`` plain NATS request/reply as a NATS service.
+``nats(service, ...)`` plain NATS request/reply as a NATS service;
+``amqp10(service_address, ...)`` RPC over AMQP 1.0 links.
 Choose one with ``RPCClient.start(conn, convention=...)`` or
 ``RPCServer.start(conn, convention=...)``.
 """
 
+from .amqp10 import amqp10 as amqp10
 from .base import (
     ClientConvention as ClientConvention,
     Convention as Convention,
@@ -42,6 +44,7 @@ __all__ = [
     "ServerOptions",
     "ServerStopping",
     "UndecodableRequest",
+    "amqp10",
     "cloud",
     "direct_reply_to",
     "goamqp",

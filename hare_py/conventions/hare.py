@@ -4,7 +4,10 @@ Requests go to the exchange given (``""``: the default exchange, routing by
 queue name) with ``reply_to`` and ``correlation_id``; replies come back
 through the default exchange to the ``reply_to`` queue with the same
 ``correlation_id``. An error reply carries the headers ``x-error-type`` and
-``x-error-message``.
+``x-error-message``, and says it again in its content type,
+``application/vnd.hare-py.error; type=KeyError``, with the message as its
+body: RabbitMQ drops AMQP 0-9-1 headers on the way to an AMQP 1.0 peer, and
+the content type is what both protocols carry.
 
 Reply queues:
 
@@ -20,6 +23,7 @@ Reply queues:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +42,7 @@ from .base import (
 
 __all__ = [
     "DIRECT_REPLY_TO",
+    "ERROR_CONTENT_TYPE",
     "ERROR_MESSAGE_HEADER",
     "ERROR_TYPE_HEADER",
     "HareClient",
@@ -48,6 +53,9 @@ __all__ = [
 
 ERROR_TYPE_HEADER = "x-error-type"
 ERROR_MESSAGE_HEADER = "x-error-message"
+ERROR_CONTENT_TYPE = "application/vnd.hare-py.error"
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_ERROR_PARAM = re.compile(r'\s*;\s*type=(?:(?P<token>[^\s;"]+)|"(?P<quoted>(?:[^"\\]|\\.)*)")')
 
 
 def error_headers(error: BaseException) -> dict[str, str]:
@@ -57,12 +65,32 @@ def error_headers(error: BaseException) -> dict[str, str]:
     return {ERROR_TYPE_HEADER: type(error).__name__, ERROR_MESSAGE_HEADER: str(error)}
 
 
-def error_of(headers: Mapping[str, Any]) -> RemoteError | None:
-    """The RemoteError an error reply's headers describe, if any."""
+def error_content_type(error: BaseException) -> str:
+    """``application/vnd.hare-py.error; type=NAME`` for an error reply (NAME quoted
+    when it is not a MIME token)."""
+    kind = (error.type if isinstance(error, RemoteError) else type(error).__name__)[:200]
+    if not _TOKEN.fullmatch(kind):
+        kind = '"' + kind.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{ERROR_CONTENT_TYPE}; type={kind}"
+
+
+def error_of(
+    headers: Mapping[str, Any], content_type: str | None = None, body: bytes = b""
+) -> RemoteError | None:
+    """The RemoteError an error reply describes, by its headers or its content type."""
     kind = headers.get(ERROR_TYPE_HEADER)
-    if kind is None:
+    if kind is not None:
+        return RemoteError(str(kind), str(headers.get(ERROR_MESSAGE_HEADER, "")))
+    if content_type is None or not content_type.startswith(ERROR_CONTENT_TYPE):
         return None
-    return RemoteError(str(kind), str(headers.get(ERROR_MESSAGE_HEADER, "")))
+    found = _ERROR_PARAM.match(content_type[len(ERROR_CONTENT_TYPE) :])
+    if found is None:
+        name = "RemoteError"
+    elif found["token"] is not None:
+        name = found["token"]
+    else:
+        name = re.sub(r"\\(.)", r"\1", found["quoted"])
+    return RemoteError(name, body[:4096].decode(errors="replace"))
 
 
 async def declare_exchange(
@@ -162,7 +190,7 @@ class HareClient(ClientConvention[Channel]):
             delivery.body,
             props.content_type,
             headers,
-            error_of(headers),
+            error_of(headers, props.content_type, delivery.body),
             delivery.routing_key,
         )
 
@@ -233,7 +261,11 @@ class HareServer(ServerConvention[Channel]):
                 "",
                 incoming.reply,
                 str(error).encode(),
-                Properties(correlation_id=incoming.correlation_id, headers=error_headers(error)),
+                Properties(
+                    correlation_id=incoming.correlation_id,
+                    headers=error_headers(error),
+                    content_type=error_content_type(error),
+                ),
             )
         return Outgoing(
             "",

@@ -13,6 +13,7 @@ import sniffio
 from ..errors import ConfigError
 from .base import (
     AMQP_0_9_1,
+    AMQP_1_0,
     NATS,
     Backend,
     Channel,
@@ -51,6 +52,7 @@ _AIORMQ = "hare_py.transport.aiormq_backend:AiormqBackend"
 _ANYIO_AMQP = "hare_py.transport.amqp:AnyioAmqpBackend"
 _NATS = "hare_py.transport.nats:NatsBackend"
 _SANDBOX_NATS = "hare_py.transport.sandbox_nats:SandboxNatsBackend"
+_AMQP10 = "hare_py.transport.amqp10:Amqp10Backend"
 # The URL's ``backend=`` for amqp:// and amqps://
 _AMQP_BACKENDS = {"aiormq": _AIORMQ, "anyio": _ANYIO_AMQP}
 _instances: dict[str, Backend] = {}
@@ -68,7 +70,9 @@ _WIRE_PROTOCOLS = {
 
 
 def wire_protocol_of(url: BrokerURL) -> str:
-    """The wire protocol a URL speaks (``"amqp-0-9-1"``, ``"nats"``, ...)."""
+    """The wire protocol a URL speaks (``"amqp-0-9-1"``, ``"nats"``, ``"amqp-1.0"``, ...)."""
+    if _is_amqp10(url):
+        return AMQP_1_0
     protocol = _WIRE_PROTOCOLS.get(url.scheme)
     if protocol is None:
         raise ConfigError(f"no backend for URL scheme {url.scheme!r}")
@@ -79,9 +83,12 @@ def backend_for(url: BrokerURL) -> Backend:
     """The backend for ``url``'s scheme, for the running async library.
 
     AMQP URLs go to hare_py's anyio-native backend on asyncio and trio;
-    ``?backend=aiormq`` picks aiormq instead, on asyncio only.
+    ``?backend=aiormq`` picks aiormq instead, on asyncio only. ``?protocol=1.0``
+    picks AMQP 1.0, which needs the ``amqp10`` extra (a ``ConfigError`` says so).
     """
-    if url.scheme == "sandbox":
+    if _is_amqp10(url):
+        target = _AMQP10
+    elif url.scheme == "sandbox":
         target = _SANDBOX
     elif url.scheme in ("amqp", "amqps"):
         target = _amqp_backend(url)
@@ -94,7 +101,16 @@ def backend_for(url: BrokerURL) -> Backend:
     backend = _instances.get(target)
     if backend is None:
         module_name, _, class_name = target.partition(":")
-        backend = getattr(importlib.import_module(module_name), class_name)()
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            if target != _AMQP10 or exc.name not in ("proton", "cproton"):
+                raise
+            raise ConfigError(
+                f"{url} speaks AMQP 1.0, which needs python-qpid-proton: "
+                "pip install 'hare_py[amqp10]'"
+            ) from None
+        backend = getattr(module, class_name)()
         _instances[target] = backend
     return backend
 
@@ -106,7 +122,7 @@ def check_url(url: BrokerURL, options: ConnectOptions) -> Backend:
     would refuse at connect time; nothing is connected.
     """
     backend = backend_for(url)
-    if url.scheme in ("amqp", "amqps"):
+    if url.scheme in ("amqp", "amqps") and not _is_amqp10(url):
         from . import _amqp_common as _common  # the same URL parameters for both backends
 
         _common.check_url(url, options)
@@ -117,6 +133,21 @@ def check_url(url: BrokerURL, options: ConnectOptions) -> Backend:
             )
     backend.check(url, options)
     return backend
+
+
+def _is_amqp10(url: BrokerURL) -> bool:
+    """``amqp://`` or ``amqps://`` with ``protocol=1.0`` (any other value is refused)."""
+    if url.scheme not in ("amqp", "amqps"):
+        return False
+    protocol = url.param("protocol")
+    if protocol is None:
+        return False
+    if protocol != "1.0":
+        raise ConfigError(
+            f"protocol={protocol[:40]!r} in {url}: use protocol=1.0 for AMQP 1.0, "
+            "or leave it out for AMQP 0-9-1"
+        )
+    return True
 
 
 def _amqp_backend(url: BrokerURL) -> str:

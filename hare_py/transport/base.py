@@ -26,6 +26,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Literal, NamedTuple, TypeAlias
+from uuid import UUID
 
 from ..errors import ConfigError
 from .url import BrokerURL
@@ -34,10 +35,13 @@ __all__ = [
     "EXCHANGE_TYPES",
     "Backend",
     "Channel",
+    "CorrelationId",
     "CloseReason",
     "ConnectOptions",
     "Delivery",
     "ExchangeType",
+    "LinkProperties",
+    "LinkSession",
     "Message",
     "NatsSession",
     "OnCancel",
@@ -48,6 +52,7 @@ __all__ = [
     "QueueInfo",
     "ReturnedMessage",
     "Session",
+    "SettleMode",
     "TLSOptions",
     "TransportConnection",
 ]
@@ -88,6 +93,22 @@ class Properties:
 
 
 EMPTY_PROPERTIES = Properties()
+
+#: An AMQP 1.0 message-id or correlation-id: string, ulong (int), uuid or binary.
+CorrelationId: TypeAlias = str | int | UUID | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LinkProperties(Properties):
+    """AMQP 1.0 properties that AMQP 0-9-1 lacks (see ``LinkSession``).
+
+    ``correlation`` is the correlation-id with its AMQP 1.0 type; when set it
+    is what goes on the wire, and ``correlation_id`` is then only its text
+    for logs (``None`` for an id that is not a string).
+    """
+
+    subject: str | None = None
+    correlation: CorrelationId | None = None
 
 
 class Message(NamedTuple):
@@ -203,6 +224,11 @@ Outcome: TypeAlias = Literal["accept", "reject", "release"]
 #: The wire protocols hare_py speaks; a session and a convention each name one.
 AMQP_0_9_1 = "amqp-0-9-1"
 NATS = "nats"
+AMQP_1_0 = "amqp-1.0"
+
+#: How a link settles: ``"at-most-once"`` (pre-settled: nothing to acknowledge, a
+#: message may be lost) or ``"at-least-once"`` (settled after its outcome).
+SettleMode: TypeAlias = Literal["at-most-once", "at-least-once"]
 
 
 class Session(ABC):
@@ -459,6 +485,78 @@ class NatsSession(Session):
     async def flush(self, timeout: float) -> None:
         """Return once the server has seen everything sent so far (a PING's PONG);
         ``ConnectionLost`` if it does not answer within ``timeout`` seconds."""
+
+
+class LinkSession(Session):
+    """The AMQP 1.0 face of the seam: links to and from addresses, outcomes, credit.
+
+    AMQP 1.0 has no exchanges or queues, and this offers none. A ``Message``
+    goes to the address ``routing_key`` (its ``exchange`` must be ``""``)
+    through a sender link of this session opened on first use; it is sent
+    as one data section holding ``body``. Properties map onto the message's:
+    ``reply_to`` to reply-to, ``correlation_id`` (or, with its type,
+    ``LinkProperties.correlation``) to correlation-id, ``message_id``,
+    ``content_type``, ``content_encoding``, ``user_id``, ``headers`` to the
+    application-properties (string keys, simple values), ``expiration`` to
+    the header's ttl, ``delivery_mode`` 2 to durable, ``priority``,
+    ``timestamp`` to creation-time and ``LinkProperties.subject`` to subject.
+    A message with ``type`` or ``app_id`` set, or over the peer's
+    max-message-size, is unsendable.
+
+    ``send(..., mandatory=True)`` sends the transfers unsettled and waits for
+    nothing: an outcome other than accepted (rejected with its error
+    condition, released, modified, or the sender's link refused before the
+    message left) comes back through the session's ``on_return`` as
+    ``ReturnedMessage(body, properties, "", address, code, text)``, the code
+    mapped from the condition as AMQP 0-9-1 names it (not-found 404,
+    unauthorized-access 403, resource-locked 405, precondition-failed 406,
+    not-allowed 530, connection:forced 320, released or modified 312
+    NO_ROUTE, anything else 541). Without ``mandatory`` the transfers are
+    pre-settled (at most once).
+
+    Messages arrive as ``Delivery(body, LinkProperties(...), exchange="",
+    routing_key=the receiver's address, delivery_tag=a number of this
+    session, consumer_tag=the link's name, redelivered=delivery-count > 0)``;
+    a body that is not one data section or an amqp-value of binary or string
+    arrives ``undecodable``, and so does one over the connection's
+    ``max_body_size``. ``settle`` maps accept, reject and release onto the
+    dispositions accepted, rejected and released, and gives the receiver's
+    credit back.
+
+    A link the peer detaches, or the peer ending the AMQP session, closes
+    this session (``CloseReason(by="broker")`` with the condition's code and
+    description).
+    """
+
+    wire_protocol: ClassVar[str] = AMQP_1_0
+
+    @property
+    @abstractmethod
+    def peer_properties(self) -> Mapping[str, Any]:
+        """The properties of the peer's open frame (``product``, ``version``, ...);
+        empty for a peer that sent none, or for the sessions of a listener."""
+
+    @property
+    def listening(self) -> bool:
+        """True for a session of a listening server: its peers dial in and open
+        the links, and its receivers serve the links they open to an address."""
+        return False
+
+    @abstractmethod
+    async def open_receiver(
+        self,
+        address: str | None,
+        on_message: OnDelivery,
+        *,
+        credit: int,
+        mode: SettleMode = "at-least-once",
+    ) -> str:
+        """Receive from ``address``, or from a new dynamic node of the peer when
+        ``address`` is None; returns the address. ``credit`` bounds the messages
+        delivered and not yet settled (``at-least-once``) or not yet handed on
+        (``at-most-once``). ``BrokerError`` when the peer refuses the link
+        (``amqp:not-implemented`` for a peer without dynamic nodes); the peer
+        may then end the AMQP session, which closes this one."""
 
 
 class TransportConnection(ABC):

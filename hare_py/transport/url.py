@@ -1,6 +1,7 @@
 """Broker URLs, parsed once and never printed with their password or token.
 
-AMQP URLs default to guest/guest. NATS URLs (``nats://``, ``tls://``) have no
+AMQP 0-9-1 URLs default to guest/guest; AMQP 1.0 ones (``?protocol=1.0``)
+have no default credentials (ANONYMOUS). NATS URLs (``nats://``, ``tls://``) have no
 default credentials: ``nats://user:pass@host``, or a token as
 ``nats://token@host`` or ``?token=``; the token is kept apart from the query
 so that no rendering of the URL shows it.
@@ -115,12 +116,14 @@ def parse_url(url: str | BrokerURL) -> BrokerURL:
     query = tuple(parse_qsl(parts.query, keep_blank_values=True))
     if scheme in NATS_SCHEMES:
         return _nats_url(url, scheme, parts.hostname, port or KNOWN_SCHEMES[scheme], parts, query)
+    # AMQP 1.0 logs in with ANONYMOUS unless the URL names a user.
+    default = "" if ("protocol", "1.0") in query else "guest"
     return BrokerURL(
         scheme=scheme,
         host=parts.hostname,
         port=port or KNOWN_SCHEMES[scheme],
-        username=unquote(parts.username) if parts.username is not None else "guest",
-        password=unquote(parts.password) if parts.password is not None else "guest",
+        username=unquote(parts.username) if parts.username is not None else default,
+        password=unquote(parts.password) if parts.password is not None else default,
         vhost=vhost,
         query=query,
     )

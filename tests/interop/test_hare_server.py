@@ -151,7 +151,7 @@ async def test_aio_pika_plain_client_error_reply(
     assert reply.correlation_id == sent
     assert reply.body == b"'boom'"  # str(KeyError("boom"))
     assert reply.headers == {"x-error-type": "KeyError", "x-error-message": "'boom'"}
-    assert reply.content_type is None
+    assert reply.content_type == "application/vnd.hare-py.error; type=KeyError"
     assert reply.type is None
 
 
