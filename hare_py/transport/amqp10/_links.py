@@ -304,7 +304,8 @@ class Sender(EndpointOwner):
         if self.credited and unsettled:
             self.session.link_lost(self, reason, in_doubt=True)
             return
-        log.warning("amqp10.sender_refused", address=self.address, reason=str(reason))
+        level = log.warning if unsettled or not self.credited else log.debug
+        level("amqp10.sender_closed", address=self.address, reason=str(reason))
         code = reason.code if reason.code not in (0, 200) else NO_ROUTE
         for sent in unsettled.values():
             self._return(sent, code, reason.text)

@@ -393,8 +393,9 @@ async def listen(config: Amqp10Config) -> AsyncIterator[Amqp10Listener]:
         async def accept() -> None:
             try:
                 await sockets.serve(listener.serve_peer)
-            except (*_NETWORK_ERRORS, ssl.SSLError) as exc:
-                listener.stopped(CloseReason(0, f"the listening socket failed: {exc}", "network"))
+            except* (*_NETWORK_ERRORS, ssl.SSLError) as group:
+                text = f"the listening socket failed: {group.exceptions[0]}"
+                listener.stopped(CloseReason(0, text, "network"))
 
         tg.start_soon(accept)
         try:
@@ -402,9 +403,9 @@ async def listen(config: Amqp10Config) -> AsyncIterator[Amqp10Listener]:
         except BaseException as exc:
             body_error = exc
         finally:
-            await listener.close()
-            with anyio.CancelScope(shield=True):
-                await sockets.aclose()
+            await listener.close()  # the peers' last frames, before their tasks go
             tg.cancel_scope.cancel()
+    with anyio.CancelScope(shield=True):
+        await sockets.aclose()
     if body_error is not None:
         raise body_error
