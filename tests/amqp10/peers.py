@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,14 +115,19 @@ class _Stopper(MessagingHandler):  # type: ignore[misc]
         if self.stop_flag.is_set() or time.monotonic() > self.deadline:
             if self.connection is not None:
                 self.connection.close()
+            acceptor = getattr(self, "acceptor", None)
+            if acceptor is not None:
+                acceptor.close()
             event.container.stop()
             return
         event.container.schedule(0.05, self)
 
 
 class _ServerHandler(_Stopper):
-    def __init__(self, url: str, address: str, timeout: float) -> None:
+    def __init__(self, url: str, address: str, timeout: float, listen: str | None) -> None:
         super().__init__(timeout)
+        self.listen = listen
+        self.acceptor: Any = None
         self.url = url
         self.address = address
         self.senders: dict[str, Any] = {}
@@ -129,10 +135,29 @@ class _ServerHandler(_Stopper):
         self.seen: list[Any] = []
 
     def on_start(self, event: Any) -> None:
+        event.container.schedule(0.05, self)
+        if self.listen is not None:
+            self.acceptor = event.container.listen(self.listen)
+            self.ready.set()
+            return
         base, options = _proton_url(self.url)
         self.connection = event.container.connect(base, **options)
         event.container.create_receiver(self.connection, self.address)
-        event.container.schedule(0.05, self)
+
+    def on_link_opening(self, event: Any) -> None:
+        # Listening: the peer's receiver is our route for its address (a dynamic one
+        # gets a new address); its sender to our address is accepted as it is.
+        link = event.link
+        if self.listen is None:
+            return
+        if link.is_sender:
+            address = link.remote_source.address
+            if link.remote_source.dynamic:
+                address = f"foreign-reply-{uuid.uuid4()}"
+            link.source.address = address
+            self.senders[address] = link
+        else:
+            link.target.address = link.remote_target.address
 
     def on_link_opened(self, event: Any) -> None:
         if event.receiver is not None:
@@ -154,10 +179,15 @@ class _ServerHandler(_Stopper):
 
 
 class ForeignServer:
-    """An RPC server on proton's reactor, in a thread: answers ``b"foreign:" + body``."""
+    """An RPC server on proton's reactor, in a thread: answers ``b"foreign:" + body``.
 
-    def __init__(self, url: str, address: str, timeout: float = 30.0) -> None:
-        self.handler = _ServerHandler(url, address, timeout)
+    With ``listen="127.0.0.1:PORT"`` it listens instead of dialling ``url`` (peer
+    to peer), accepting the links its peers open, as proton's examples do."""
+
+    def __init__(
+        self, url: str, address: str, timeout: float = 30.0, *, listen: str | None = None
+    ) -> None:
+        self.handler = _ServerHandler(url, address, timeout, listen)
         self.thread = threading.Thread(target=Container(self.handler).run, daemon=True)
 
     def __enter__(self) -> ForeignServer:
@@ -206,7 +236,10 @@ class _ClientHandler(_Stopper):
     def on_message(self, event: Any) -> None:
         message = event.message
         content_type = message.content_type
-        self.replies[message.correlation_id] = (
+        cid = message.correlation_id
+        if isinstance(cid, memoryview):  # proton hands binary ids out as memoryviews
+            cid = bytes(cid)
+        self.replies[cid] = (
             bytes(message.body),
             None if content_type is None or str(content_type) == "None" else str(content_type),
         )
