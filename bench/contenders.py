@@ -2,8 +2,10 @@
 
 Every client is an async context manager with ``call(queue, payload)``; every
 server is a coroutine that serves ``queue`` until cancelled and calls
-``ready()`` once it consumes. All run on asyncio (aio-pika and FastStream only
-run there), on the default event loop, and all servers use the same prefetch.
+``ready()`` once it consumes. The AMQP contenders (``CONTENDERS``) run on
+asyncio (aio-pika and FastStream only run there), on the default event loop,
+and all servers use the same prefetch. The NATS contenders
+(``NATS_CONTENDERS``) run on the event loop each names (``loop``), on anyio.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from pamqp.commands import Basic
 if TYPE_CHECKING:
     import hare_py
 
-__all__ = ["CONTENDERS", "BASELINE", "Client", "Contender", "quiet_logs"]
+__all__ = [
+    "BASELINE",
+    "CONTENDERS",
+    "NATS_BASELINE",
+    "NATS_CONTENDERS",
+    "Client",
+    "Contender",
+    "quiet_logs",
+]
 
 PREFETCH = 128  # the same for every server; the echo handlers never block
 TIMEOUT = 120.0  # per call; long enough that the 10,000 held requests never time out
@@ -338,4 +348,218 @@ class FastStream(Raw):
 BASELINE = "aiormq"
 CONTENDERS: dict[str, Contender] = {
     c.name: c for c in (Raw(), Hare(), HareAnyio(), HareDirect(), AioPika(), FastStream())
+}
+
+
+# --- NATS: nats-py request/respond, the baseline, and hare_py on the loom convention ----
+#
+# These run on one nats-server (bench/nats.py starts it). Each has ``loop``, the event
+# loop its client and server run on, and, for the in-flight test, ``hold_subject``
+# (where a holder that answers nothing until told to collects the requests) and
+# ``hold_target``, what its client calls to reach it), and ``hold_reply`` (the
+# holder's answer to one request, in the contender's envelope).
+
+SERVICE = "bench"  # the loom service type
+INSTANCE = "b1"  # the loom echo server's instance id
+
+
+class NatsPyClient:
+    """``nc.request()``: nats-py's muxed inbox, one future per request."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def __aenter__(self) -> NatsPyClient:
+        import nats
+
+        self.nc = await nats.connect(self.url, max_reconnect_attempts=0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.nc.close()
+
+    async def call(self, subject: str, payload: Any) -> Any:
+        return (await self.nc.request(subject, payload, timeout=TIMEOUT)).data
+
+
+class NatsPy:
+    name, label, queue, concurrent = "natspy", "nats-py request()", "bench.natspy", True
+    loop = "asyncio"
+    hold_subject = hold_target = "bench.hold.natspy"
+
+    def payload(self, size: int) -> Any:
+        return b"x" * size
+
+    def echoed(self, payload: Any) -> Any:
+        return payload
+
+    def hold_reply(self, request: bytes) -> bytes:
+        return request
+
+    def client(self, url: str) -> Any:
+        return NatsPyClient(url)
+
+    async def serve(self, url: str, queue: str, ready: Ready) -> None:
+        """A nats-py echo responder: ``msg.respond(msg.data)``."""
+        import nats
+
+        nc = await nats.connect(url, max_reconnect_attempts=0)
+        try:
+
+            async def echo(msg: Any) -> None:
+                await msg.respond(msg.data)
+
+            await nc.subscribe(queue, cb=echo)
+            await nc.flush()
+            ready()
+            await asyncio.Event().wait()
+        finally:
+            await nc.close()
+
+
+class HareNatsClient:
+    """An ``RPCClient`` on the loom convention (JSON payloads), on anyio."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.stack = AsyncExitStack()
+
+    async def __aenter__(self) -> HareNatsClient:
+        import anyio
+
+        import hare_py
+        from hare_py.conventions import loom
+
+        runner: Any = hare_py.RPCClient.start(
+            self.url,
+            timeout=TIMEOUT,
+            max_in_flight=20_000,
+            codec=hare_py.JSON,
+            convention=loom(SERVICE),
+        )
+        self.rpc: hare_py.RPCClient[Any] = await self.stack.enter_async_context(runner)
+        while not self.rpc.connected:
+            await anyio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stack.aclose()
+
+    def call(self, routing_key: str, payload: Any) -> Awaitable[Any]:
+        return self.rpc.request(payload, routing_key)
+
+
+class HareNats:
+    """hare_py's NATS transport: an ``RPCServer`` on the loom convention echoes."""
+
+    name, label, queue, concurrent = "hare_nats", "hare_py on NATS, asyncio", "b1.echo", True
+    loop = "asyncio"
+
+    @property
+    def hold_target(self) -> str:
+        return f"hold-{self.name}.echo"  # the loom routing key: instance and method
+
+    @property
+    def hold_subject(self) -> str:
+        return f"loom.rpc.{SERVICE}.{self.hold_target}"
+
+    def payload(self, size: int) -> Any:
+        return "x" * (size - 2)  # a JSON string of ``size`` bytes
+
+    def echoed(self, payload: Any) -> Any:
+        return payload
+
+    def hold_reply(self, request: bytes) -> bytes:
+        import json
+
+        payload = json.loads(request)["payload"]
+        return json.dumps({"ok": True, "payload": payload, "error": ""}).encode()
+
+    def client(self, url: str) -> Any:
+        return HareNatsClient(url)
+
+    async def serve(self, url: str, queue: str, ready: Ready) -> None:
+        import anyio
+
+        import hare_py
+        from hare_py.conventions import loom
+
+        class Echo(hare_py.RPCServer[None]):
+            async def handle_request(
+                self, request: hare_py.Request, caller: hare_py.Caller, state: None
+            ) -> Any:
+                return hare_py.Reply(request.payload, state)
+
+        async with Echo.start(
+            url,
+            codec=hare_py.JSON,
+            convention=loom(SERVICE, instance_id=INSTANCE),
+            routing_keys=[queue.partition(".")[2]],
+            prefetch=PREFETCH,
+        ) as server:
+            while not server.connected:
+                await anyio.sleep(0.01)
+            ready()
+            await anyio.sleep_forever()
+
+
+class HareNatsTrio(HareNats):
+    """The same client and server, on trio."""
+
+    name, label = "hare_nats_trio", "hare_py on NATS, trio"
+    loop = "trio"
+
+
+class HareNatsPlainClient(HareNatsClient):
+    """An ``RPCClient`` on the plain ``nats()`` convention: bytes, no envelope."""
+
+    async def __aenter__(self) -> HareNatsClient:
+        import anyio
+
+        import hare_py
+        from hare_py.conventions import nats
+
+        runner: Any = hare_py.RPCClient.start(
+            self.url, timeout=TIMEOUT, max_in_flight=20_000, convention=nats()
+        )
+        self.rpc = await self.stack.enter_async_context(runner)
+        while not self.rpc.connected:
+            await anyio.sleep(0.01)
+        return self
+
+
+class HareNatsPlain(NatsPy):
+    """hare_py on NATS without Loom's envelopes: what the envelopes cost, apart."""
+
+    name, label = "hare_nats_plain", "hare_py on NATS, nats() convention, asyncio"
+    queue = "bench.plain"
+    hold_subject = hold_target = "bench.hold.hare_nats_plain"
+
+    def client(self, url: str) -> Any:
+        return HareNatsPlainClient(url)
+
+    async def serve(self, url: str, queue: str, ready: Ready) -> None:
+        import anyio
+
+        import hare_py
+        from hare_py.conventions import nats
+
+        class Echo(hare_py.RPCServer[None]):
+            async def handle_request(
+                self, request: hare_py.Request, caller: hare_py.Caller, state: None
+            ) -> Any:
+                return hare_py.Reply(request.payload, state)
+
+        async with Echo.start(
+            url, convention=nats(SERVICE), queue=queue, prefetch=PREFETCH
+        ) as server:
+            while not server.connected:
+                await anyio.sleep(0.01)
+            ready()
+            await anyio.sleep_forever()
+
+
+NATS_BASELINE = "natspy"
+NATS_CONTENDERS: dict[str, Any] = {
+    c.name: c for c in (NatsPy(), HareNats(), HareNatsTrio(), HareNatsPlain())
 }

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .contenders import BASELINE, CONTENDERS
+from .contenders import BASELINE, CONTENDERS, NATS_CONTENDERS
 
 if TYPE_CHECKING:
     from .run import Results, Settings
@@ -23,6 +23,10 @@ COLUMNS = (
 )
 
 
+def _label(name: str) -> str:
+    return str((CONTENDERS.get(name) or NATS_CONTENDERS[name]).label)
+
+
 def _cell(value: float, ratio: float, form: str) -> str:
     if not math.isfinite(value):
         return "n/a"
@@ -31,7 +35,7 @@ def _cell(value: float, ratio: float, form: str) -> str:
 
 
 def table(results: Results, settings: Settings) -> str:
-    """One row per contender and case; each figure the median over rounds (x raw aiormq)."""
+    """One row per contender and case; each figure the median over rounds (x the baseline)."""
     head = ["case", "contender", *(title for _, title, _ in COLUMNS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for case in settings.cases:
@@ -42,7 +46,7 @@ def table(results: Results, settings: Settings) -> str:
                 _cell(results.median(name, case, m), results.ratio(name, case, m), form)
                 for m, _, form in COLUMNS
             ]
-            lines.append(f"| {case.label} | {CONTENDERS[name].label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {case.label} | {_label(name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -53,9 +57,10 @@ def hold_table(results: Results, settings: Settings) -> str:
         "(less the calling task's own) | held by the broker | errors | all answered in |",
         "|---|---|---|---|---|---|---|",
     ]
-    base = results.hold_median(BASELINE, "bytes_per_request")
+    baseline = results.baseline
+    base = results.hold_median(baseline, "bytes_per_request")
     for name in settings.contenders:
-        contender = CONTENDERS[name]
+        contender = CONTENDERS.get(name) or NATS_CONTENDERS[name]
         if not contender.concurrent:
             lines.append(
                 f"| {contender.label} | n/a: one request in flight at a time "
@@ -68,8 +73,8 @@ def hold_table(results: Results, settings: Settings) -> str:
         ratio = f" ({per / base:.2f}x)" if base else ""
         heap = results.hold_median(name, "heap_bytes_per_request")
         own = heap - results.hold_median(name, "task_bytes")
-        base_heap = results.hold_median(BASELINE, "heap_bytes_per_request")
-        base_own = base_heap - results.hold_median(BASELINE, "task_bytes")
+        base_heap = results.hold_median(baseline, "heap_bytes_per_request")
+        base_own = base_heap - results.hold_median(baseline, "task_bytes")
         held = min(r["held"] for r in results.hold[name])
         errors = max(r["errors"] for r in results.hold[name])
         seconds = results.hold_median(name, "seconds")
@@ -181,6 +186,54 @@ def _anyio_backend_targets(
     ]
 
 
+def nats_targets(results: Results, settings: Settings) -> list[tuple[str, bool, str]]:
+    """The NATS targets at c=64, 100 B, as ratios to nats-py measured in the same run."""
+    case = next((c for c in settings.cases if c.size != 64 * 1024 and c.concurrency > 1), None)
+    base = results.baseline
+    out: list[tuple[str, bool, str]] = []
+    if case is None or base not in settings.contenders:
+        return out
+    goals = {"hare_nats": 1.0, "hare_nats_trio": 0.8}
+    for name, goal in goals.items():
+        if name not in settings.contenders:
+            continue
+        label = _label(name)
+        r = results.ratio(name, case, "calls_per_s")
+        out.append(
+            (
+                f"{label}: throughput at {case.label} >= {goal:.1f}x nats-py request()",
+                r >= goal,
+                f"{results.median(name, case, 'calls_per_s'):,.0f} vs "
+                f"{results.median(base, case, 'calls_per_s'):,.0f} calls/s = {r:.2f}x",
+            )
+        )
+        if name == "hare_nats":
+            r = results.ratio(name, case, "cpu_s_per_10k")
+            out.append(
+                (
+                    f"{label}: client CPU per call at {case.label} <= nats-py's",
+                    r <= 1.0,
+                    f"{results.median(name, case, 'cpu_s_per_10k'):.2f} vs "
+                    f"{results.median(base, case, 'cpu_s_per_10k'):.2f} s/10k calls = {r:.2f}x",
+                )
+            )
+        if name in results.hold:
+            per = results.hold_median(name, "bytes_per_request")
+            heap = results.hold_median(name, "heap_bytes_per_request")
+            own = heap - results.hold_median(name, "task_bytes")
+            out.append(
+                (
+                    f"{label}: < 2 KiB of client memory (RSS) per in-flight request",
+                    per < 2048,
+                    f"{per / 1024:.2f} KiB RSS (nats-py: "
+                    f"{results.hold_median(base, 'bytes_per_request') / 1024:.2f} KiB); "
+                    f"Python heap {heap / 1024:.2f} KiB, {own / 1024:.2f} KiB without "
+                    "the calling task itself",
+                )
+            )
+    return out
+
+
 def targets_table(rows: list[tuple[str, bool, str]]) -> str:
     lines = ["| target | met | measured |", "|---|---|---|"]
     lines += [f"| {t} | {'yes' if ok else '**no**'} | {d} |" for t, ok, d in rows]
@@ -194,7 +247,9 @@ def _nines(q: float) -> float:
     return -math.log10(1 - q)
 
 
-def plots(results: Results, settings: Settings, out: Path) -> list[Path]:
+def plots(
+    results: Results, settings: Settings, out: Path, *, prefix: str = "", broker: str = "RabbitMQ"
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,8 +258,8 @@ def plots(results: Results, settings: Settings, out: Path) -> list[Path]:
 
     small = [c for c in settings.cases if c.size != 64 * 1024]
     palette = ("black", "tab:blue", "tab:red", "tab:cyan", "tab:orange", "tab:green")
-    colours = dict(zip(CONTENDERS, palette, strict=True))
-    styles = {BASELINE: "--"}
+    colours = dict(zip(settings.contenders, palette, strict=False))
+    styles = {results.baseline: "--"}
 
     # Latency distribution: latency against percentile on a "nines" axis.
     fig, axes = plt.subplots(1, len(small), figsize=(5.2 * len(small), 4.6), squeeze=False)
@@ -221,7 +276,7 @@ def plots(results: Results, settings: Settings, out: Path) -> list[Path]:
                 [p[1] for p in points],
                 styles.get(name, "-"),
                 color=colours[name],
-                label=CONTENDERS[name].label,
+                label=_label(name),
                 linewidth=1.6,
             )
         ticks = [0.5, 0.9, 0.99, 0.999, 0.9999]
@@ -234,9 +289,9 @@ def plots(results: Results, settings: Settings, out: Path) -> list[Path]:
         ax.set_ylabel("round trip, ms (log)")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("RPC round-trip latency on one local RabbitMQ (median over rounds)")
+    fig.suptitle(f"RPC round-trip latency on one local {broker} (median over rounds)")
     fig.tight_layout()
-    latency = out / "latency.png"
+    latency = out / f"{prefix}latency.png"
     fig.savefig(latency, dpi=110)
     plt.close(fig)
 
@@ -248,7 +303,7 @@ def plots(results: Results, settings: Settings, out: Path) -> list[Path]:
             "color": colours[name],
             "linestyle": styles.get(name, "-"),
             "marker": "o",
-            "label": CONTENDERS[name].label,
+            "label": _label(name),
         }
         left.plot(xs, [results.median(name, c, "calls_per_s") for c in small], **kw)
         right.plot(xs, [results.median(name, c, "cpu_s_per_10k") for c in small], **kw)
@@ -265,7 +320,7 @@ def plots(results: Results, settings: Settings, out: Path) -> list[Path]:
     right.set_title("client CPU per call, 100 B payload")
     left.legend(fontsize=8)
     fig.tight_layout()
-    throughput = out / "throughput.png"
+    throughput = out / f"{prefix}throughput.png"
     fig.savefig(throughput, dpi=110)
     plt.close(fig)
     return [latency, throughput]

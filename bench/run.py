@@ -1,15 +1,21 @@
 """The orchestrator: broker, servers, interleaved rounds, medians, table, plots, profile.
 
-    python -m bench                 # the full run (make bench), ~8 minutes on 2 cores
+    python -m bench                 # the full run (make bench), ~12 minutes on 2 cores
     python -m bench --smoke --out DIR   # a few hundred calls per contender (CI)
+    python -m bench --contenders natspy,hare_nats,hare_nats_trio   # NATS only
 
-``HARE_BENCH_AMQP_URL`` uses a running broker instead of a private node.
+The AMQP contenders run against one RabbitMQ node (results.md, results.json,
+latency.png, throughput.png), the NATS ones against one nats-server (nats.md,
+nats.json, nats-latency.png, nats-throughput.png), each with its own baseline
+(raw aiormq, nats-py). ``HARE_BENCH_AMQP_URL`` and ``HARE_BENCH_NATS_URL`` use a
+running broker instead of a private one.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from .contenders import BASELINE, CONTENDERS
+from .contenders import BASELINE, CONTENDERS, NATS_BASELINE, NATS_CONTENDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = 100
@@ -67,13 +73,14 @@ class Results:
 
     load: dict[tuple[str, Case], list[dict[str, Any]]] = field(default_factory=dict)
     hold: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    baseline: str = BASELINE  # what every ratio is to
 
     def median(self, name: str, case: Case, metric: str) -> float:
         values = [r[metric] for r in self.load.get((name, case), [])]
         return statistics.median(values) if values else math.nan
 
     def ratio(self, name: str, case: Case, metric: str) -> float:
-        base = self.median(BASELINE, case, metric)
+        base = self.median(self.baseline, case, metric)
         return self.median(name, case, metric) / base if base else math.nan
 
     def hold_median(self, name: str, metric: str) -> float:
@@ -82,6 +89,11 @@ class Results:
 
 
 # --- processes ----------------------------------------------------------------------
+
+
+def find_contender(name: str) -> Any:
+    """An AMQP or a NATS contender by name."""
+    return CONTENDERS.get(name) or NATS_CONTENDERS[name]
 
 
 def _command(job: dict[str, Any]) -> list[str]:
@@ -108,7 +120,12 @@ def servers(url: str, names: Sequence[str]) -> Iterator[dict[str, psutil.Process
     procs: dict[str, subprocess.Popen[str]] = {}
     try:
         for name in names:
-            job = {"job": "serve", "contender": name, "url": url, "queue": CONTENDERS[name].queue}
+            job = {
+                "job": "serve",
+                "contender": name,
+                "url": url,
+                "queue": find_contender(name).queue,
+            }
             procs[name] = subprocess.Popen(
                 _command(job), cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
             )
@@ -164,15 +181,61 @@ def rotated(names: Sequence[str], round_index: int) -> list[str]:
     return [*names[k:], *names[:k]]
 
 
-def measure(settings: Settings, url: str) -> Results:
-    results = Results()
+@contextlib.contextmanager
+def nats_server() -> Iterator[str]:
+    """``HARE_BENCH_NATS_URL``, or a private nats-server for the run (127.0.0.1, a free
+    port), the tests' own."""
+    external = os.environ.get("HARE_BENCH_NATS_URL")
+    if external:
+        yield external
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    from natsserver import NatsServer  # type: ignore[import-not-found]  # the tests' server
+
+    server = NatsServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def nats_holder(url: str) -> Iterator[None]:
+    """The in-flight test's holder process (see ``worker.nats_holder``)."""
+    proc = subprocess.Popen(
+        _command({"job": "nats_holder", "url": url}),
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "READY":
+            raise RuntimeError("the NATS holder did not start")
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def measure(settings: Settings, url: str, baseline: str = BASELINE) -> Results:
+    results = Results(baseline=baseline)
     names = settings.contenders
-    with servers(url, names) as procs:
+    holder = nats_holder(url) if baseline == NATS_BASELINE else contextlib.nullcontext()
+    with servers(url, names) as procs, holder:
         for r in range(settings.rounds):
             order = rotated(names, r)
             for case in settings.cases:
                 for name in order:
-                    contender = CONTENDERS[name]
+                    contender = find_contender(name)
                     job = {
                         "job": "load",
                         "contender": name,
@@ -205,7 +268,7 @@ def measure(settings: Settings, url: str) -> Results:
                     if result["errors"]:
                         print(f"    first error: {result['first_error']}", flush=True)
             for name in order:
-                contender = CONTENDERS[name]
+                contender = find_contender(name)
                 if not contender.concurrent or not settings.hold:
                     continue
                 job = {
@@ -260,7 +323,7 @@ def profile(
         "job": "load",
         "contender": contender,
         "url": url,
-        "queue": CONTENDERS[contender].queue,
+        "queue": find_contender(contender).queue,
         "concurrency": concurrency,
         "size": SMALL,
         "warmup": settings.warmup,
@@ -303,7 +366,7 @@ def profile(
 
     parts = [
         f"py-spy, {total:,} samples of the client process's CPU time (idle time not sampled), "
-        f"{CONTENDERS[contender].label} client at concurrency {concurrency}, 100 B.",
+        f"{find_contender(contender).label} client at concurrency {concurrency}, 100 B.",
         "",
         "Self time (the function itself was running):",
         "",
@@ -359,7 +422,7 @@ def write(
     ]
     for name, profile_md in profiles:
         if profile_md:
-            md += ["", f"## Profile of the {CONTENDERS[name].label} client", "", profile_md]
+            md += ["", f"## Profile of the {find_contender(name).label} client", "", profile_md]
     (out / "results.md").write_text("\n".join(md) + "\n")
     serialisable = {
         "settings": {k: str(v) for k, v in vars(settings).items()},
@@ -375,6 +438,63 @@ def write(
     print(f"\nwritten: {out / 'results.md'}, {', '.join(str(p) for p in pngs)}", flush=True)
 
 
+def write_nats(
+    results: Results,
+    settings: Settings,
+    note: str,
+    profiles: Sequence[tuple[str, str | None]] = (),
+) -> None:
+    """The NATS contenders' table, targets and plots: nats.md, nats.json, nats-*.png."""
+    from . import report
+
+    out = settings.out
+    rows = report.nats_targets(results, settings)
+    pngs = report.plots(results, settings, out, prefix="nats-", broker="nats-server")
+    md = [
+        "# hare_py on NATS: benchmark results",
+        "",
+        f"Command: `{' '.join(['python -m bench', *sys.argv[1:]])}` ({note}). "
+        f"{settings.rounds} interleaved rounds (contenders in rotated order within each), "
+        f"{settings.warmup:g} s warm-up and {settings.duration:g} s measured per "
+        f"measurement, a fresh client process each; every figure is the median over rounds, "
+        f"in parentheses its ratio to nats-py's median in the same run. nats-py's "
+        f"`request()` calls a nats-py echo responder (`msg.respond(msg.data)`, raw bytes); "
+        f"hare_py's `RPCClient` on the loom convention (JSON payloads in Loom's envelopes, "
+        f"one muxed inbox) calls an `RPCServer` on the loom convention; the client and "
+        f"its server run on the loop named, each in its own process.",
+        "",
+        report.table(results, settings),
+        "",
+        "Requests held in flight (a holder in its own process collects them all, answering "
+        "nothing; then it answers them and every reply is checked):",
+        "",
+        report.hold_table(results, settings),
+        "",
+        "Targets:",
+        "",
+        report.targets_table(rows),
+        "",
+        *[f"![{p.stem}]({p.name})" for p in pngs],
+    ]
+    for name, profile_md in profiles:
+        if profile_md:
+            md += ["", f"## Profile of the {find_contender(name).label} client", "", profile_md]
+    (out / "nats.md").write_text("\n".join(md) + "\n")
+    serialisable = {
+        "settings": {k: str(v) for k, v in vars(settings).items()},
+        "baseline": results.baseline,
+        "load": [
+            {"contender": n, "concurrency": c.concurrency, "size": c.size, "rounds": runs}
+            for (n, c), runs in results.load.items()
+        ],
+        "hold": results.hold,
+        "targets": [{"target": t, "met": ok, "measured": d} for t, ok, d in rows],
+    }
+    (out / "nats.json").write_text(json.dumps(serialisable, indent=1))
+    print("\n".join(md[4:]), flush=True)
+    print(f"\nwritten: {out / 'nats.md'}, {', '.join(str(p) for p in pngs)}", flush=True)
+
+
 def parse(argv: Sequence[str] | None = None) -> Settings:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="a few hundred calls per contender")
@@ -382,14 +502,23 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--duration", type=float, help="measured seconds per measurement (3)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per measurement (1)")
     p.add_argument("--hold", type=int, help="requests held in flight at once (10000)")
-    p.add_argument("--contenders", help=f"comma-separated subset of {','.join(CONTENDERS)}")
+    p.add_argument(
+        "--contenders",
+        help=f"comma-separated subset of {','.join([*CONTENDERS, *NATS_CONTENDERS])}",
+    )
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     a = p.parse_args(argv)
     smoke = a.smoke
-    names = tuple(a.contenders.split(",")) if a.contenders else tuple(CONTENDERS)
-    if BASELINE not in names:
-        names = (BASELINE, *names)  # every ratio needs it
+    names = tuple(a.contenders.split(",")) if a.contenders else (*CONTENDERS, *NATS_CONTENDERS)
+    unknown = [n for n in names if n not in CONTENDERS and n not in NATS_CONTENDERS]
+    if unknown:
+        p.error(f"unknown contenders: {', '.join(unknown)}")
+    # Every ratio needs its protocol's baseline.
+    if any(n in NATS_CONTENDERS for n in names) and NATS_BASELINE not in names:
+        names = (NATS_BASELINE, *names)
+    if any(n in CONTENDERS for n in names) and BASELINE not in names:
+        names = (BASELINE, *names)
     return Settings(
         rounds=a.rounds or (1 if smoke else 3),
         warmup=a.warmup if a.warmup is not None else (0.2 if smoke else 1.0),
@@ -407,23 +536,44 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = parse(argv)
     settings.out.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
+    amqp = dataclasses.replace(
+        settings, contenders=tuple(n for n in settings.contenders if n in CONTENDERS)
+    )
+    nats = dataclasses.replace(
+        settings, contenders=tuple(n for n in settings.contenders if n in NATS_CONTENDERS)
+    )
     n = len(settings.contenders) * len(settings.cases) * settings.rounds
     print(
         f"{n} measurements of {settings.warmup:g}+{settings.duration:g} s and "
         f"{settings.rounds} in-flight tests per contender; results into {settings.out}",
         flush=True,
     )
-    with broker() as url:
-        note = (
-            "RabbitMQ from HARE_BENCH_AMQP_URL"
-            if os.environ.get("HARE_BENCH_AMQP_URL")
-            else "a private RabbitMQ node started by the run"
-        )
-        results = measure(settings, url)
-        profiles = [
-            (name, profile(url, settings, name))
-            for name in ("hare", "hare_anyio")
-            if settings.profile and name in settings.contenders
-        ]
-    write(results, settings, note, profiles)
+    if amqp.contenders:
+        with broker() as url:
+            note = (
+                "RabbitMQ from HARE_BENCH_AMQP_URL"
+                if os.environ.get("HARE_BENCH_AMQP_URL")
+                else "a private RabbitMQ node started by the run"
+            )
+            results = measure(amqp, url)
+            profiles = [
+                (name, profile(url, amqp, name))
+                for name in ("hare", "hare_anyio")
+                if amqp.profile and name in amqp.contenders
+            ]
+        write(results, amqp, note, profiles)
+    if nats.contenders:
+        with nats_server() as url:
+            note = (
+                "nats-server from HARE_BENCH_NATS_URL"
+                if os.environ.get("HARE_BENCH_NATS_URL")
+                else "a private nats-server started by the run"
+            )
+            results = measure(nats, url, NATS_BASELINE)
+            profiles = [
+                (name, profile(url, nats, name))
+                for name in ("hare_nats", "hare_nats_trio")
+                if nats.profile and name in nats.contenders
+            ]
+        write_nats(results, nats, note, profiles)
     print(f"done in {time.monotonic() - began:.0f} s", flush=True)

@@ -29,7 +29,7 @@ from typing import Any
 import aiormq
 import psutil
 
-from .contenders import CONTENDERS, quiet_logs, raw_echo
+from .contenders import CONTENDERS, NATS_CONTENDERS, quiet_logs, raw_echo
 
 # Quantiles sent back for the latency plots: dense in the body, then the tail
 # up to p99.99 (a "nines" axis).
@@ -228,10 +228,292 @@ async def serve(job: dict[str, Any]) -> None:
     await asyncio.gather(server, return_exceptions=True)
 
 
+# --- NATS: the same jobs on anyio, on the contender's own event loop -------------------
+
+
+async def load_nats(job: dict[str, Any]) -> dict[str, Any]:
+    """``load`` for a NATS contender: the same callers and figures, on anyio tasks."""
+    import anyio
+
+    contender = NATS_CONTENDERS[job["contender"]]
+    queue, concurrency = job["queue"], int(job["concurrency"])
+    payload = contender.payload(int(job["size"]))
+    latencies: array[float] = array("d")
+    measuring = False
+    stop = False
+    errors: list[str] = []
+    served = 0
+
+    async with contender.client(job["url"]) as client:
+
+        async def caller() -> None:
+            nonlocal served
+            clock = time.perf_counter
+            while not stop:
+                began = clock()
+                try:
+                    result = await client.call(queue, payload)
+                except Exception as exc:
+                    errors.append(repr(exc))
+                    await anyio.sleep(0.01)  # a broken client must not spin
+                    continue
+                served += 1
+                if measuring:
+                    latencies.append(clock() - began)
+                    if result != payload:
+                        errors.append(f"wrong reply: {result!r:.60}")
+
+        with anyio.fail_after(float(job["warmup"]) + float(job["duration"]) + 300):
+            async with anyio.create_task_group() as tg:
+                for _ in range(concurrency):
+                    tg.start_soon(caller)
+                await anyio.sleep(float(job["warmup"]))
+                errors.clear()
+                measuring = True
+                started, cpu0 = time.perf_counter(), time.process_time()
+                await anyio.sleep(float(job["duration"]))
+                measuring = False
+                elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu0
+                stop = True  # calls in flight finish uncounted
+
+    calls = len(latencies)
+    ordered = array("d", sorted(latencies))
+    return {
+        "calls": calls,
+        "served": served,
+        "seconds": elapsed,
+        "calls_per_s": calls / elapsed,
+        "p50_ms": quantile(ordered, 0.5) * 1e3,
+        "p99_ms": quantile(ordered, 0.99) * 1e3,
+        "p999_ms": quantile(ordered, 0.999) * 1e3,
+        "cpu_s_per_10k": cpu / calls * 10_000 if calls else math.nan,
+        "peak_rss_mib": peak_rss() / 2**20,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "quantiles": [[q, quantile(ordered, q) * 1e3] for q in QUANTILES],
+    }
+
+
+class NatsAdmin:
+    """A bare NATS requester on an anyio socket, for talking to the holder from any loop
+    without a NATS library (the client under test is the only one in the process)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.buf = b""
+        self.seq = 0
+
+    @classmethod
+    async def connect(cls, url: str) -> NatsAdmin:
+        import anyio
+
+        host, _, port = url.removeprefix("nats://").rstrip("/").rpartition(":")
+        admin = cls(await anyio.connect_tcp(host, int(port)))
+        await admin._line()  # INFO
+        await admin.stream.send(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _ADMIN.* 1\r\n')
+        return admin
+
+    async def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            self.buf += await self.stream.receive()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    async def request(self, subject: str, body: bytes) -> bytes:
+        self.seq += 1
+        inbox = f"_ADMIN.{self.seq}"
+        await self.stream.send(
+            b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), inbox.encode(), len(body), body)
+        )
+        while True:
+            line = await self._line()
+            if line == b"PING":
+                await self.stream.send(b"PONG\r\n")
+            elif line.startswith(b"MSG "):
+                parts = line.split()
+                size = int(parts[-1])
+                while len(self.buf) < size + 2:
+                    self.buf += await self.stream.receive()
+                data, self.buf = self.buf[:size], self.buf[size + 2 :]
+                if parts[1] == inbox.encode():
+                    return data
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def _held_nats(
+    client: Any, admin: NatsAdmin, contender: Any, tg: Any, payload: Any, n: int
+) -> tuple[list[Any], int]:
+    """Start ``n`` calls to the holder; return once it holds them all."""
+    import anyio
+
+    results: list[Any] = []
+    control = f"{contender.hold_subject}.control"
+
+    async def one() -> None:
+        try:
+            results.append(await client.call(contender.hold_target, payload))
+        except Exception as exc:
+            results.append(exc)
+
+    for _ in range(n):
+        tg.start_soon(one)
+    began, held = time.perf_counter(), 0
+    while held < n and time.perf_counter() - began < 120:
+        await anyio.sleep(0.05)
+        held = int(await admin.request(control, b"count"))
+        if results:
+            break  # one failed or was answered: no point waiting for the rest
+    return results, held
+
+
+async def hold_nats(job: dict[str, Any]) -> dict[str, Any]:
+    """``hold`` for a NATS contender: ``n`` requests held by the holder (a nats-py
+    responder in its own process that answers nothing until told to), RSS per request
+    before it answers; then the Python heap per request (tracemalloc, n/10)."""
+    import anyio
+
+    contender = NATS_CONTENDERS[job["contender"]]
+    n, url = int(job["n"]), job["url"]
+    control = f"{contender.hold_subject}.control"
+    payload = contender.payload(int(job["size"]))
+    expected = contender.echoed(payload)
+    admin = await NatsAdmin.connect(url)
+    bad: list[Any] = []
+    try:
+        async with contender.client(url) as client:
+            for _ in range(200):
+                await client.call(contender.queue, payload)
+            gc.collect()
+            process = psutil.Process()
+            before = process.memory_info().rss
+            began = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                results, held = await _held_nats(client, admin, contender, tg, payload, n)
+                gc.collect()
+                during = process.memory_info().rss
+                await admin.request(control, b"release")
+            seconds = time.perf_counter() - began
+            bad += [r for r in results if r != expected]
+
+            small = max(1, n // 10)
+            gc.collect()
+            tracemalloc.start()
+            traced0 = tracemalloc.get_traced_memory()[0]
+            async with anyio.create_task_group() as tg:
+                results, traced_held = await _held_nats(
+                    client, admin, contender, tg, payload, small
+                )
+                traced = (tracemalloc.get_traced_memory()[0] - traced0) / small
+                tracemalloc.stop()
+                await admin.request(control, b"release")
+            bad += [r for r in results if r != expected]
+            bare = await _bare_anyio_task_bytes(small)
+    finally:
+        await admin.aclose()
+    return {
+        "n": n,
+        "held": min(held, traced_held * n // small),
+        "errors": len(bad),
+        "first_error": repr(bad[0])[:120] if bad else None,
+        "bytes_per_request": (during - before) / n,
+        "heap_bytes_per_request": traced,
+        "task_bytes": bare,
+        "seconds": seconds,
+    }
+
+
+async def _bare_anyio_task_bytes(n: int) -> float:
+    """Python heap per anyio task that just waits for an event: the caller's own share."""
+    import anyio
+
+    event = anyio.Event()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(event.wait)
+        await anyio.sleep(0.05)
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        event.set()
+    return (after - before) / n
+
+
+async def serve_nats(job: dict[str, Any]) -> None:
+    """``serve`` on anyio: the contender's server until stdin closes."""
+    import anyio
+
+    contender = NATS_CONTENDERS[job["contender"]]
+
+    def ready() -> None:
+        print("READY", flush=True)
+
+    async with anyio.create_task_group() as tg:
+
+        async def server() -> None:
+            await contender.serve(job["url"], job["queue"], ready)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(server)
+        await anyio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+        tg.cancel_scope.cancel()
+
+
+async def nats_holder(job: dict[str, Any]) -> None:
+    """The in-flight test's holder (nats-py, asyncio): collects the requests to every
+    NATS contender's hold subject; on ``<subject>.control`` it answers ``count`` with
+    how many it holds, and ``release`` by answering them all, in the contender's
+    envelope, then itself."""
+    import nats
+
+    nc = await nats.connect(job["url"], max_reconnect_attempts=0)
+    held: dict[str, list[Any]] = {}
+    try:
+        for contender in NATS_CONTENDERS.values():
+            subject = contender.hold_subject
+            held[subject] = []
+
+            async def collect(msg: Any, subject: str = subject) -> None:
+                held[subject].append(msg)
+
+            async def control(msg: Any, subject: str = subject, contender: Any = contender) -> None:
+                if msg.data == b"count":
+                    await msg.respond(str(len(held[subject])).encode())
+                    return
+                waiting, held[subject] = held[subject], []
+                for request in waiting:
+                    await request.respond(contender.hold_reply(request.data))
+                await msg.respond(b"released")
+
+            await nc.subscribe(subject, cb=collect)
+            await nc.subscribe(f"{subject}.control", cb=control)
+        await nc.flush()
+        print("READY", flush=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.read)
+    finally:
+        await nc.close()
+
+
 def main() -> None:
     quiet_logs()
     job = json.loads(sys.argv[1])
     kind = job["job"]
+    if kind == "nats_holder":
+        asyncio.run(nats_holder(job))
+        return
+    if job["contender"] in NATS_CONTENDERS:
+        import anyio
+
+        loop = NATS_CONTENDERS[job["contender"]].loop
+        if kind == "serve":
+            anyio.run(serve_nats, job, backend=loop)
+            return
+        result = anyio.run(load_nats if kind == "load" else hold_nats, job, backend=loop)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
     if kind == "serve":
         asyncio.run(serve(job))
         return

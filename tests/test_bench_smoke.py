@@ -1,8 +1,9 @@
 """A smoke run of the benchmark harness (bench/): every contender, every figure.
 
 Benchmarks are not timed tests: this only checks that ``python -m bench
---smoke`` runs every contender against the session's broker and produces the
-table and the plots with sane numbers. ``make bench`` runs the real thing.
+--smoke`` runs every contender, the AMQP ones against the session's broker and
+the NATS ones against a nats-server the bench starts itself, and produces the
+tables and the plots with sane numbers. ``make bench`` runs the real thing.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+from natsserver import NatsServerUnavailable, find_nats_server
 from rabbitmq import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.nats, pytest.mark.anyio]
 
 
 @pytest.fixture
@@ -31,9 +33,15 @@ def anyio_backend() -> str:
 
 
 async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
+    """Every contender runs every case without an error; every table, plot and target is
+    written."""
     for module in ("matplotlib", "psutil"):
         if importlib.util.find_spec(module) is None:
             unavailable(f"{module} is missing: the dev extra installs the bench extra")
+    try:
+        find_nats_server()
+    except NatsServerUnavailable as exc:
+        unavailable(f"the NATS contenders need nats-server: {exc}")
     with anyio.fail_after(300):
         done = await anyio.run_process(
             [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
@@ -77,3 +85,32 @@ async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
             assert run["heap_bytes_per_request"] > 0
     assert set(results["hold"]) == {"aiormq", "hare", "hare_anyio", "hare_drt", "aiopika"}
     assert results["targets"]  # each computed (met or not: that is a finding, not a failure)
+
+    nats_table = (tmp_path / "nats.md").read_text()
+    for label in (
+        "nats-py request()",
+        "hare_py on NATS, asyncio",
+        "hare_py on NATS, trio",
+        "hare_py on NATS, nats() convention, asyncio",
+    ):
+        assert f"| {label} |" in nats_table
+    for png in ("nats-latency.png", "nats-throughput.png"):
+        data = (tmp_path / png).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000
+    nats = json.loads((tmp_path / "nats.json").read_text())
+    assert nats["baseline"] == "natspy"
+    names = {"natspy", "hare_nats", "hare_nats_trio", "hare_nats_plain"}
+    assert {entry["contender"] for entry in nats["load"]} == names
+    assert len(nats["load"]) == 4 * 4  # every contender in every case
+    for entry in nats["load"]:
+        for run in entry["rounds"]:
+            assert run["errors"] == 0, (entry["contender"], run["first_error"])
+            assert run["calls"] > 0 and math.isfinite(run["calls_per_s"])
+            assert math.isfinite(run["cpu_s_per_10k"]) and run["cpu_s_per_10k"] > 0
+    assert set(nats["hold"]) == names
+    for name, runs in nats["hold"].items():
+        for run in runs:
+            assert run["errors"] == 0 and run["held"] == run["n"], (name, run)
+            assert run["heap_bytes_per_request"] > 0
+    # Each target computed (met or not: that is a finding, not a failure).
+    assert len(nats["targets"]) == 5
