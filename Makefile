@@ -34,7 +34,8 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -m "not rabbitmq and not chaos and not nats"
 
 # hare_py against raw aiormq, aio-pika and FastStream on a private RabbitMQ
-# (or HARE_BENCH_AMQP_URL): table and plots into bench/results/, ~8 minutes.
+# (or HARE_BENCH_AMQP_URL), and against nats-py on a private nats-server (or
+# HARE_BENCH_NATS_URL): tables and plots into bench/results/, ~12 minutes.
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
@@ -42,6 +43,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 
 bench: $(BENCH_STAMP)
 	bash .ci/install-rabbitmq.sh
+	bash .ci/install-nats.sh
 	$(BIN)/python -m bench
 
 lint: $(STAMP)
