@@ -8,7 +8,8 @@ Rules this module keeps:
 - Bodies go out as one data section (``inferred=True``): without it proton
   sends bytes as an amqp-value, which an AMQP 0-9-1 consumer receives
   encoded instead of as the bytes.
-- Decoding never raises: a message that does not decode, or whose body is
+- Decoding never raises: a message that does not decode, has no body
+  section (proton decodes garbage as an empty message), or whose body is
   not bytes or text, arrives as a ``Delivery`` marked ``undecodable``.
 - Types are kept: a correlation-id comes back in ``LinkProperties.correlation``
   as the string, ulong (int), uuid or binary it was; an absent content-type
@@ -165,8 +166,6 @@ def _body(body: object) -> bytes | None:
         return bytes(body)
     if isinstance(body, str):
         return body.encode()
-    if body is None:
-        return b""
     return None
 
 
@@ -185,6 +184,10 @@ def decode(data: bytes, address: str, tag: int, link: str, redelivered: bool) ->
     message = proton.Message()
     try:
         message.decode(data)
+        if message.body is None:
+            # proton's decoder is lenient: bytes that are no message decode as an
+            # empty one, and AMQP 1.0 asks for a body section anyway.
+            raise ValueError("no body section")
         body = _body(message.body)
         if body is None:
             raise ValueError(f"an amqp-value body of type {type(message.body).__name__}")
