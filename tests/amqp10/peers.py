@@ -102,7 +102,7 @@ def _proton_url(url: str) -> tuple[str, dict[str, Any]]:
     return base, options
 
 
-class _Stopper(MessagingHandler):  # type: ignore[misc]
+class _Stopper(MessagingHandler):
     """Checks a flag and a deadline on a timer: the reactor cannot be stopped from outside."""
 
     def __init__(self, timeout: float) -> None:
