@@ -219,3 +219,48 @@ async def test_loom_examples_as_two_programs() -> None:
             result = await client.main(broker.url)
             tg.cancel_scope.cancel()
     assert result[0] == {"accepted": "refactor", "by": "inst123"}
+
+
+async def test_amqp10_examples_peer_to_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AMQP 1.0 client example runs its server listening, peer to peer, and calls it."""
+    monkeypatch.delenv("HARE_URL", raising=False)
+    monkeypatch.setattr(sys, "argv", ["amqp10_client.py"])
+    with anyio.fail_after(20):
+        result = await load("amqp10_client").main()
+    assert result == [b"HELLO", b"AMQP 1.0", "error: nothing to shout", "unroutable"]
+
+
+@pytest.mark.amqp10
+async def test_amqp10_examples_through_protons_broker() -> None:
+    """The AMQP 1.0 server and client examples meet through qpid-proton's example broker."""
+    from amqp10.peers import proton_broker
+
+    server, client = load("amqp10_server"), load("amqp10_client")
+    with proton_broker() as broker, anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(server.main, broker.url, ""))
+            await anyio.sleep(0.5)  # the server attaches its receiver
+            result = await client.main(broker.url, "")
+            tg.cancel_scope.cancel()
+    assert result == [b"HELLO", b"AMQP 1.0", "error: nothing to shout", "timed out"]
+
+
+@pytest.mark.amqp10
+async def test_amqp10_server_example_counts_through_a_listener() -> None:
+    """The AMQP 1.0 server example, listening, answers a dialling client and counts it."""
+    from amqp10.peers import free_port
+
+    server, client = load("amqp10_server"), load("amqp10_client")
+    dial = f"amqp://127.0.0.1:{free_port()}/?protocol=1.0"
+    counted: list[int] = []
+
+    async def run_server() -> None:
+        counted.append(await server.main(dial + "&listen=1", "", seconds=3))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_server)
+            await anyio.sleep(0.5)
+            result = await client.main(dial, "")
+    assert result[:2] == [b"HELLO", b"AMQP 1.0"]
+    assert counted == [2]

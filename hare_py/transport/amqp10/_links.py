@@ -304,7 +304,7 @@ class Sender(EndpointOwner):
         if self.credited and unsettled:
             self.session.link_lost(self, reason, in_doubt=True)
             return
-        level = log.warning if unsettled or not self.credited else log.debug
+        level = log.info if unsettled else log.debug
         level("amqp10.sender_closed", address=self.address, reason=str(reason))
         code = reason.code if reason.code not in (0, 200) else NO_ROUTE
         for sent in unsettled.values():
