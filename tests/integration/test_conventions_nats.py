@@ -24,6 +24,7 @@ from hare_py import (
     JSON,
     Caller,
     ConfigError,
+    ConnectionLost,
     NoReply,
     RemoteError,
     Reply,
@@ -522,3 +523,29 @@ async def test_nats_on_an_amqp_connection_is_a_config_error(where: Where) -> Non
         with pytest.raises(ConfigError, match=r"runs on nats.*speaks amqp-0-9-1"):
             async with RPCClient.start(amqp.url, convention=nats()):
                 pass
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_the_service_api_keeps_its_id_and_counts_across_a_reconnect(
+    anyio_backend: str,
+) -> None:
+    """After the broker drops every connection, $SRV.<V>.<name>.<id> answers again, counts kept."""
+    svc = f"svc-{secrets.token_hex(4)}"
+    with SandboxNatsBroker() as broker:
+        async with (
+            serving(broker.url, 1, convention=nats(svc), routing_keys=[f"{svc}.echo"]) as (s,),
+            calling(broker.url) as client,
+        ):
+            with anyio.fail_after(10):
+                await client.request(b"a", f"{svc}.echo")
+                broker.kill_all_connections(by="network")
+                while True:  # until the server has subscribed again
+                    try:
+                        assert await client.request(b"b", f"{svc}.echo") == b"b"
+                        break
+                    except (Unroutable, ConnectionLost):
+                        await anyio.sleep(0.005)
+                async with wire(broker.url) as raw:
+                    stats = await raw.ask(f"$SRV.STATS.{svc}.{s.convention.service_id}")
+    check("STATS", stats)
+    assert stats["endpoints"][0]["num_requests"] == 2
