@@ -17,7 +17,11 @@ __all__ = ["BYTES", "JSON", "BytesCodec", "Codec", "JSONCodec"]
 class Codec(Protocol):
     """Turns payloads into message bodies and back."""
 
-    content_type: str | None
+    # Read-only here, so that a codec may declare it as a plain ``str`` (or a
+    # property): ``content_type = "text/plain"`` on the class is enough.
+    @property
+    def content_type(self) -> str | None:
+        """The ``content_type`` of the messages this codec encodes (``None``: none)."""
 
     def check(self, payload: Any) -> None:
         """Raise ``ConfigError`` at once for a payload this codec cannot encode."""

@@ -24,7 +24,7 @@ _TOP = {
     "INFO": {**_IDENTITY, "description": str, "endpoints": list},
     "STATS": {**_IDENTITY, "started": str, "endpoints": list},
 }
-_ENDPOINT = {
+_ENDPOINT: dict[str, dict[str, Any]] = {
     "INFO": {"name": str, "subject": str, "queue_group": str, "metadata": (dict, type(None))},
     "STATS": {
         "name": str,

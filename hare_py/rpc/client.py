@@ -19,10 +19,11 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from functools import partial
-from typing import Any, Generic, Self, TypedDict, TypeVar, Unpack
+from typing import Any, Generic, Self, TypedDict, Unpack
 
 import anyio
 from anyio.abc import TaskGroup
+from typing_extensions import TypeVar  # TypeVar(default=...) before Python 3.13
 
 from .._clock import now
 from .._log import debug_enabled
@@ -76,7 +77,9 @@ _BATCH = 64
 #: RabbitMQ's largest per-message TTL, in milliseconds (2**32 - 1).
 _MAX_TTL_MS = 4_294_967_295
 
-S = TypeVar("S")
+# A bare RPCClient (no state type given) has Any: its default init
+# returns the start() arg as the state.
+S = TypeVar("S", default=Any)
 
 
 class ClientOptions(TypedDict, total=False):

@@ -34,10 +34,11 @@ from collections.abc import Sequence
 from contextlib import suppress
 from functools import partial
 from time import perf_counter_ns
-from typing import Any, Generic, Self, TypedDict, TypeVar, Unpack
+from typing import Any, Generic, Self, TypedDict, Unpack
 
 import anyio
 from anyio.abc import TaskGroup
+from typing_extensions import TypeVar  # TypeVar(default=...) before Python 3.13
 
 from ..actor.actor import Actor, _StopSignal
 from ..actor.backoff import Backoff
@@ -71,7 +72,9 @@ from .messages import ConnectedMeta, Request
 
 __all__ = ["RPCServer", "ServerStopping", "UndecodableRequest"]
 
-S = TypeVar("S")
+# A bare RPCServer (no state type given) has Any: its default init
+# returns the start() arg as the state.
+S = TypeVar("S", default=Any)
 
 
 class _Pending:

@@ -16,6 +16,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -55,7 +56,7 @@ async def wait_for(predicate: Callable[[], bool], seconds: float, what: str) -> 
 
 def client_tasks() -> int:
     """Running tasks, not counting the fault proxy's (which end when they see EOF)."""
-    return sum("chaos.proxy" not in task.name for task in anyio.get_running_tasks())
+    return sum("chaos.proxy" not in (task.name or "") for task in anyio.get_running_tasks())
 
 
 @asynccontextmanager
@@ -125,7 +126,7 @@ async def test_broker_closes_the_channel(rabbitmq: Any, echo_queue: str, report:
         for n in range(1, 4):
             fault_at = anyio.current_time()
             assert await break_channel(client)
-            await wait_for(lambda n=n: len(client.metas) == n + 1, 10, "a new channel")
+            await wait_for(partial(lambda n: len(client.metas) == n + 1, n), 10, "a new channel")
             recoveries.append(await recover(load, fault_at))
         await check_recovered(rabbitmq, client, name, reconnects=3)
     load.check()
@@ -141,7 +142,7 @@ async def test_broker_cancels_the_reply_consumer(
         for n in range(1, 3):
             fault_at = anyio.current_time()
             await anyio.to_thread.run_sync(rabbitmq.ctl, "delete_queue", client.reply_queue)
-            await wait_for(lambda n=n: len(client.metas) == n + 1, 10, "a new channel")
+            await wait_for(partial(lambda n: len(client.metas) == n + 1, n), 10, "a new channel")
             recoveries.append(await recover(load, fault_at))
         await check_recovered(rabbitmq, client, name, reconnects=2)
     load.check()

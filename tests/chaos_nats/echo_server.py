@@ -53,4 +53,5 @@ async def main(urls: str, service: str, instance: str) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, *sys.argv[1:4])
+    urls, service, instance = sys.argv[1:4]
+    anyio.run(main, urls, service, instance)

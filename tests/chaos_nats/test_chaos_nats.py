@@ -20,6 +20,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -33,7 +34,7 @@ from hare_py import Backoff, Caller, Connection, Response
 from hare_py.conventions import loom
 from hare_py.errors import ConfigError
 from hare_py.transport import backend_for, parse_url
-from hare_py.transport.base import ConnectOptions, Message, Properties
+from hare_py.transport.base import ConnectOptions, Message, NatsSession, Properties
 
 from .conftest import Node, cluster_args, free_port
 
@@ -159,7 +160,7 @@ async def test_server_killed_and_restarted(
             await anyio.to_thread.run_sync(node.start)
             back_at = anyio.current_time()
             outages.append(round(back_at - fault_at, 3))
-            await wait_for(lambda n=n: len(client.metas) == n + 1, 15, "a new session")
+            await wait_for(partial(lambda n: len(client.metas) == n + 1, n), 15, "a new session")
             recoveries.append(await recover(load, back_at))
         check_reconnects(client, reconnects=2)
         await wait_server_holds_one_inbox(node, name, client)
@@ -322,6 +323,7 @@ async def test_reply_floods(
             raw_nats(node.port) as raw,
         ):
             session = await flooder.open_session()
+            assert isinstance(session, NatsSession)
             for _ in range(20):
                 inbox = client.reply_queue
                 assert inbox is not None

@@ -151,7 +151,7 @@ async def test_sessions_speak_nats_and_settle_does_nothing(nats: Nats) -> None:
         await session.send([message(subject)])
         delivery = await inbox.get()
         for outcome in ("accept", "reject", "release"):
-            await session.settle(delivery, outcome)  # type: ignore[arg-type]
+            await session.settle(delivery, outcome)
         assert session.is_open
         with pytest.raises(ConfigError):
             await conn.open_channel()

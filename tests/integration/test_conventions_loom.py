@@ -103,7 +103,7 @@ async def agents(url: str, svc: str, *instances: str, **kw: Any) -> AsyncIterato
         with anyio.fail_after(5):
             while not all(a.connected for a in started):
                 await anyio.sleep(0.005)
-        yield started  # type: ignore[misc]
+        yield started
 
 
 @asynccontextmanager

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -36,6 +37,7 @@ from hare_py import (
 )
 from hare_py.conventions import Convention, ServerOptions, loom, nats
 from hare_py.conventions.base import ServerConvention
+from hare_py.conventions.nats import NatsServiceServer
 from hare_py.testing import SandboxBroker, SandboxNatsBroker
 from hare_py.transport import ConnectOptions, backend_for, parse_url
 from hare_py.transport.base import Delivery, Message, NatsSession, Properties
@@ -473,7 +475,9 @@ async def stop_six_times_under_load(url: str, svc: str, convention: Convention) 
                     tg.start_soon(caller)
                 for _ in range(6):
                     async with serving(url, 1, convention=convention, routing_keys=[subject]):
-                        await wait_until(lambda n=outcomes["ok"] + 200: outcomes["ok"] >= n)
+                        await wait_until(
+                            partial(lambda n: outcomes["ok"] >= n, outcomes["ok"] + 200)
+                        )
                 done.set()  # the callers finish their calls in flight, each within its timeout
     return outcomes
 
@@ -514,7 +518,9 @@ def test_bad_nats_configurations_are_config_errors() -> None:
     ):
         with pytest.raises(ConfigError):
             bad()
-    assert nats("svc", queue_group="").server(options).endpoints[0].queue_group == ""
+    server = nats("svc", queue_group="").server(options)
+    assert isinstance(server, NatsServiceServer)
+    assert server.endpoints[0].queue_group == ""
 
 
 async def test_nats_on_an_amqp_connection_is_a_config_error(where: Where) -> None:

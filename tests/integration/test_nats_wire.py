@@ -113,7 +113,7 @@ class Wire:
         """PING the server and collect every event before its PONG: all it had for us."""
         self.proto.ping()
         await self.flush()
-        seen = []
+        seen: list[Event] = []
         while not isinstance(event := await self.event(), PongReceived):
             seen.append(event)
         return seen
@@ -157,6 +157,7 @@ async def test_sub_and_pub_round_trip_with_reply_and_queue_group(nats_server: Na
     sids = {e.sid for e in events if isinstance(e, MsgReceived)}
     assert plain in sids and len(sids & set(group)) == 1
     for event in events:
+        assert isinstance(event, MsgReceived)
         assert event == MsgReceived(event.sid, "wire.round.trip", "_INBOX.wire.1", b"hello")
 
 

@@ -52,7 +52,7 @@ async def agents(url: str, svc: str, *names: str, **kw: Any) -> AsyncIterator[li
         with anyio.fail_after(5):
             while not all(a.connected for a in started):
                 await anyio.sleep(0.005)
-        yield started  # type: ignore[misc]
+        yield started
 
 
 def envelope(method: str, payload: Any) -> bytes:
@@ -124,7 +124,7 @@ async def test_hare_py_calls_a_loom_handler_written_with_nats_py(
         request = json.loads(msg.data)
         seen.append(request)
         if request["payload"] == "boom":
-            answer = {"ok": False, "payload": None, "error": "handler said no"}
+            answer: dict[str, Any] = {"ok": False, "payload": None, "error": "handler said no"}
         else:
             answer = {"ok": True, "payload": {"echo": request["payload"]}, "error": ""}
         await msg.respond(json.dumps(answer).encode())

@@ -123,7 +123,11 @@ async def test_nats_py_discovers_hare_py_services_beside_its_own_micro_service(
 ) -> None:
     """$SRV.PING/INFO/STATS: hare_py's answers have nats-py micro's keys and types, and parse."""
     ours, theirs, agent = f"{svc}-hare", f"{svc}-py", f"{svc}-loom"
-    config = {"version": "1.0.0", "description": "upper-cases", "metadata": {"team": "x"}}
+    config: dict[str, Any] = {
+        "version": "1.0.0",
+        "description": "upper-cases",
+        "metadata": {"team": "x"},
+    }
 
     async def handler(request: MicroRequest) -> None:
         if request.data == b"boom":

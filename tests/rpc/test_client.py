@@ -332,7 +332,7 @@ async def test_channel_kill_fails_in_flight_requests_at_once(broker: SandboxBrok
         Recording.start(broker.url, timeout=30) as client,
     ):
         with anyio.fail_after(5):
-            errors: list[BaseException] = []
+            errors: list[ConnectionLost] = []
             async with anyio.create_task_group() as tg:
 
                 async def ask() -> None:
@@ -362,7 +362,7 @@ async def test_requests_wait_for_the_reconnect(broker: SandboxBroker) -> None:
                 results: list[bytes] = []
                 async with anyio.create_task_group() as tg:
                     for i in range(5):
-                        tg.start_soon(lambda i=i: _collect(client, str(i).encode(), results))
+                        tg.start_soon(_collect, client, str(i).encode(), results)
                     await anyio.sleep(0.3)
                     assert results == []
                     broker.up()
@@ -611,7 +611,7 @@ async def test_bad_configuration_raises_config_error(broker: SandboxBroker) -> N
     with pytest.raises(ConfigError, match="'http://'"):
         RPCClient.start("http://localhost/")
     with pytest.raises(ConfigError, match="'fanciful'"):
-        RPCClient.start(broker.url, exchange="x", exchange_type="fanciful")
+        RPCClient.start(broker.url, exchange="x", exchange_type="fanciful")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="-1"):
         RPCClient.start(broker.url, timeout=-1)
     async with RPCClient.start(broker.url) as client:

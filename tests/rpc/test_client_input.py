@@ -167,12 +167,12 @@ def test_a_convention_of_another_protocol_is_a_config_error(broker: SandboxBroke
 
         def client(self, *args: Any) -> Any:
             half = hare().client(*args)
-            half.wire_protocol = "nats"
+            half.wire_protocol = "nats"  # type: ignore[misc]  # a half that claims NATS
             return half
 
         def server(self, options: Any) -> Any:
             half = hare().server(options)
-            half.wire_protocol = "nats"
+            half.wire_protocol = "nats"  # type: ignore[misc]  # a half that claims NATS
             return half
 
     conn = Connection(broker.url)

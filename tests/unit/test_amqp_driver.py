@@ -14,6 +14,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -577,7 +578,7 @@ async def test_publisher_confirms_multiple_ack_nack_and_return_before_ack() -> N
             async with anyio.create_task_group() as tg:
                 pubs = []
                 for i in range(3):
-                    pubs.append(spawn(tg, lambda i=i: ch.basic_publish(b"m%d" % i)))
+                    pubs.append(spawn(tg, partial(ch.basic_publish, b"m%d" % i)))
                     _, body = await peer.expect_publish(1)
                     assert body == b"m%d" % i
                 await anyio.sleep(0.05)
@@ -846,7 +847,7 @@ async def test_backpressure_releases_every_blocked_publisher(
                     published[i] += 1
 
             async with anyio.create_task_group() as tg:
-                pubs = [spawn(tg, lambda i=i: publisher(i)) for i in range(2)]
+                pubs = [spawn(tg, partial(publisher, i)) for i in range(2)]
                 with anyio.fail_after(10):
                     await _wait_stalled(lambda: sum(published))
                 assert not any(p.done.is_set() for p in pubs), [(p.error, published) for p in pubs]
@@ -1076,9 +1077,11 @@ async def test_callback_closing_its_channel_through_a_task() -> None:
         async with session() as (conn, peer):
             ch = await open_channel(conn, peer)
             async with anyio.create_task_group() as tg:
-                pending = spawn(
-                    tg, lambda: ch.basic_consume("q", lambda _: tg.start_soon(ch.close))
-                )
+
+                def close_soon(_: Delivery) -> None:
+                    tg.start_soon(ch.close)
+
+                pending = spawn(tg, lambda: ch.basic_consume("q", close_soon))
                 consume = await peer.expect(commands.Basic.Consume, 1)
                 await peer.send((1, commands.Basic.ConsumeOk(consume.consumer_tag)))
                 await pending.wait()

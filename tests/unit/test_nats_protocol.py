@@ -120,7 +120,8 @@ def test_first_info_queues_connect_and_ping_and_the_pong_is_connected() -> None:
         "name": "svc",
     }
     assert proto.receive_data(b"PONG\r\n") == [Connected()]
-    assert proto.state is ConnectionState.CONNECTED
+    # mypy keeps the state narrowed to CONNECTING across receive_data().
+    assert proto.state is ConnectionState.CONNECTED  # type: ignore[comparison-overlap]
     assert proto.pings_outstanding == 0
 
 
