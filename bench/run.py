@@ -572,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             results = measure(nats, url, NATS_BASELINE)
             profiles = [
                 (name, profile(url, nats, name))
-                for name in ("hare_nats", "hare_nats_trio")
+                for name in ("hare_nats", "hare_nats_trio", "hare_nats_plain")
                 if nats.profile and name in nats.contenders
             ]
         write_nats(results, nats, note, profiles)

@@ -65,8 +65,7 @@ async def never(delivery: Delivery) -> bytes | None:
 async def test_the_caller_of_a_crashed_answer_gets_client_crashed_at_once(
     broker: SandboxBroker, callback: str, routing_key: str, timeout: float
 ) -> None:
-    """A crash while deciding a caller's answer fails that caller with ClientCrashed, within
-    its deadline; the client restarts and answers the next call."""
+    """A crash deciding a caller's answer gives it ClientCrashed before its deadline."""
     async with (
         echo_server(broker.url),
         echo_server(broker.url, routing_keys=("slow",), handler=never),
@@ -121,8 +120,7 @@ class SlowCrash(RPCClient[None]):
 async def test_a_crashed_incarnations_channel_is_not_taken_by_the_next(
     broker: SandboxBroker,
 ) -> None:
-    """A ChannelUp left in the mailbox by a crashed incarnation (its channel closed with it)
-    is ignored: the next incarnation sends only on a channel of its own."""
+    """A crashed incarnation's ChannelUp left in the mailbox is ignored by the next one."""
     async with (
         echo_server(broker.url),
         SlowCrash.start(broker.url, timeout=5, restart_backoff=FAST) as client,
