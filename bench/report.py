@@ -50,11 +50,11 @@ def table(results: Results, settings: Settings) -> str:
     return "\n".join(lines)
 
 
-def hold_table(results: Results, settings: Settings) -> str:
+def hold_table(results: Results, settings: Settings, held_by: str = "the broker") -> str:
     lines = [
         f"| contender | client RSS per in-flight request ({settings.hold:,} held) "
         "| Python heap per request (tracemalloc) | of which the library's "
-        "(less the calling task's own) | held by the broker | errors | all answered in |",
+        f"(less the calling task's own) | held by {held_by} | errors | all answered in |",
         "|---|---|---|---|---|---|---|",
     ]
     baseline = results.baseline

@@ -468,7 +468,7 @@ def write_nats(
         "Requests held in flight (a holder in its own process collects them all, answering "
         "nothing; then it answers them and every reply is checked):",
         "",
-        report.hold_table(results, settings),
+        report.hold_table(results, settings, held_by="the holder"),
         "",
         "Targets:",
         "",

@@ -342,8 +342,38 @@ class NatsAdmin:
         await self.stream.aclose()
 
 
+class Spawner:
+    """Starts the held calls as the loop's own tasks (``asyncio.create_task`` on asyncio,
+    as the AMQP in-flight test does, a nursery's on trio), so that the figures hold the
+    calling task's own cost as the loop has it, and waits for them all on exit."""
+
+    def __init__(self, loop: str) -> None:
+        self.loop = loop
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Spawner:
+        import anyio
+
+        if self.loop != "asyncio":
+            self.tg = anyio.create_task_group()
+            await self.tg.__aenter__()
+        return self
+
+    def spawn(self, func: Any) -> None:
+        if self.loop == "asyncio":
+            self.tasks.append(asyncio.create_task(func()))
+        else:
+            self.tg.start_soon(func)
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        if self.loop == "asyncio":
+            await asyncio.wait_for(asyncio.gather(*self.tasks), timeout=120)
+            return None
+        return await self.tg.__aexit__(*exc)
+
+
 async def _held_nats(
-    client: Any, admin: NatsAdmin, contender: Any, tg: Any, payload: Any, n: int
+    client: Any, admin: NatsAdmin, contender: Any, tg: Spawner, payload: Any, n: int
 ) -> tuple[list[Any], int]:
     """Start ``n`` calls to the holder; return once it holds them all."""
     import anyio
@@ -358,7 +388,7 @@ async def _held_nats(
             results.append(exc)
 
     for _ in range(n):
-        tg.start_soon(one)
+        tg.spawn(one)
     began, held = time.perf_counter(), 0
     while held < n and time.perf_counter() - began < 120:
         await anyio.sleep(0.05)
@@ -372,7 +402,6 @@ async def hold_nats(job: dict[str, Any]) -> dict[str, Any]:
     """``hold`` for a NATS contender: ``n`` requests held by the holder (a nats-py
     responder in its own process that answers nothing until told to), RSS per request
     before it answers; then the Python heap per request (tracemalloc, n/10)."""
-    import anyio
 
     contender = NATS_CONTENDERS[job["contender"]]
     n, url = int(job["n"]), job["url"]
@@ -389,7 +418,7 @@ async def hold_nats(job: dict[str, Any]) -> dict[str, Any]:
             process = psutil.Process()
             before = process.memory_info().rss
             began = time.perf_counter()
-            async with anyio.create_task_group() as tg:
+            async with Spawner(contender.loop) as tg:
                 results, held = await _held_nats(client, admin, contender, tg, payload, n)
                 gc.collect()
                 during = process.memory_info().rss
@@ -401,7 +430,7 @@ async def hold_nats(job: dict[str, Any]) -> dict[str, Any]:
             gc.collect()
             tracemalloc.start()
             traced0 = tracemalloc.get_traced_memory()[0]
-            async with anyio.create_task_group() as tg:
+            async with Spawner(contender.loop) as tg:
                 results, traced_held = await _held_nats(
                     client, admin, contender, tg, payload, small
                 )
@@ -409,7 +438,11 @@ async def hold_nats(job: dict[str, Any]) -> dict[str, Any]:
                 tracemalloc.stop()
                 await admin.request(control, b"release")
             bad += [r for r in results if r != expected]
-            bare = await _bare_anyio_task_bytes(small)
+            bare = await (
+                _bare_task_bytes(small)
+                if contender.loop == "asyncio"
+                else _bare_anyio_task_bytes(small)
+            )
     finally:
         await admin.aclose()
     return {
@@ -425,7 +458,7 @@ async def hold_nats(job: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _bare_anyio_task_bytes(n: int) -> float:
-    """Python heap per anyio task that just waits for an event: the caller's own share."""
+    """Python heap per trio task that just waits for an event: the caller's own share."""
     import anyio
 
     event = anyio.Event()
