@@ -35,7 +35,7 @@ import anyio.abc
 import proton
 
 from ..._log import get_logger
-from ..base import CONNECTION_FORCED, REPLY_SUCCESS, CloseReason
+from ..base import ACCESS_REFUSED, CONNECTION_FORCED, REPLY_SUCCESS, CloseReason
 from ._config import Amqp10Config
 from ._message import INTERNAL_ERROR, reply_code
 
@@ -211,7 +211,19 @@ class Engine:
             self.process()
         except proton.ProtonException:
             pass
-        self.lost(CloseReason(0, text, "network"))
+        self.lost(self._end_reason(text))
+
+    def _end_reason(self, text: str) -> CloseReason:
+        """Why the wire ended: proton's condition, a refused login, or ``text``."""
+        if self.close_reason is not None:
+            return self.close_reason
+        condition = self.transport.condition
+        if condition is not None:
+            return condition_reason(condition, text, "network", code=0)
+        sasl = self.transport.sasl()
+        if not self.server and sasl.outcome not in (None, proton.SASL.OK):
+            return CloseReason(ACCESS_REFUSED, "amqp:unauthorized-access: login refused", "broker")
+        return CloseReason(0, text, "network")
 
     async def _writer(self) -> None:
         transport = self.transport
@@ -233,7 +245,7 @@ class Engine:
                 if pending < 0:  # proton has nothing more to say
                     self._out_done.set()
                     if self._closing or transport.closed:
-                        self.lost(self.close_reason or CloseReason(0, "closed", "network"))
+                        self.lost(self._end_reason("the connection closed"))
                     return
                 await self._wake.wait()
                 self._wake = anyio.Event()
