@@ -147,6 +147,7 @@ async def test_unanswered_request_is_redelivered_when_the_server_dies(
                 results.append(await client.request(b"never", "work"))
 
             async with Worker.start(broker.url, queue="work") as first:
+                await wait_for(lambda: first.connected)  # its queue exists: not Unroutable
                 tg.start_soon(ask)
                 await wait_for(lambda: len(first.seen) == 1)
             assert broker.queues["work"].messages == 1  # back in the queue, not lost
