@@ -17,6 +17,7 @@ from hare_py.transport.base import (
     Delivery,
     LinkSession,
     Message,
+    Outcome,
     Properties,
     ReturnedMessage,
 )
@@ -37,7 +38,8 @@ async def test_outcomes_come_back_as_returns(listen_url: str) -> None:
         assert isinstance(serving, LinkSession) and serving.listening
 
         def on_message(delivery: Delivery) -> None:
-            outcome = {b"ok": "accept", b"no": "reject", b"later": "release"}[delivery.body]
+            outcomes: dict[bytes, Outcome] = {b"ok": "accept", b"no": "reject", b"later": "release"}
+            outcome = outcomes[delivery.body]
             settled.append(delivery.body)
             tg.start_soon(serving.settle, delivery, outcome)
 
