@@ -24,6 +24,7 @@ PAGES = [
     "supervision.md",
     "failure-semantics.md",
     "delivery.md",
+    "amqp10.md",
 ]
 
 
