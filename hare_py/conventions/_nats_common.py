@@ -151,11 +151,17 @@ class InboxClient(ClientConvention[NatsSession]):
 
     wire_protocol = NATS
 
+    _inbox: str | None = None
+
     async def setup(self, session: NatsSession, on_reply: OnDelivery, on_cancel: OnCancel) -> str:
-        # Letters and digits only: the inbox is one token, whatever the alphabet.
-        inbox = f"_INBOX.{secrets.token_urlsafe(16).replace('-', 'A').replace('_', 'B')}"
-        await session.subscribe(f"{inbox}.*", on_reply)
-        return inbox
+        # One inbox for the client's life: the replies to requests sent on a session
+        # that is draining (lame duck) also reach the session that succeeds it.
+        if self._inbox is None:
+            # Letters and digits only: the inbox is one token, whatever the alphabet.
+            token = secrets.token_urlsafe(16).replace("-", "A").replace("_", "B")
+            self._inbox = f"_INBOX.{token}"
+        await session.subscribe(f"{self._inbox}.*", on_reply)
+        return self._inbox
 
     def check_headers(self, headers: Mapping[str, Any]) -> None:
         nats_headers(headers)

@@ -98,6 +98,7 @@ async def keep_channel(
     connects = 0
     channel: Session | None = None
     up = False
+    retiring: Session | None = None  # a draining session, closed once its successor is up
     try:
         while True:
             conn = await connection.wait_connected()
@@ -121,16 +122,35 @@ async def keep_channel(
             log.info("rpc.channel_opened", queue=meta.reply_queue, connects=connects)
             post(ChannelUp(channel, meta))
             up = True
+            if retiring is not None:  # its successor is up: now it may go
+                await _retire(retiring, post, log)
+                retiring = None
             reason = await watch.first_close(channel)
+            if reason is None:
+                # Its server is going away (NATS lame duck): open the next session
+                # first, and close this one once that is up, so nothing falls between.
+                log.info("rpc.session_draining", connects=connects)
+                retiring, channel = channel, None
+                continue
             log.warning("rpc.channel_closed", reason=str(reason))
             post(ChannelDown(channel, reason))
             channel = None
     finally:
+        if retiring is not None:
+            await close_quietly(retiring)
         if channel is not None:
             if up and hand_over is not None and channel.is_open:
                 hand_over(channel)
             else:
                 await close_quietly(channel)
+
+
+async def _retire(session: Session, post: Callable[[Any], None], log: Any) -> None:
+    """Close a drained session whose successor is up, and say so to the actor."""
+    await close_quietly(session)
+    reason = CloseReason(0, "moved off a server in lame duck mode", "client")
+    log.info("rpc.session_retired")
+    post(ChannelDown(session, reason))
 
 
 async def close_quietly(channel: Session) -> None:
@@ -149,18 +169,30 @@ class _ConsumerWatch:
         self.reason = reason
         self.gone.set()
 
-    async def first_close(self, channel: Session) -> CloseReason:
-        """Wait until the channel closes or its consumer is cancelled (then close it)."""
+    async def first_close(self, channel: Session) -> CloseReason | None:
+        """Wait until the session closes or its consumer is cancelled (then close
+        it); None when the session is draining instead (it stays open)."""
+        draining = False
         async with anyio.create_task_group() as tg:
 
             async def watch_consumer() -> None:
                 await self.gone.wait()
                 tg.cancel_scope.cancel()
 
+            async def watch_draining() -> None:
+                nonlocal draining
+                await channel.wait_draining()
+                if channel.is_open and channel.draining:
+                    draining = True
+                    tg.cancel_scope.cancel()
+
             tg.start_soon(watch_consumer)
+            tg.start_soon(watch_draining)
             reason = await channel.wait_closed()
             tg.cancel_scope.cancel()
             return reason
+        if draining:
+            return None
         await channel.close()
         assert self.reason is not None
         return CloseReason(self.reason.code, f"consumer cancelled: {self.reason.text}", "broker")

@@ -468,9 +468,15 @@ class RPCServer(Actor[S], Generic[S]):
     async def _on_channel_down(self, message: ChannelDown) -> None:
         if message.channel is self._channel:
             self._channel = None
-        # Requests from the dead channel will be redelivered: forget them.
+        current = self._channel
         for caller, pending in list(self._incoming.items()):
-            if pending.channel is message.channel:
+            if pending.channel is not message.channel:
+                continue
+            if self.convention.drains and current is not None:
+                # Nothing is redelivered here (NATS): answer it through the session
+                # that replaced this one (a lame duck move).
+                pending.channel = current
+            else:  # the broker redelivers it
                 del self._incoming[caller]
         self._log.warning("rpc.channel_lost", reason=str(message.reason))
 
