@@ -14,6 +14,7 @@ from hare_py import (
     RemoteError,
     Reply,
     Request,
+    RequestTimeout,
     RPCClient,
     RPCServer,
     Unroutable,
@@ -110,7 +111,8 @@ async def test_unserved_address_is_unroutable_peer_to_peer(listen_url: str) -> N
 
 
 async def test_request_in_flight_fails_when_the_server_goes(listen_url: str) -> None:
-    """A request in flight when the listening server stops fails at once with ConnectionLost."""
+    """A request in flight when the listening server stops fails at once with ConnectionLost,
+    and calls go through again once a server is back."""
     async with RPCClient.start(listen_url, convention=amqp10(), timeout=30) as client:
         async with Echo.start(listening(listen_url), queue="gone", convention=amqp10()) as server:
             with anyio.fail_after(10):
@@ -134,6 +136,15 @@ async def test_request_in_flight_fails_when_the_server_goes(listen_url: str) -> 
                     while not failed:
                         await anyio.sleep(0.01)
         assert isinstance(failed[0], ConnectionLost)
+        # A new server on the same port: the client's supervised connection comes back.
+        async with Echo.start(listening(listen_url), queue="gone", convention=amqp10()):
+            with anyio.fail_after(20):
+                while True:
+                    try:
+                        assert await client.request(b"back", "gone", timeout=2) == b"echo:back"
+                        break
+                    except (ConnectionLost, Unroutable, RequestTimeout):
+                        await anyio.sleep(0.05)
 
 
 async def test_credit_bounds_requests_in_hand(peer: Peer) -> None:

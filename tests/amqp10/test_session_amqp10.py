@@ -138,3 +138,56 @@ async def test_unrecognised_peer_refusing_dynamic_nodes_gets_the_fixed_address(
             assert await client.request(b"through", "fallback") == b"through"
             assert client.reply_queue is not None
             assert client.reply_queue.startswith("/queue/hare-reply-")
+
+
+async def test_transfer_over_max_body_size_arrives_undecodable(listen_url: str) -> None:
+    """A transfer over the receiver's max_body_size is dropped as it arrives and handed on
+    undecodable; the next one is whole."""
+    server_url = parse_url(listening(listen_url) + "&max_body_size=1000")
+    client_url = parse_url(listen_url)
+    got: list[Delivery] = []
+    async with backend_for(server_url).connect(server_url, ConnectOptions()) as listener:
+        serving = await listener.open_session()
+        assert isinstance(serving, LinkSession)
+        await serving.open_receiver("small", got.append, credit=10)
+        async with backend_for(client_url).connect(client_url, ConnectOptions()) as conn:
+            session = await conn.open_session()
+            with anyio.fail_after(10):
+                # The first send opens the link: the peer's max-message-size is not known yet.
+                await session.send([Message("", "small", b"x" * 300_000)])
+                await session.send([Message("", "small", b"fits")])
+                while len(got) < 2:
+                    await anyio.sleep(0.01)
+    assert got[0].undecodable is not None and "max_body_size=1000" in got[0].undecodable
+    assert got[0].body == b""
+    assert got[1].undecodable is None and got[1].body == b"fits"
+
+
+async def test_failure_inside_event_processing_ends_the_connection_loudly(
+    listen_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception while handling an event ends the connection with 541 and a log line;
+    nothing escapes into the caller's code, and its session closes."""
+    from structlog.testing import capture_logs
+
+    from hare_py.transport.amqp10 import _links
+
+    server_url, client_url = parse_url(listening(listen_url)), parse_url(listen_url)
+
+    def broken(self: Any, delivery: Any) -> None:
+        raise RuntimeError("a bug")
+
+    async with backend_for(server_url).connect(server_url, ConnectOptions()) as listener:
+        serving = await listener.open_session()
+        async with backend_for(client_url).connect(client_url, ConnectOptions()) as conn:
+            session = await conn.open_session()
+            assert isinstance(session, LinkSession)
+            address = await session.open_receiver(None, lambda d: None, credit=5)
+            monkeypatch.setattr(_links.Receiver, "on_delivery", broken)
+            with capture_logs() as logs, anyio.fail_after(10):
+                await serving.send([Message("", address, b"boom")])
+                reason = await conn.wait_closed()
+                closed = await session.wait_closed()
+    assert (reason.code, reason.by) == (541, "network")
+    assert closed.by == "connection"
+    assert any(e["event"] == "amqp10.engine_failed" and "a bug" in e["error"] for e in logs)

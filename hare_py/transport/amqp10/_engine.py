@@ -143,7 +143,9 @@ class Engine:
         self._room = anyio.Event()
         self._writable = anyio.Event()
         self._writable.set()
-        self._scope = anyio.CancelScope()
+        # Shielded: cancelling the owner must not cut the wire before our close frame;
+        # ``lost()`` (which ``close()`` always reaches) ends the tasks.
+        self._scope = anyio.CancelScope(shield=True)
         self._out_done = anyio.Event()
         self._closing = False
         self._names = itertools.count(1)
@@ -390,7 +392,6 @@ class Engine:
         try:
             if self.connection.state & proton.Endpoint.LOCAL_ACTIVE:
                 self.connection.close()
-            self.transport.close_tail()
         except proton.ProtonException:
             pass
         self.wake()

@@ -318,12 +318,13 @@ class Amqp10Listener(TransportConnection, Incoming):
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(engine.run)
-                with anyio.move_on_after(config.connect_timeout):
-                    await engine.opened.wait()
-                if engine.close_reason is None and engine.opened.is_set():
-                    await engine.closed.wait()
-                await engine.close()
-                tg.cancel_scope.cancel()
+                try:
+                    with anyio.move_on_after(config.connect_timeout):
+                        await engine.opened.wait()
+                    if engine.close_reason is None and engine.opened.is_set():
+                        await engine.closed.wait()
+                finally:
+                    await engine.close()  # bounded and shielded; ends the engine's tasks
         except Exception as exc:  # one peer must not end the listener
             log.error("amqp10.peer_failed", url=config.where, error=repr(exc)[:300])
         finally:
@@ -388,24 +389,27 @@ async def listen(config: Amqp10Config) -> AsyncIterator[Amqp10Listener]:
     listener = Amqp10Listener(config)
     log.info("amqp10.listening", url=where, tls=context is not None)
     body_error: BaseException | None = None
-    async with anyio.create_task_group() as tg:
+    try:
+        async with anyio.create_task_group() as tg:
 
-        async def accept() -> None:
+            async def accept() -> None:
+                try:
+                    await sockets.serve(listener.serve_peer)
+                except* (*_NETWORK_ERRORS, ssl.SSLError) as group:
+                    text = f"the listening socket failed: {group.exceptions[0]}"
+                    listener.stopped(CloseReason(0, text, "network"))
+
+            tg.start_soon(accept)
             try:
-                await sockets.serve(listener.serve_peer)
-            except* (*_NETWORK_ERRORS, ssl.SSLError) as group:
-                text = f"the listening socket failed: {group.exceptions[0]}"
-                listener.stopped(CloseReason(0, text, "network"))
-
-        tg.start_soon(accept)
-        try:
-            yield listener
-        except BaseException as exc:
-            body_error = exc
-        finally:
-            await listener.close()  # the peers' last frames, before their tasks go
-            tg.cancel_scope.cancel()
-    with anyio.CancelScope(shield=True):
-        await sockets.aclose()
+                yield listener
+            except BaseException as exc:
+                body_error = exc
+            finally:
+                await listener.close()  # the peers' last frames, before their tasks go
+                tg.cancel_scope.cancel()
+    finally:
+        # Also when cancelled: the task group's exit raises then, and the port must go.
+        with anyio.CancelScope(shield=True):
+            await sockets.aclose()
     if body_error is not None:
         raise body_error
