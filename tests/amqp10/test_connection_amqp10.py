@@ -161,3 +161,29 @@ async def test_listener_port_in_use_is_retried_not_fatal(listen_url: str) -> Non
         with anyio.fail_after(10), pytest.raises(ConnectFailed, match="cannot listen"):
             async with backend_for(url).connect(url, ConnectOptions()):
                 pass
+
+
+async def test_cancelled_while_opening_does_not_hang() -> None:
+    """A connect cancelled while the peer has not opened yet ends at once, socket closed."""
+    accepted: list[anyio.abc.SocketStream] = []
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def mute(stream: anyio.abc.SocketStream) -> None:
+        accepted.append(stream)
+        await anyio.sleep_forever()  # takes the connection and never speaks AMQP
+
+    url = parse_url(f"amqp://127.0.0.1:{port}/?protocol=1.0&connect_timeout=60")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, mute)
+        with anyio.fail_after(10):
+            with anyio.move_on_after(0.5) as scope:
+                async with backend_for(url).connect(url, ConnectOptions()):
+                    pass
+            assert scope.cancelled_caught
+            assert accepted
+            with pytest.raises(anyio.EndOfStream):
+                await accepted[0].receive(1 << 16)  # the SASL header first, then EOF
+                await accepted[0].receive(1 << 16)
+        tg.cancel_scope.cancel()
+    await listener.aclose()

@@ -88,27 +88,28 @@ async def connect(url: BrokerURL, options: ConnectOptions) -> AsyncIterator[Tran
     failed: HareError | None = None
     async with anyio.create_task_group() as tg:
         await tg.start(engine.run)
-        with anyio.move_on_after(config.connect_timeout):
-            await engine.opened.wait()
-        reason = engine.close_reason
-        if reason is not None or not engine.opened.is_set():
-            failed = _refused(config, reason)
+        try:
+            with anyio.move_on_after(config.connect_timeout):
+                await engine.opened.wait()
+            reason = engine.close_reason
+            if reason is not None or not engine.opened.is_set():
+                failed = _refused(config, reason)
+            else:
+                log.info(
+                    "amqp10.connected",
+                    url=config.where,
+                    container=config.container_id,
+                    peer=engine.remote_properties.get("product"),
+                    heartbeat=config.heartbeat,
+                    tls=isinstance(stream, TLSStream),
+                )
+                try:
+                    yield connection
+                except BaseException as exc:
+                    body_error = exc
+        finally:
+            # Always, cancelled or not: the engine's tasks are shielded until it ends.
             await engine.close()
-        else:
-            log.info(
-                "amqp10.connected",
-                url=config.where,
-                container=config.container_id,
-                peer=engine.remote_properties.get("product"),
-                heartbeat=config.heartbeat,
-                tls=isinstance(stream, TLSStream),
-            )
-            try:
-                yield connection
-            except BaseException as exc:
-                body_error = exc
-            finally:
-                await engine.close()
     if failed is not None:
         raise failed
     if body_error is not None:

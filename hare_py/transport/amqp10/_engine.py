@@ -384,8 +384,9 @@ class Engine:
 
     async def close(self) -> None:
         """Close the AMQP connection, send our last frames (bounded), then the socket."""
+        never_opened = not self.opened.is_set()
         self._settle(CloseReason(REPLY_SUCCESS, "closed by the client", "client"))
-        if self._out_done.is_set():
+        if self._out_done.is_set() or never_opened:  # nothing to say goodbye to
             self.lost(self.close_reason or CloseReason(0, "closed", "client"))
             return
         self._closing = True
