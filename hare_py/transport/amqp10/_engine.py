@@ -26,6 +26,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import ssl
 from typing import Any
@@ -55,6 +56,28 @@ _NETWORK_ERRORS = (
 )
 
 E = proton.Event
+# Only these are handled; the rest are popped unread, before proton builds the ~10
+# wrapper objects of an Event (most events of a busy connection are local ones).
+_HANDLED = frozenset(
+    kind.number
+    for kind in (
+        E.DELIVERY,
+        E.LINK_FLOW,
+        E.LINK_REMOTE_OPEN,
+        E.LINK_REMOTE_CLOSE,
+        E.LINK_REMOTE_DETACH,
+        E.SESSION_REMOTE_OPEN,
+        E.SESSION_REMOTE_CLOSE,
+        E.CONNECTION_REMOTE_OPEN,
+        E.CONNECTION_REMOTE_CLOSE,
+        E.TRANSPORT_ERROR,
+        E.TRANSPORT_CLOSED,
+    )
+)
+_cproton: Any = importlib.import_module("cproton")  # proton's C binding, untyped
+_peek, _pop = _cproton.pn_collector_peek, _cproton.pn_collector_pop
+_event_type, _isnull = _cproton.pn_event_type, _cproton.isnull
+_wrap: Any = proton.Event.wrap  # untyped in proton
 
 
 def describe(exc: BaseException) -> str:
@@ -279,13 +302,14 @@ class Engine:
 
     def process(self) -> None:
         """Hand every queued event to its owner; a failure ends the connection."""
-        collector = self.collector
+        impl = self.collector._impl
         try:
-            while (event := collector.peek()) is not None:
+            while not _isnull(event := _peek(impl)):
                 try:
-                    self._dispatch(event)
+                    if _event_type(event) in _HANDLED:
+                        self._dispatch(_wrap(event))
                 finally:
-                    collector.pop()
+                    _pop(impl)
         except Exception as exc:
             if self.close_reason is None:
                 self.fail(exc)
