@@ -147,6 +147,41 @@ async def test_request_in_flight_fails_when_the_server_goes(listen_url: str) -> 
                         await anyio.sleep(0.05)
 
 
+async def test_idempotent_request_is_sent_again_after_the_server_comes_back(
+    listen_url: str,
+) -> None:
+    """An idempotent request in flight when the listening server goes is sent again on the
+    next session and answered by the new server, within its deadline."""
+    async with RPCClient.start(listen_url, convention=amqp10(), timeout=30) as client:
+        answer: list[bytes] = []
+        async with anyio.create_task_group() as tg:
+            async with Echo.start(listening(listen_url), queue="idem", convention=amqp10()) as old:
+                with anyio.fail_after(10):
+                    while not client.connected:
+                        await anyio.sleep(0.01)
+
+                async def call() -> None:
+                    answer.append(await client.request(b"hold", "idem", idempotent=True))
+
+                tg.start_soon(call)
+                with anyio.fail_after(10):
+                    while old.pending == 0:
+                        await anyio.sleep(0.01)
+                await old.stop("shutdown")
+
+            class Answers(Echo):
+                async def handle_request(
+                    self, request: Request, caller: Caller, state: None
+                ) -> Any:
+                    return Reply(b"answered again", state)
+
+            async with Answers.start(listening(listen_url), queue="idem", convention=amqp10()):
+                with anyio.fail_after(20):
+                    while not answer:
+                        await anyio.sleep(0.01)
+    assert answer == [b"answered again"]
+
+
 async def test_credit_bounds_requests_in_hand(peer: Peer) -> None:
     """The server holds at most prefetch unsettled requests (link credit), the rest later."""
     convention = amqp10(peer.base)
