@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import anyio
@@ -224,3 +225,27 @@ async def test_body_over_max_body_size_fails_fast(listen_url: str) -> None:
             with pytest.raises(UnsendableMessage, match="max-message-size 1000"):
                 await client.request(b"x" * 200_000, "small")
             assert await client.request(b"ok", "small") == b"echo:ok"
+
+
+@pytest.mark.rabbitmq
+async def test_server_comes_back_after_its_queue_is_deleted(
+    rabbitmq: Any, rabbitmq10_url: str
+) -> None:
+    """Deleting a 1.0 server's queue on RabbitMQ 3.x drops the server's whole connection
+    (no detach); the server reconnects, attaches again, and calls are answered again."""
+    queue = f"detach-{secrets.token_hex(4)}"
+    convention = amqp10("/queue/")
+    async with (
+        Echo.start(rabbitmq10_url, queue=queue, convention=convention),
+        RPCClient.start(rabbitmq10_url, convention=convention, timeout=10) as client,
+    ):
+        with anyio.fail_after(15):
+            assert await client.request(b"before", queue) == b"echo:before"
+        await anyio.to_thread.run_sync(rabbitmq.ctl, "delete_queue", queue)
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    assert await client.request(b"after", queue, timeout=2) == b"echo:after"
+                    break
+                except RequestTimeout:
+                    pass
