@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import sys
 from typing import Any
 
@@ -191,3 +192,29 @@ async def test_failure_inside_event_processing_ends_the_connection_loudly(
     assert (reason.code, reason.by) == (541, "network")
     assert closed.by == "connection"
     assert any(e["event"] == "amqp10.engine_failed" and "a bug" in e["error"] for e in logs)
+
+
+@pytest.mark.rabbitmq
+async def test_refused_target_costs_the_senders_only(rabbitmq10_url: str) -> None:
+    """RabbitMQ ending the AMQP session to refuse a target (/queue/amq.gen-...) returns that
+    message; the receivers, on their own AMQP session, go on, and so do later sends."""
+    url = parse_url(rabbitmq10_url)
+    returned: list[ReturnedMessage] = []
+    got: list[bytes] = []
+    address = f"/queue/refusal-{secrets.token_hex(4)}"
+    async with backend_for(url).connect(url, ConnectOptions()) as conn:
+        session = await conn.open_session(on_return=returned.append)
+        assert isinstance(session, LinkSession)
+        await session.open_receiver(address, lambda d: got.append(d.body), credit=5)
+        refused = Message("", "/queue/amq.gen-not-yours", b"x", Properties(correlation_id="r"))
+        with anyio.fail_after(15):
+            await session.send([refused], mandatory=True)
+            while not returned:
+                await anyio.sleep(0.01)
+            await session.send([Message("", address, b"still here")], mandatory=True)
+            while not got:
+                await anyio.sleep(0.01)
+        assert session.is_open
+    assert returned[0].properties.correlation_id == "r"
+    assert returned[0].reply_code == 403
+    assert got == [b"still here"]
