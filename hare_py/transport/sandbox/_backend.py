@@ -26,6 +26,7 @@ from pamqp import commands as spec
 
 from ..._log import get_logger
 from ...errors import BrokerError, ConfigError, ConnectionLost, UnsendableMessage
+from .._sandbox_common import serve_connection
 from ..base import (
     EMPTY_PROPERTIES,
     NORMAL_CLOSE_TEXT,
@@ -93,24 +94,14 @@ class SandboxBackend(Backend):
 async def _connect(url: BrokerURL, options: ConnectOptions) -> AsyncIterator[TransportConnection]:
     await anyio.lowlevel.checkpoint()
     broker = lookup_broker(url.host)
-    body_error: BaseException | None = None
-    async with anyio.create_task_group() as tg:
-        # Errors are re-raised below, outside the task group, so that they are
-        # not wrapped in an ExceptionGroup.
-        try:
-            conn = SandboxConnection(broker, tg, options.name)
-        except Exception as exc:  # ConnectFailed, or whatever a test scripted
-            body_error = exc
-        else:
-            try:
-                yield conn
-            except BaseException as exc:
-                body_error = exc
-            finally:
-                conn._shutdown()
-                tg.cancel_scope.cancel()
-    if body_error is not None:
-        raise body_error
+
+    async def finish(conn: SandboxConnection) -> None:
+        conn._shutdown()
+
+    async with serve_connection(
+        lambda tg: SandboxConnection(broker, tg, options.name), finish
+    ) as conn:
+        yield conn
 
 
 class SandboxConnection(TransportConnection):

@@ -7,15 +7,13 @@ effects reach connections asynchronously, as a real broker's would.
 
 from __future__ import annotations
 
-import itertools
-import secrets
 from collections import deque
-from collections.abc import Callable, Iterable
-from types import TracebackType
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from ...errors import ConfigError, ConnectFailed
 from .._amqp_codec import FRAME_MIN_SIZE
+from .._sandbox_common import Registry, SandboxBrokerBase, Script
 from ..base import CONNECTION_FORCED, EMPTY_PROPERTIES, CloseReason, Properties
 from ._faults import Fault, FaultAction
 from ._limits import CHANNEL_MAX, MAX_MESSAGE_SIZE
@@ -35,27 +33,18 @@ from ._wire import FRAME_MAX, Unsendable, encode_message
 
 __all__ = ["SandboxBroker", "lookup_broker"]
 
-_registry: dict[str, SandboxBroker] = {}
-_names = itertools.count(1)
+_registry: Registry[SandboxBroker] = Registry("sandbox broker", "broker", "SandboxBroker")
 
 FORCED_TEXT = "CONNECTION_FORCED - closed by the sandbox backdoor"
 SHUTDOWN_TEXT = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
-Script = Exception | None
 
 
 def lookup_broker(name: str) -> SandboxBroker:
     """The registered broker called ``name``; ``ConnectFailed`` if there is none."""
-    broker = _registry.get(name)
-    if broker is None:
-        known = ", ".join(sorted(_registry)) or "none"
-        raise ConnectFailed(
-            f"no sandbox broker named {name!r} (registered: {known}); create one with "
-            "hare_py.testing.SandboxBroker() and connect to its .url"
-        )
-    return broker
+    return _registry.lookup(name)
 
 
-class SandboxBroker:
+class SandboxBroker(SandboxBrokerBase[Op, Fault, Event]):
     """An in-memory AMQP 0-9-1 broker reachable at ``sandbox://NAME``.
 
     Use it as a context manager (or call ``close()``) to unregister it.
@@ -67,6 +56,11 @@ class SandboxBroker:
     test those limits without sending large messages.
     """
 
+    _registry = _registry
+    _scheme = "sandbox"
+    _closed_text = "CONNECTION_FORCED - sandbox broker closed"
+    _model: BrokerModel
+
     def __init__(
         self,
         name: str | None = None,
@@ -75,47 +69,15 @@ class SandboxBroker:
         max_message_size: int = MAX_MESSAGE_SIZE,
         channel_max: int = CHANNEL_MAX,
     ) -> None:
-        if name is None:
-            name = f"broker-{next(_names)}-{secrets.token_hex(3)}"
-        if name in _registry:
-            raise ConfigError(f"a sandbox broker named {name!r} is already registered")
+        name = _registry.claim(name)
         if frame_max < FRAME_MIN_SIZE:
             raise ConfigError(f"frame_max must be at least {FRAME_MIN_SIZE}, got {frame_max}")
-        self.name = name
         self.frame_max = frame_max
-        self._model = BrokerModel(
+        self._channel_script: deque[Script] = deque()
+        model = BrokerModel(
             self._route_event, max_message_size=max_message_size, channel_max=channel_max
         )
-        self._sinks: dict[int, Callable[[Event], None]] = {}
-        self._connect_script: deque[Script] = deque()
-        self._channel_script: deque[Script] = deque()
-        self._down = False
-        _registry[name] = self
-
-    def __repr__(self) -> str:
-        return f"SandboxBroker({self.name!r})"
-
-    @property
-    def url(self) -> str:
-        """The URL that reaches this broker: ``sandbox://NAME``."""
-        return f"sandbox://{self.name}"
-
-    def close(self) -> None:
-        """Unregister the broker and force-close its connections."""
-        self.kill_all_connections(text="CONNECTION_FORCED - sandbox broker closed")
-        if _registry.get(self.name) is self:
-            del _registry[self.name]
-
-    def __enter__(self) -> SandboxBroker:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        super().__init__(name, model)
 
     # -- used by the backend -----------------------------------------------------
 
@@ -123,27 +85,13 @@ class SandboxBroker:
     def model(self) -> BrokerModel:
         return self._model
 
-    def _route_event(self, connection: int, event: Event) -> None:
-        sink = self._sinks.get(connection)
-        if sink is not None:
-            sink(event)
+    def _refusal(self) -> Exception | None:
+        if self._down:
+            return ConnectFailed(f"sandbox broker {self.name!r} is down: connection refused")
+        return None
 
-    def accept_connection(self, name: str | None, sink: Callable[[Event], None]) -> int:
-        """Open a connection for the backend, or raise ``ConnectFailed``."""
-        scripted = self._connect_script.popleft() if self._connect_script else None
-        failure = scripted
-        if failure is None and self._down:
-            failure = ConnectFailed(f"sandbox broker {self.name!r} is down: connection refused")
-        if failure is not None:
-            self._model.record(Op("connect", None, None, {"name": name}, failure))
-            raise failure
-        connection = self._model.open_connection(name)
-        self._sinks[connection] = sink
-        return connection
-
-    def detach(self, connection: int) -> None:
-        """Stop routing events to a connection that has gone."""
-        self._sinks.pop(connection, None)
+    def _failed_connect(self, name: str | None, failure: Exception) -> Op:
+        return Op("connect", None, None, {"name": name}, failure)
 
     def accept_channel(self, connection: int, confirms: bool) -> tuple[int, int]:
         """Open a channel for the backend, or raise the scripted error."""
@@ -153,26 +101,6 @@ class SandboxBroker:
             self._model.record(Op("open_channel", connection, None, args, scripted))
             raise scripted
         return self._model.open_channel(connection, confirms)
-
-    # -- history -----------------------------------------------------------------
-
-    @property
-    def history(self) -> list[Op]:
-        """Every recorded operation, oldest first."""
-        return list(self._model.history)
-
-    def ops(self, name: str | None = None, **args: Any) -> list[Op]:
-        """Recorded operations named ``name`` whose arguments include ``args``."""
-        return [
-            op
-            for op in self._model.history
-            if (name is None or op.name == name)
-            and all(k in op.args and op.args[k] == v for k, v in args.items())
-        ]
-
-    def clear_history(self) -> None:
-        """Forget the recorded operations."""
-        self._model.history.clear()
 
     # -- introspection -------------------------------------------------------------
 
@@ -211,20 +139,11 @@ class SandboxBroker:
 
     # -- scripted results ---------------------------------------------------------------
 
-    def script_connect(self, *results: Script) -> None:
-        """Queue results for the next connects: an exception to raise, or None to succeed."""
-        self._connect_script.extend(results)
-
     def script_channel_open(self, *results: Script) -> None:
         """Queue results for the next channel opens: an exception to raise, or None."""
         self._channel_script.extend(results)
 
     # -- outages and kills ----------------------------------------------------------------
-
-    @property
-    def is_up(self) -> bool:
-        """False between ``down()`` and ``up()``."""
-        return not self._down
 
     def down(
         self,
@@ -318,9 +237,7 @@ class SandboxBroker:
         times: int | None,
         delay: float = 0.0,
     ) -> Fault:
-        if times is not None and times < 1:
-            raise ConfigError(f"times must be at least 1 (or None for always), got {times}")
-        return self._model.faults.add(Fault(action, queue, match, times, delay))
+        return self._add_fault(Fault(action, queue, match, times, delay))
 
     def drop(
         self,
@@ -341,8 +258,7 @@ class SandboxBroker:
         times: int | None = None,
     ) -> Fault:
         """Deliver matching messages ``seconds`` late; other deliveries overtake them."""
-        if seconds < 0:
-            raise ConfigError(f"delay must not be negative, got {seconds}")
+        self._check_delay(seconds)
         return self._fault("delay", queue, match, times, seconds)
 
     def duplicate(
@@ -354,16 +270,3 @@ class SandboxBroker:
     ) -> Fault:
         """Deliver matching messages twice (each copy with its own delivery tag)."""
         return self._fault("duplicate", queue, match, times)
-
-    @property
-    def faults(self) -> list[Fault]:
-        """The active delivery faults."""
-        return list(self._model.faults)
-
-    def clear_faults(self, faults: Iterable[Fault] | None = None) -> None:
-        """Remove the given faults, or all of them."""
-        if faults is None:
-            self._model.faults.clear()
-        else:
-            for fault in faults:
-                fault.remove()

@@ -47,7 +47,7 @@ from ..base import (
     QueueInfo,
     ReturnedMessage,
 )
-from ._faults import FaultSet
+from ._faults import Fault, FaultSet
 from ._limits import (
     CHANNEL_MAX,
     EXCHANGE_TYPES,
@@ -174,7 +174,7 @@ class BrokerModel:
         self.connections: dict[int, ConnectionState] = {}
         self.channels: dict[int, ChannelState] = {}
         self.history: list[Op] = []
-        self.faults = FaultSet()
+        self.faults: FaultSet[Fault] = FaultSet()
         self._reply_channels: dict[str, ChannelState] = {}  # reply-to address -> channel
         self._connection_ids = itertools.count(1)
         self._channel_ids = itertools.count(1)

@@ -38,6 +38,7 @@ from anyio.abc import TaskGroup
 
 from ..._log import get_logger
 from ...errors import ConnectionLost
+from .._sandbox_common import serve_connection
 from ..base import (
     EMPTY_PROPERTIES,
     NATS,
@@ -103,27 +104,17 @@ class SandboxNatsBackend(Backend):
 async def _connect(url: BrokerURL, options: ConnectOptions) -> AsyncIterator[TransportConnection]:
     await anyio.lowlevel.checkpoint()
     broker = lookup_broker(url.host)
-    body_error: BaseException | None = None
-    async with anyio.create_task_group() as tg:
-        # Errors are re-raised below, outside the task group, so that they are
-        # not wrapped in an ExceptionGroup.
+
+    async def finish(conn: SandboxNatsConnection) -> None:
         try:
-            conn = SandboxNatsConnection(broker, tg, options)
-        except Exception as exc:  # ConnectFailed, or whatever a test scripted
-            body_error = exc
-        else:
-            try:
-                yield conn
-            except BaseException as exc:
-                body_error = exc
-            finally:
-                try:
-                    await conn.close()
-                finally:
-                    conn.broker.detach(conn.id)
-                    tg.cancel_scope.cancel()
-    if body_error is not None:
-        raise body_error
+            await conn.close()
+        finally:
+            broker.detach(conn.id)
+
+    async with serve_connection(
+        lambda tg: SandboxNatsConnection(broker, tg, options), finish
+    ) as conn:
+        yield conn
 
 
 class SandboxNatsConnection(TransportConnection):

@@ -8,14 +8,11 @@ a real server's would.
 
 from __future__ import annotations
 
-import itertools
-import secrets
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 from ...errors import ConfigError, ConnectFailed
+from .._sandbox_common import Registry, SandboxBrokerBase
 from ..base import CloseReason
 from ._faults import Fault, FaultAction
 from ._model import DEFAULT_MAX_PAYLOAD, NatsModel
@@ -24,28 +21,21 @@ from ._views import ConnectionInfo, Op, SandboxNatsMessage, SessionInfo, Subscri
 
 __all__ = ["SandboxNatsBroker", "lookup_broker"]
 
-_registry: dict[str, SandboxNatsBroker] = {}
-_names = itertools.count(1)
+_registry: Registry[SandboxNatsBroker] = Registry(
+    "sandbox NATS broker", "nats", "SandboxNatsBroker"
+)
 
 KILL_TEXT = "connection closed by the sandbox backdoor"
 SOCKET_TEXT = "the server closed the socket"  # what the NATS driver says on EOF
-Script = Exception | None
 Match = Callable[[SandboxNatsMessage], bool]
 
 
 def lookup_broker(name: str) -> SandboxNatsBroker:
     """The registered broker called ``name``; ``ConnectFailed`` if there is none."""
-    broker = _registry.get(name)
-    if broker is None:
-        known = ", ".join(sorted(_registry)) or "none"
-        raise ConnectFailed(
-            f"no sandbox NATS broker named {name!r} (registered: {known}); create one with "
-            "hare_py.testing.SandboxNatsBroker() and connect to its .url"
-        )
-    return broker
+    return _registry.lookup(name)
 
 
-class SandboxNatsBroker:
+class SandboxNatsBroker(SandboxBrokerBase[Op, Fault, Event]):
     """An in-memory NATS server reachable at ``sandbox+nats://NAME``.
 
     It serves what nats-server 2.9 serves a core NATS client: subjects with
@@ -54,50 +44,22 @@ class SandboxNatsBroker:
     to unregister it.
     """
 
+    _registry = _registry
+    _scheme = "sandbox+nats"
+    _closed_text = "the sandbox NATS broker was closed"
+    _model: NatsModel
+
     def __init__(self, name: str | None = None, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
-        if name is None:
-            name = f"nats-{next(_names)}-{secrets.token_hex(3)}"
-        if name in _registry:
-            raise ConfigError(f"a sandbox NATS broker named {name!r} is already registered")
+        name = _registry.claim(name)
         if max_payload < 1:
             raise ConfigError(f"max_payload must be at least 1 byte, got {max_payload}")
-        self.name = name
-        self._model = NatsModel(self._route_event, max_payload)
-        self._sinks: dict[int, Callable[[Event], None]] = {}
-        self._connect_script: deque[Script] = deque()
-        self._down = False
         self._lame_duck = False
-        _registry[name] = self
-
-    def __repr__(self) -> str:
-        return f"SandboxNatsBroker({self.name!r})"
-
-    @property
-    def url(self) -> str:
-        """The URL that reaches this broker: ``sandbox+nats://NAME``."""
-        return f"sandbox+nats://{self.name}"
+        super().__init__(name, NatsModel(self._route_event, max_payload))
 
     @property
     def max_payload(self) -> int:
         """The largest message (headers and body) it takes, as its INFO would say."""
         return self._model.max_payload
-
-    def close(self) -> None:
-        """Unregister the broker and close its connections."""
-        self.kill_all_connections(text="the sandbox NATS broker was closed")
-        if _registry.get(self.name) is self:
-            del _registry[self.name]
-
-    def __enter__(self) -> SandboxNatsBroker:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- used by the backend -----------------------------------------------------
 
@@ -105,48 +67,15 @@ class SandboxNatsBroker:
     def model(self) -> NatsModel:
         return self._model
 
-    def _route_event(self, connection: int, event: Event) -> None:
-        sink = self._sinks.get(connection)
-        if sink is not None:
-            sink(event)
+    def _refusal(self) -> Exception | None:
+        if self._down:
+            return ConnectFailed(f"sandbox NATS broker {self.name!r} is down: refused")
+        if self._lame_duck:
+            return ConnectFailed(f"{self.url} is in lame duck mode")
+        return None
 
-    def accept_connection(self, name: str | None, sink: Callable[[Event], None]) -> int:
-        """Open a connection for the backend, or raise ``ConnectFailed`` (or the script's)."""
-        failure = self._connect_script.popleft() if self._connect_script else None
-        if failure is None and self._down:
-            failure = ConnectFailed(f"sandbox NATS broker {self.name!r} is down: refused")
-        if failure is None and self._lame_duck:
-            failure = ConnectFailed(f"{self.url} is in lame duck mode")
-        if failure is not None:
-            self._model.record(Op("connect", None, None, {"name": name}, failure))
-            raise failure
-        connection = self._model.open_connection(name)
-        self._sinks[connection] = sink
-        return connection
-
-    def detach(self, connection: int) -> None:
-        """Stop routing events to a connection that has gone."""
-        self._sinks.pop(connection, None)
-
-    # -- history -----------------------------------------------------------------
-
-    @property
-    def history(self) -> list[Op]:
-        """Every recorded operation, oldest first."""
-        return list(self._model.history)
-
-    def ops(self, name: str | None = None, **args: Any) -> list[Op]:
-        """Recorded operations named ``name`` whose arguments include ``args``."""
-        return [
-            op
-            for op in self._model.history
-            if (name is None or op.name == name)
-            and all(k in op.args and op.args[k] == v for k, v in args.items())
-        ]
-
-    def clear_history(self) -> None:
-        """Forget the recorded operations."""
-        self._model.history.clear()
+    def _failed_connect(self, name: str | None, failure: Exception) -> Op:
+        return Op("connect", None, None, {"name": name}, failure)
 
     # -- introspection -------------------------------------------------------------
 
@@ -194,18 +123,7 @@ class SandboxNatsBroker:
         assert delivered is not None
         return delivered
 
-    # -- scripted results ---------------------------------------------------------------
-
-    def script_connect(self, *results: Script) -> None:
-        """Queue results for the next connects: an exception to raise, or None to succeed."""
-        self._connect_script.extend(results)
-
     # -- outages, kills and stalls ----------------------------------------------------------
-
-    @property
-    def is_up(self) -> bool:
-        """False between ``down()`` and ``up()``."""
-        return not self._down
 
     @property
     def in_lame_duck_mode(self) -> bool:
@@ -304,10 +222,7 @@ class SandboxNatsBroker:
         connection: int | None,
         delay: float = 0.0,
     ) -> Fault:
-        if times is not None and times < 1:
-            raise ConfigError(f"times must be at least 1 (or None for always), got {times}")
-        fault = Fault(action, subject, match, times, delay, connection)
-        return self._model.faults.add(fault)
+        return self._add_fault(Fault(action, subject, match, times, delay, connection))
 
     def drop(
         self,
@@ -335,19 +250,5 @@ class SandboxNatsBroker:
         connection: int | None = None,
     ) -> Fault:
         """Deliver matching messages ``seconds`` late; other deliveries overtake them."""
-        if seconds < 0:
-            raise ConfigError(f"delay must not be negative, got {seconds}")
+        self._check_delay(seconds)
         return self._fault("delay", subject, match, times, connection, seconds)
-
-    @property
-    def faults(self) -> list[Fault]:
-        """The active delivery faults."""
-        return list(self._model.faults)
-
-    def clear_faults(self, faults: Iterable[Fault] | None = None) -> None:
-        """Remove the given faults, or all of them."""
-        if faults is None:
-            self._model.faults.clear()
-        else:
-            for fault in faults:
-                fault.remove()

@@ -45,7 +45,7 @@ from ..subjects import (
     check_subscribe_subject,
     subject_matches,
 )
-from ._faults import FaultSet
+from ._faults import Fault, FaultSet
 from ._state import (
     ConnectionClosed,
     ConnectionState,
@@ -96,7 +96,7 @@ class NatsModel:
         self.connections: dict[int, ConnectionState] = {}
         self.sessions: dict[int, SessionState] = {}
         self.history: list[Op] = []
-        self.faults = FaultSet()
+        self.faults: FaultSet[Fault] = FaultSet()
         self._turns: dict[str, int] = {}  # queue group -> deliveries so far
         self._connection_ids = itertools.count(1)
         self._session_ids = itertools.count(1)
