@@ -150,7 +150,12 @@ class BaseLinkSession(LinkSession, EndpointOwner):
     async def _attached(self, receiver: Receiver) -> str:
         """Wait for the peer's answer to a receiver's attach."""
         receiver.engine.wake()
-        await receiver.done.wait()
+        with anyio.move_on_after(receiver.engine.config.connect_timeout):
+            await receiver.done.wait()
+        if not receiver.done.is_set():  # a peer that neither attaches nor refuses
+            text = "the peer did not answer the receiver's attach"
+            self.closed_by(CloseReason(0, text, "network"))
+            raise ConnectionLost(f"cannot receive: {text}")
         failure = receiver.failure
         if failure is not None:
             if failure.by == "broker":
