@@ -9,8 +9,11 @@ from typing import Any, NoReturn
 
 import pytest
 import structlog
+from nats_kinds import NATS_KINDS, NatsKind
 from natsserver import NatsServer, started as nats_started
 from rabbitmq import ExternalRabbitMQ, RabbitMQNode, RabbitMQUnavailable, unavailable
+
+from hare_py.testing import SandboxNatsBroker
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -70,6 +73,31 @@ def nats_server() -> Iterator[NatsServer]:
     """The session's nats-server, with ``.url`` (nats://127.0.0.1:PORT) and ``.port``."""
     with nats_started() as server:
         yield server
+
+
+@pytest.fixture(params=NATS_KINDS)
+def nats_kind(request: pytest.FixtureRequest) -> NatsKind:
+    """Which NATS server (the sandbox or nats-server), on which anyio backend."""
+    kind: NatsKind = request.param
+    return kind
+
+
+@pytest.fixture
+def nats_sandbox(nats_kind: NatsKind) -> Iterator[SandboxNatsBroker | None]:
+    """The test's own sandbox NATS broker; None on nats-server."""
+    if nats_kind.server != "sandbox":
+        yield None
+        return
+    with SandboxNatsBroker() as broker:
+        yield broker
+
+
+@pytest.fixture
+def nats_url(nats_sandbox: SandboxNatsBroker | None, request: pytest.FixtureRequest) -> str:
+    """A fresh sandbox's URL, or the session's nats-server URL."""
+    if nats_sandbox is not None:
+        return nats_sandbox.url
+    return str(request.getfixturevalue("nats_server").url)
 
 
 @pytest.fixture(params=["asyncio", "trio-mockclock"])

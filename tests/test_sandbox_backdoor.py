@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
+from inbox import Inbox
 
 from hare_py.errors import BrokerError, ConfigError, ConnectFailed, ConnectionLost
 from hare_py.testing import SandboxBroker, SandboxMessage
@@ -17,28 +17,6 @@ from hare_py.transport.base import TransportConnection
 from hare_py.transport.sandbox import SandboxChannel, SandboxConnection
 
 pytestmark = pytest.mark.anyio
-
-
-class Inbox:
-    """Collects what a sync callback is given."""
-
-    def __init__(self) -> None:
-        self._send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
-
-    def __call__(self, *item: Any) -> None:
-        self._send.send_nowait(item[0] if len(item) == 1 else item)
-
-    async def get(self) -> Any:
-        return await self._receive.receive()
-
-    async def quiet(self, seconds: float = 0.1) -> list[Any]:
-        await anyio.sleep(seconds)
-        items = []
-        while True:
-            try:
-                items.append(self._receive.receive_nowait())
-            except anyio.WouldBlock:
-                return items
 
 
 @asynccontextmanager
@@ -363,7 +341,7 @@ async def test_cancel_consumer(broker: SandboxBroker) -> None:
             assert cancelled == tag
             assert reason.by == "broker"
             broker.publish("", "q", b"after")
-            assert await inbox.quiet() == []
+            assert await inbox.quiet(0.1) == []
             assert broker.queues["q"].messages == 1
             assert ch.is_open
         with pytest.raises(ConfigError):
@@ -528,7 +506,7 @@ async def test_fault_limited_to_a_queue(broker: SandboxBroker) -> None:
             broker.publish("", "a", b"lost")
             broker.publish("", "b", b"kept")
             assert (await b.get()).body == b"kept"
-            assert await a.quiet() == []
+            assert await a.quiet(0.1) == []
             broker.clear_faults()
             broker.publish("", "a", b"now")
             assert (await a.get()).body == b"now"
@@ -581,7 +559,7 @@ async def test_duplicate_fault(broker: SandboxBroker) -> None:
             await ch.basic_ack(second.delivery_tag)
             broker.publish("", "q", b"once")
             assert (await inbox.get()).body == b"once"
-            assert await inbox.quiet() == []
+            assert await inbox.quiet(0.1) == []
             assert ch.is_open
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -12,6 +11,7 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+from inbox import Inbox
 
 from hare_py import Connection
 from hare_py.errors import ConfigError, ConnectFailed, ConnectionLost, UnsendableMessage
@@ -27,27 +27,6 @@ from hare_py.transport.sandbox_nats import (
 pytestmark = pytest.mark.anyio
 
 TESTING_PAGE = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
-
-
-class Inbox:
-    """Collects what a sync callback is given."""
-
-    def __init__(self) -> None:
-        self._send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
-
-    def __call__(self, item: Any) -> None:
-        self._send.send_nowait(item)
-
-    async def get(self) -> Any:
-        return await self._receive.receive()
-
-    def pending(self) -> list[Any]:
-        items = []
-        while True:
-            try:
-                items.append(self._receive.receive_nowait())
-            except anyio.WouldBlock:
-                return items
 
 
 def msg(subject: str, body: bytes = b"", reply: str | None = None) -> Message:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -10,7 +9,7 @@ from typing import Any, TypeAlias
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from inbox import Inbox
 
 from hare_py.errors import HareError
 from hare_py.transport import (
@@ -27,37 +26,6 @@ __all__ = ["Amqp", "ForceClose", "Inbox", "assert_broker_closed", "drain"]
 
 # force_close(connection_name, reason): the broker closes that connection.
 ForceClose: TypeAlias = Callable[[str, str], Awaitable[None]]
-
-
-class Inbox:
-    """Collects deliveries (or returns, or cancels) from a sync callback."""
-
-    def __init__(self) -> None:
-        self._send: MemoryObjectSendStream[Any]
-        self._receive: MemoryObjectReceiveStream[Any]
-        self._send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
-
-    def __call__(self, *item: Any) -> None:
-        self._send.send_nowait(item[0] if len(item) == 1 else item)
-
-    async def get(self) -> Any:
-        return await self._receive.receive()
-
-    async def take(self, n: int) -> list[Any]:
-        return [await self.get() for _ in range(n)]
-
-    def pending(self) -> list[Any]:
-        items = []
-        while True:
-            try:
-                items.append(self._receive.receive_nowait())
-            except anyio.WouldBlock:
-                return items
-
-    async def quiet(self, seconds: float = 0.3) -> list[Any]:
-        """Whatever else arrives within ``seconds`` (expected: nothing)."""
-        await anyio.sleep(seconds)
-        return self.pending()
 
 
 class Amqp:

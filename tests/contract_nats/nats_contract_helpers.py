@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from inbox import Inbox
 
 from hare_py.transport import ConnectOptions, TransportConnection, backend_for, parse_url
 from hare_py.transport.base import Message, NatsSession, OnReturn, Properties
@@ -28,32 +27,6 @@ def message(
 ) -> Message:
     """A NATS message as the seam takes it."""
     return Message("", subject, body, Properties(headers=headers, reply_to=reply))
-
-
-class Inbox:
-    """Collects what a sync callback is given, in order."""
-
-    def __init__(self) -> None:
-        self._send: MemoryObjectSendStream[Any]
-        self._receive: MemoryObjectReceiveStream[Any]
-        self._send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
-
-    def __call__(self, item: Any) -> None:
-        self._send.send_nowait(item)
-
-    async def get(self) -> Any:
-        return await self._receive.receive()
-
-    async def take(self, n: int) -> list[Any]:
-        return [await self.get() for _ in range(n)]
-
-    def pending(self) -> list[Any]:
-        items = []
-        while True:
-            try:
-                items.append(self._receive.receive_nowait())
-            except anyio.WouldBlock:
-                return items
 
 
 class Nats:

@@ -7,13 +7,13 @@ nats-server, each on asyncio and trio.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import pytest
+from nats_kinds import NatsKind
 
 from hare_py import (
     JSON,
@@ -28,42 +28,19 @@ from hare_py import (
     Unroutable,
 )
 from hare_py.conventions import loom
-from hare_py.testing import SandboxBroker, SandboxNatsBroker
+from hare_py.testing import SandboxBroker
 
 pytestmark = pytest.mark.anyio
 
 
-@dataclass(frozen=True)
-class Where:
-    server: str
-    anyio_backend: str
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(Where("sandbox", "asyncio"), id="sandbox-asyncio"),
-        pytest.param(Where("sandbox", "trio"), id="sandbox-trio"),
-        pytest.param(Where("nats-server", "asyncio"), id="nats-asyncio", marks=pytest.mark.nats),
-        pytest.param(Where("nats-server", "trio"), id="nats-trio", marks=pytest.mark.nats),
-    ]
-)
-def where(request: pytest.FixtureRequest) -> Where:
-    value: Where = request.param
-    return value
+@pytest.fixture
+def anyio_backend(nats_kind: NatsKind) -> str:
+    return nats_kind.anyio_backend
 
 
 @pytest.fixture
-def anyio_backend(where: Where) -> str:
-    return where.anyio_backend
-
-
-@pytest.fixture
-def url(where: Where, request: pytest.FixtureRequest) -> Iterator[str]:
-    if where.server == "sandbox":
-        with SandboxNatsBroker() as broker:
-            yield broker.url
-        return
-    yield str(request.getfixturevalue("nats_server").url)
+def url(nats_url: str) -> str:
+    return nats_url
 
 
 @pytest.fixture
@@ -169,7 +146,7 @@ def test_bad_names_are_config_errors() -> None:
         loom("svc", instance_id="any")
 
 
-async def test_loom_on_an_amqp_connection_is_a_config_error(where: Where) -> None:
+async def test_loom_on_an_amqp_connection_is_a_config_error(nats_kind: NatsKind) -> None:
     """The loom convention on an AMQP 0-9-1 URL fails at start, naming both protocols."""
     with SandboxBroker() as amqp:
         with pytest.raises(ConfigError, match=r"runs on nats.*speaks amqp-0-9-1"):

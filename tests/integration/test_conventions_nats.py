@@ -11,15 +11,15 @@ import json
 import math
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import anyio
 import pytest
 from micro_schema import check
+from nats_kinds import NatsKind
 
 from hare_py import (
     JSON,
@@ -45,37 +45,14 @@ from hare_py.transport.base import Delivery, Message, NatsSession, Properties
 pytestmark = pytest.mark.anyio
 
 
-@dataclass(frozen=True)
-class Where:
-    server: str
-    anyio_backend: str
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(Where("sandbox", "asyncio"), id="sandbox-asyncio"),
-        pytest.param(Where("sandbox", "trio"), id="sandbox-trio"),
-        pytest.param(Where("nats-server", "asyncio"), id="nats-asyncio", marks=pytest.mark.nats),
-        pytest.param(Where("nats-server", "trio"), id="nats-trio", marks=pytest.mark.nats),
-    ]
-)
-def where(request: pytest.FixtureRequest) -> Where:
-    value: Where = request.param
-    return value
+@pytest.fixture
+def anyio_backend(nats_kind: NatsKind) -> str:
+    return nats_kind.anyio_backend
 
 
 @pytest.fixture
-def anyio_backend(where: Where) -> str:
-    return where.anyio_backend
-
-
-@pytest.fixture
-def url(where: Where, request: pytest.FixtureRequest) -> Iterator[str]:
-    if where.server == "sandbox":
-        with SandboxNatsBroker() as broker:
-            yield broker.url
-        return
-    yield str(request.getfixturevalue("nats_server").url)
+def url(nats_url: str) -> str:
+    return nats_url
 
 
 @pytest.fixture
@@ -523,7 +500,7 @@ def test_bad_nats_configurations_are_config_errors() -> None:
     assert server.endpoints[0].queue_group == ""
 
 
-async def test_nats_on_an_amqp_connection_is_a_config_error(where: Where) -> None:
+async def test_nats_on_an_amqp_connection_is_a_config_error(nats_kind: NatsKind) -> None:
     """The nats convention on an AMQP 0-9-1 URL fails at start, naming both protocols."""
     with SandboxBroker() as amqp:
         with pytest.raises(ConfigError, match=r"runs on nats.*speaks amqp-0-9-1"):
