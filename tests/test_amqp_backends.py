@@ -800,7 +800,7 @@ async def connect_once(url: str) -> type:
 @pytest.mark.parametrize(
     ("anyio_backend", "query", "expected"),
     [
-        ("asyncio", "", AiormqConnection),
+        ("asyncio", "", AmqpConnection),
         ("asyncio", "?backend=aiormq", AiormqConnection),
         ("asyncio", "?backend=anyio", AmqpConnection),
         ("trio", "", AmqpConnection),
@@ -810,7 +810,7 @@ async def connect_once(url: str) -> type:
 async def test_backend_param_picks_the_backend(
     rabbitmq_url: str, query: str, expected: type
 ) -> None:
-    """Without backend= asyncio gets aiormq and trio the anyio backend; backend= overrides."""
+    """Without backend= both loops get the anyio backend; backend=aiormq picks aiormq."""
     with anyio.fail_after(10):
         assert await connect_once(rabbitmq_url + query) is expected
 
