@@ -164,19 +164,24 @@ class Raw:
 
 
 class HareClient:
-    def __init__(self, url: str, convention: Any) -> None:
-        self.url, self.convention = url, convention
+    """An ``RPCClient`` started with ``start`` (its convention, codec), on any loop;
+    ``call`` takes the routing key."""
+
+    def __init__(self, url: str, **start: Any) -> None:
+        self.url, self.start = url, start
         self.stack = AsyncExitStack()
 
     async def __aenter__(self) -> HareClient:
+        import anyio
+
         import hare_py  # imported only where used: the peak RSS is each library's own
 
         runner: Any = hare_py.RPCClient.start(
-            self.url, timeout=TIMEOUT, max_in_flight=20_000, convention=self.convention
+            self.url, timeout=TIMEOUT, max_in_flight=20_000, **self.start
         )
         self.rpc: hare_py.RPCClient[Any] = await self.stack.enter_async_context(runner)
         while not self.rpc.connected:
-            await asyncio.sleep(0.01)
+            await anyio.sleep(0.01)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -186,31 +191,39 @@ class HareClient:
         return self.rpc.request(payload, routing_key=queue)
 
 
+async def serve_echo(url: str, ready: Ready, **start: Any) -> None:
+    """An ``RPCServer`` started with ``start`` that answers each request with its payload;
+    ``ready()`` once it is connected, then it serves until cancelled (on any loop)."""
+    import anyio
+
+    import hare_py
+
+    class Echo(hare_py.RPCServer[None]):
+        async def handle_request(
+            self, request: hare_py.Request, caller: hare_py.Caller, state: None
+        ) -> Any:
+            return hare_py.Reply(request.payload, state)
+
+    async with Echo.start(url, **start) as server:
+        while not server.connected:
+            await anyio.sleep(0.01)
+        ready()
+        await anyio.sleep_forever()
+
+
 class Hare(Raw):
     """hare_py on the aiormq backend (``?backend=aiormq``), client and server."""
 
     name, label, queue, concurrent = "hare", "hare_py aiormq backend", "bench.hare", True
 
     def client(self, url: str) -> Any:
-        return HareClient(_backend(url, "aiormq"), None)
+        return HareClient(_backend(url, "aiormq"), convention=None)
 
     async def serve(self, url: str, queue: str, ready: Ready) -> None:
         await self._serve(_backend(url, "aiormq"), queue, ready)
 
     async def _serve(self, url: str, queue: str, ready: Ready) -> None:
-        import hare_py
-
-        class Echo(hare_py.RPCServer[None]):
-            async def handle_request(
-                self, request: hare_py.Request, caller: hare_py.Caller, state: None
-            ) -> Any:
-                return hare_py.Reply(request.payload, state)
-
-        async with Echo.start(url, queue=queue, prefetch=PREFETCH, auto_delete=True) as server:
-            while not server.connected:
-                await asyncio.sleep(0.01)
-            ready()
-            await asyncio.Event().wait()
+        await serve_echo(url, ready, queue=queue, prefetch=PREFETCH, auto_delete=True)
 
 
 class HareDirect(Hare):
@@ -221,7 +234,7 @@ class HareDirect(Hare):
     def client(self, url: str) -> Any:
         from hare_py.conventions import direct_reply_to
 
-        return HareClient(_backend(url, "aiormq"), direct_reply_to())
+        return HareClient(_backend(url, "aiormq"), convention=direct_reply_to())
 
 
 class HareAnyio(Hare):
@@ -230,7 +243,7 @@ class HareAnyio(Hare):
     name, label, queue = "hare_anyio", "hare_py anyio backend", "bench.hare_anyio"
 
     def client(self, url: str) -> Any:
-        return HareClient(_backend(url, "anyio"), None)
+        return HareClient(_backend(url, "anyio"), convention=None)
 
     async def serve(self, url: str, queue: str, ready: Ready) -> None:
         await self._serve(_backend(url, "anyio"), queue, ready)
@@ -417,38 +430,6 @@ class NatsPy:
             await nc.close()
 
 
-class HareNatsClient:
-    """An ``RPCClient`` on the loom convention (JSON payloads), on anyio."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.stack = AsyncExitStack()
-
-    async def __aenter__(self) -> HareNatsClient:
-        import anyio
-
-        import hare_py
-        from hare_py.conventions import loom
-
-        runner: Any = hare_py.RPCClient.start(
-            self.url,
-            timeout=TIMEOUT,
-            max_in_flight=20_000,
-            codec=hare_py.JSON,
-            convention=loom(SERVICE),
-        )
-        self.rpc: hare_py.RPCClient[Any] = await self.stack.enter_async_context(runner)
-        while not self.rpc.connected:
-            await anyio.sleep(0.01)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stack.aclose()
-
-    def call(self, routing_key: str, payload: Any) -> Awaitable[Any]:
-        return self.rpc.request(payload, routing_key)
-
-
 class HareNats:
     """hare_py's NATS transport: an ``RPCServer`` on the loom convention echoes."""
 
@@ -476,31 +457,23 @@ class HareNats:
         return json.dumps({"ok": True, "payload": payload, "error": ""}).encode()
 
     def client(self, url: str) -> Any:
-        return HareNatsClient(url)
-
-    async def serve(self, url: str, queue: str, ready: Ready) -> None:
-        import anyio
-
         import hare_py
         from hare_py.conventions import loom
 
-        class Echo(hare_py.RPCServer[None]):
-            async def handle_request(
-                self, request: hare_py.Request, caller: hare_py.Caller, state: None
-            ) -> Any:
-                return hare_py.Reply(request.payload, state)
+        return HareClient(url, codec=hare_py.JSON, convention=loom(SERVICE))
 
-        async with Echo.start(
+    async def serve(self, url: str, queue: str, ready: Ready) -> None:
+        import hare_py
+        from hare_py.conventions import loom
+
+        await serve_echo(
             url,
+            ready,
             codec=hare_py.JSON,
             convention=loom(SERVICE, instance_id=INSTANCE),
             routing_keys=[queue.partition(".")[2]],
             prefetch=PREFETCH,
-        ) as server:
-            while not server.connected:
-                await anyio.sleep(0.01)
-            ready()
-            await anyio.sleep_forever()
+        )
 
 
 class HareNatsTrio(HareNats):
@@ -508,24 +481,6 @@ class HareNatsTrio(HareNats):
 
     name, label = "hare_nats_trio", "hare_py on NATS, trio"
     loop = "trio"
-
-
-class HareNatsPlainClient(HareNatsClient):
-    """An ``RPCClient`` on the plain ``nats()`` convention: bytes, no envelope."""
-
-    async def __aenter__(self) -> HareNatsClient:
-        import anyio
-
-        import hare_py
-        from hare_py.conventions import nats
-
-        runner: Any = hare_py.RPCClient.start(
-            self.url, timeout=TIMEOUT, max_in_flight=20_000, convention=nats()
-        )
-        self.rpc = await self.stack.enter_async_context(runner)
-        while not self.rpc.connected:
-            await anyio.sleep(0.01)
-        return self
 
 
 class HareNatsPlain(NatsPy):
@@ -536,27 +491,14 @@ class HareNatsPlain(NatsPy):
     hold_subject = hold_target = "bench.hold.hare_nats_plain"
 
     def client(self, url: str) -> Any:
-        return HareNatsPlainClient(url)
-
-    async def serve(self, url: str, queue: str, ready: Ready) -> None:
-        import anyio
-
-        import hare_py
         from hare_py.conventions import nats
 
-        class Echo(hare_py.RPCServer[None]):
-            async def handle_request(
-                self, request: hare_py.Request, caller: hare_py.Caller, state: None
-            ) -> Any:
-                return hare_py.Reply(request.payload, state)
+        return HareClient(url, convention=nats())
 
-        async with Echo.start(
-            url, convention=nats(SERVICE), queue=queue, prefetch=PREFETCH
-        ) as server:
-            while not server.connected:
-                await anyio.sleep(0.01)
-            ready()
-            await anyio.sleep_forever()
+    async def serve(self, url: str, queue: str, ready: Ready) -> None:
+        from hare_py.conventions import nats
+
+        await serve_echo(url, ready, convention=nats(SERVICE), queue=queue, prefetch=PREFETCH)
 
 
 NATS_BASELINE = "natspy"

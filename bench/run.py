@@ -420,22 +420,7 @@ def write(
         "",
         *[f"![{p.stem}]({p.name})" for p in pngs],
     ]
-    for name, profile_md in profiles:
-        if profile_md:
-            md += ["", f"## Profile of the {find_contender(name).label} client", "", profile_md]
-    (out / "results.md").write_text("\n".join(md) + "\n")
-    serialisable = {
-        "settings": {k: str(v) for k, v in vars(settings).items()},
-        "load": [
-            {"contender": n, "concurrency": c.concurrency, "size": c.size, "rounds": runs}
-            for (n, c), runs in results.load.items()
-        ],
-        "hold": results.hold,
-        "targets": [{"target": t, "met": ok, "measured": d} for t, ok, d in rows],
-    }
-    (out / "results.json").write_text(json.dumps(serialisable, indent=1))
-    print("\n".join(md[6:]), flush=True)
-    print(f"\nwritten: {out / 'results.md'}, {', '.join(str(p) for p in pngs)}", flush=True)
+    _write_files(out / "results", md, results, settings, rows, pngs, profiles, shown_from=6)
 
 
 def write_nats(
@@ -476,13 +461,30 @@ def write_nats(
         "",
         *[f"![{p.stem}]({p.name})" for p in pngs],
     ]
+    extra = {"baseline": results.baseline}
+    _write_files(out / "nats", md, results, settings, rows, pngs, profiles, 4, extra)
+
+
+def _write_files(
+    stem: Path,
+    md: list[str],
+    results: Results,
+    settings: Settings,
+    rows: Sequence[tuple[str, bool, str]],
+    pngs: Sequence[Path],
+    profiles: Sequence[tuple[str, str | None]],
+    shown_from: int,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """STEM.md (``md`` and the profiles) and STEM.json (``extra`` after the settings);
+    prints ``md`` from line ``shown_from`` on."""
     for name, profile_md in profiles:
         if profile_md:
             md += ["", f"## Profile of the {find_contender(name).label} client", "", profile_md]
-    (out / "nats.md").write_text("\n".join(md) + "\n")
+    stem.with_suffix(".md").write_text("\n".join(md) + "\n")
     serialisable = {
         "settings": {k: str(v) for k, v in vars(settings).items()},
-        "baseline": results.baseline,
+        **(extra or {}),
         "load": [
             {"contender": n, "concurrency": c.concurrency, "size": c.size, "rounds": runs}
             for (n, c), runs in results.load.items()
@@ -490,9 +492,10 @@ def write_nats(
         "hold": results.hold,
         "targets": [{"target": t, "met": ok, "measured": d} for t, ok, d in rows],
     }
-    (out / "nats.json").write_text(json.dumps(serialisable, indent=1))
-    print("\n".join(md[4:]), flush=True)
-    print(f"\nwritten: {out / 'nats.md'}, {', '.join(str(p) for p in pngs)}", flush=True)
+    stem.with_suffix(".json").write_text(json.dumps(serialisable, indent=1))
+    print("\n".join(md[shown_from:]), flush=True)
+    written = ", ".join(str(p) for p in pngs)
+    print(f"\nwritten: {stem.with_suffix('.md')}, {written}", flush=True)
 
 
 def parse(argv: Sequence[str] | None = None) -> Settings:

@@ -24,6 +24,7 @@ import threading
 import time
 import tracemalloc
 from array import array
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiormq
@@ -53,63 +54,85 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class _Callers:
+    """The closed-loop callers of one load job and what they measured.
+
+    Each caller calls again as soon as its reply is in; only the calls that
+    end inside the measured window count (``measure``), but ``served`` counts
+    every answered call, warm-up and drain too: what the server did.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        queue: str,
+        payload: Any,
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self._client, self._queue, self._payload, self._sleep = client, queue, payload, sleep
+        self.latencies: array[float] = array("d")
+        self.measuring = False
+        self.stop = False
+        self.errors: list[str] = []
+        self.served = 0
+        self._elapsed = self._cpu = 0.0
+
+    async def caller(self) -> None:
+        clock = time.perf_counter
+        while not self.stop:
+            began = clock()
+            try:
+                result = await self._client.call(self._queue, self._payload)
+            except Exception as exc:
+                self.errors.append(repr(exc))
+                await self._sleep(0.01)  # a broken client must not spin
+                continue
+            self.served += 1
+            if self.measuring:
+                self.latencies.append(clock() - began)
+                if result != self._payload:
+                    self.errors.append(f"wrong reply: {result!r:.60}")
+
+    async def measure(self, warmup: float, duration: float) -> None:
+        """Warm up, then measure for ``duration`` seconds; the callers stop after it."""
+        await self._sleep(warmup)
+        self.errors.clear()
+        self.measuring = True
+        started, cpu0 = time.perf_counter(), time.process_time()
+        await self._sleep(duration)
+        self.measuring = False
+        self._elapsed, self._cpu = time.perf_counter() - started, time.process_time() - cpu0
+        self.stop = True
+
+    def figures(self) -> dict[str, Any]:
+        calls, elapsed, cpu, errors = len(self.latencies), self._elapsed, self._cpu, self.errors
+        ordered = array("d", sorted(self.latencies))
+        return {
+            "calls": calls,
+            "served": self.served,
+            "seconds": elapsed,
+            "calls_per_s": calls / elapsed,
+            "p50_ms": quantile(ordered, 0.5) * 1e3,
+            "p99_ms": quantile(ordered, 0.99) * 1e3,
+            "p999_ms": quantile(ordered, 0.999) * 1e3,
+            "cpu_s_per_10k": cpu / calls * 10_000 if calls else math.nan,
+            "peak_rss_mib": peak_rss() / 2**20,
+            "errors": len(errors),
+            "first_error": errors[0] if errors else None,
+            "quantiles": [[q, quantile(ordered, q) * 1e3] for q in QUANTILES],
+        }
+
+
 async def load(job: dict[str, Any]) -> dict[str, Any]:
     contender = CONTENDERS[job["contender"]]
-    queue, concurrency = job["queue"], int(job["concurrency"])
     payload = contender.payload(int(job["size"]))
-    latencies: array[float] = array("d")
-    measuring = False
-    stop = False
-    errors: list[str] = []
-    served = 0  # every answered call, warm-up and drain too: what the server did
-
     async with contender.client(job["url"]) as client:
-
-        async def caller() -> None:
-            nonlocal served
-            clock = time.perf_counter
-            while not stop:
-                began = clock()
-                try:
-                    result = await client.call(queue, payload)
-                except Exception as exc:
-                    errors.append(repr(exc))
-                    await asyncio.sleep(0.01)  # a broken client must not spin
-                    continue
-                served += 1
-                if measuring:
-                    latencies.append(clock() - began)
-                    if result != payload:
-                        errors.append(f"wrong reply: {result!r:.60}")
-
-        tasks = [asyncio.create_task(caller()) for _ in range(concurrency)]
-        await asyncio.sleep(float(job["warmup"]))
-        errors.clear()
-        measuring = True
-        started, cpu0 = time.perf_counter(), time.process_time()
-        await asyncio.sleep(float(job["duration"]))
-        measuring = False
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu0
-        stop = True
+        callers = _Callers(client, job["queue"], payload, asyncio.sleep)
+        tasks = [asyncio.create_task(callers.caller()) for _ in range(int(job["concurrency"]))]
+        await callers.measure(float(job["warmup"]), float(job["duration"]))
         # Calls still in flight finish uncounted; FastStream's are queued on its lock.
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
-
-    calls = len(latencies)
-    ordered = array("d", sorted(latencies))
-    return {
-        "calls": calls,
-        "served": served,
-        "seconds": elapsed,
-        "calls_per_s": calls / elapsed,
-        "p50_ms": quantile(ordered, 0.5) * 1e3,
-        "p99_ms": quantile(ordered, 0.99) * 1e3,
-        "p999_ms": quantile(ordered, 0.999) * 1e3,
-        "cpu_s_per_10k": cpu / calls * 10_000 if calls else math.nan,
-        "peak_rss_mib": peak_rss() / 2**20,
-        "errors": len(errors),
-        "first_error": errors[0] if errors else None,
-        "quantiles": [[q, quantile(ordered, q) * 1e3] for q in QUANTILES],
-    }
+    return callers.figures()
 
 
 async def _held(
@@ -236,62 +259,16 @@ async def load_nats(job: dict[str, Any]) -> dict[str, Any]:
     import anyio
 
     contender = NATS_CONTENDERS[job["contender"]]
-    queue, concurrency = job["queue"], int(job["concurrency"])
     payload = contender.payload(int(job["size"]))
-    latencies: array[float] = array("d")
-    measuring = False
-    stop = False
-    errors: list[str] = []
-    served = 0
-
+    warmup, duration = float(job["warmup"]), float(job["duration"])
     async with contender.client(job["url"]) as client:
-
-        async def caller() -> None:
-            nonlocal served
-            clock = time.perf_counter
-            while not stop:
-                began = clock()
-                try:
-                    result = await client.call(queue, payload)
-                except Exception as exc:
-                    errors.append(repr(exc))
-                    await anyio.sleep(0.01)  # a broken client must not spin
-                    continue
-                served += 1
-                if measuring:
-                    latencies.append(clock() - began)
-                    if result != payload:
-                        errors.append(f"wrong reply: {result!r:.60}")
-
-        with anyio.fail_after(float(job["warmup"]) + float(job["duration"]) + 300):
+        callers = _Callers(client, job["queue"], payload, anyio.sleep)
+        with anyio.fail_after(warmup + duration + 300):
             async with anyio.create_task_group() as tg:
-                for _ in range(concurrency):
-                    tg.start_soon(caller)
-                await anyio.sleep(float(job["warmup"]))
-                errors.clear()
-                measuring = True
-                started, cpu0 = time.perf_counter(), time.process_time()
-                await anyio.sleep(float(job["duration"]))
-                measuring = False
-                elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu0
-                stop = True  # calls in flight finish uncounted
-
-    calls = len(latencies)
-    ordered = array("d", sorted(latencies))
-    return {
-        "calls": calls,
-        "served": served,
-        "seconds": elapsed,
-        "calls_per_s": calls / elapsed,
-        "p50_ms": quantile(ordered, 0.5) * 1e3,
-        "p99_ms": quantile(ordered, 0.99) * 1e3,
-        "p999_ms": quantile(ordered, 0.999) * 1e3,
-        "cpu_s_per_10k": cpu / calls * 10_000 if calls else math.nan,
-        "peak_rss_mib": peak_rss() / 2**20,
-        "errors": len(errors),
-        "first_error": errors[0] if errors else None,
-        "quantiles": [[q, quantile(ordered, q) * 1e3] for q in QUANTILES],
-    }
+                for _ in range(int(job["concurrency"])):
+                    tg.start_soon(callers.caller)
+                await callers.measure(warmup, duration)  # calls in flight finish uncounted
+    return callers.figures()
 
 
 class NatsAdmin:
