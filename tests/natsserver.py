@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from processes import spawn
 from rabbitmq import unavailable
 
 __all__ = ["NatsServer", "NatsServerUnavailable", "find_nats_server", "started"]
@@ -119,15 +120,7 @@ class NatsServer:
         command += ["-l", str(d / "server.log"), *self.args]
         atexit.register(self.stop)
         try:
-            with open(d / "server.out", "wb") as out:
-                self._process = subprocess.Popen(
-                    command,
-                    cwd=d,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            self._process = spawn(command, d)
             self._wait_until_ready(began + self.start_timeout)
         except BaseException:
             self.stop()

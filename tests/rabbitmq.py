@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from processes import free_port, spawn
 
 __all__ = [
     "ExternalRabbitMQ",
@@ -95,12 +96,6 @@ def find_rabbitmq_server() -> tuple[Path, Path]:
         "rabbitmq-server is not installed (run .ci/install-rabbitmq.sh, or set "
         "HARE_TEST_AMQP_URL to use a running broker)"
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _speaks_amqp(port: int, timeout: float = 1.0) -> bool:
@@ -166,23 +161,14 @@ class RabbitMQNode:
             return
         began = time.monotonic()
         self.directory = Path(tempfile.mkdtemp(prefix="hare-rabbitmq-"))
-        self.amqp_port, self.dist_port, self.epmd_port = _free_port(), _free_port(), _free_port()
+        self.amqp_port, self.dist_port, self.epmd_port = free_port(), free_port(), free_port()
         self._env = self._environment()
         self._write_files()
         self._write_certificates()
         atexit.register(self.stop)
         try:
-            with open(self.directory / "server.out", "wb") as out:
-                # A session of its own, so that stop() can signal the whole tree.
-                self._process = subprocess.Popen(
-                    [str(self.server_script)],
-                    cwd=self.directory,
-                    env=self._env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            # A session of its own, so that stop() can signal the whole tree.
+            self._process = spawn([str(self.server_script)], self.directory, self._env)
             self._wait_for_amqp(began + self.start_timeout)
         except BaseException:
             self.stop()
@@ -256,7 +242,7 @@ class RabbitMQNode:
             run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
                 "-extfile", f"{name}.ext")  # fmt: skip
-        self.tls_port = _free_port()
+        self.tls_port = free_port()
         self.ca_file = str(d / "ca.pem")
         self.client_cert, self.client_key = str(d / "client.pem"), str(d / "client.key")
         with open(self.directory / "rabbitmq.conf", "a") as conf:

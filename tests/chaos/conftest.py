@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import select
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -12,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import start_ready, stop_ready
 from rabbitmq import with_amqp_backend
 
 HERE = Path(__file__).resolve().parent
@@ -54,31 +52,11 @@ def rabbitmq(rabbitmq: Any, chaos_kind: tuple[str, str | None]) -> Any:
 def echo_queue(rabbitmq: Any) -> Iterator[str]:
     """The queue of an echo RPCServer running in a separate process."""
     queue = f"chaos.echo.{uuid.uuid4().hex[:8]}"
-    process = subprocess.Popen(
-        [sys.executable, str(HERE / "echo_server.py"), rabbitmq.url, queue],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process = start_ready([sys.executable, str(HERE / "echo_server.py"), rabbitmq.url, queue])
     try:
-        assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], 30.0)
-        line = process.stdout.readline() if ready else ""
-        if line.strip() != "ready":
-            process.kill()
-            _, err = process.communicate(timeout=10)
-            pytest.fail(f"echo server did not start: {line!r}\n{err[-2000:]}")
         yield queue
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_ready(process)
 
 
 _report: list[dict[str, Any]] = []

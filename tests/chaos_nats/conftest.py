@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -24,16 +22,10 @@ from typing import Any
 
 import pytest
 from natsserver import NatsServer, NatsServerUnavailable
+from processes import free_port, start_ready, stop_ready
 from rabbitmq import unavailable
 
 HERE = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for a server restarted on the same port)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Node:
@@ -139,32 +131,12 @@ def echo_server() -> Iterator[Callable[[Sequence[str], str, str], None]]:
     processes: list[subprocess.Popen[str]] = []
 
     def start(urls: Sequence[str], service: str, instance: str) -> None:
-        process = subprocess.Popen(
-            [sys.executable, str(HERE / "echo_server.py"), ",".join(urls), service, instance],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        processes.append(process)
-        assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], 30.0)
-        line = process.stdout.readline() if ready else ""
-        if line.strip() != "ready":
-            process.kill()
-            _, err = process.communicate(timeout=10)
-            pytest.fail(f"echo server did not start: {line!r}\n{err[-2000:]}")
+        script = [sys.executable, str(HERE / "echo_server.py"), ",".join(urls)]
+        processes.append(start_ready([*script, service, instance]))
 
     yield start
     for process in processes:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_ready(process)
 
 
 # --- the report: the same rows, and the same place, as tests/chaos -----------------

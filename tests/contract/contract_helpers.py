@@ -8,7 +8,8 @@ from contextlib import suppress
 from typing import Any, TypeAlias
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskGroup
+from held_connections import HeldConnections
 from inbox import Inbox
 
 from hare_py.errors import HareError
@@ -18,7 +19,6 @@ from hare_py.transport import (
     Delivery,
     TransportConnection,
     backend_for,
-    parse_url,
 )
 from hare_py.transport.base import CloseReason
 
@@ -28,13 +28,11 @@ __all__ = ["Amqp", "ForceClose", "Inbox", "assert_broker_closed", "drain"]
 ForceClose: TypeAlias = Callable[[str, str], Awaitable[None]]
 
 
-class Amqp:
+class Amqp(HeldConnections):
     """Connections and names for one test; cleans up after it."""
 
     def __init__(self, url: str, tg: TaskGroup) -> None:
-        self.url = parse_url(url)
-        self._tg = tg
-        self._stop = anyio.Event()
+        super().__init__(url, tg)
         self._queues: list[str] = []
         self._exchanges: list[str] = []
 
@@ -47,23 +45,6 @@ class Amqp:
         name = f"hare-contract-{label}-{uuid.uuid4().hex[:12]}"
         self._exchanges.append(name)
         return name
-
-    async def connect(self, name: str | None = None) -> TransportConnection:
-        """A connection that stays open until the test ends (unless closed before)."""
-        conn: TransportConnection = await self._tg.start(self._hold, name)
-        return conn
-
-    async def _hold(self, name: str | None, *, task_status: TaskStatus[Any]) -> None:
-        # Each connection lives in its own task, so that its task group never
-        # straddles the test's cancel scopes (fail_after).
-        backend = backend_for(self.url)
-        async with backend.connect(self.url, ConnectOptions(name=name)) as conn:
-            task_status.started(conn)
-            await self._stop.wait()
-
-    def close_all(self) -> None:
-        """Let every connection's ``async with`` block end."""
-        self._stop.set()
 
     async def channel(
         self,

@@ -1,0 +1,76 @@
+"""Processes the tests start: brokers in a session of their own, and helper scripts
+that say ``ready``.
+
+``spawn`` starts a server (nats-server, RabbitMQ) with its console output in
+``server.out`` of its directory and in a session of its own, so that its
+owner can signal the whole tree; ``start_ready`` and ``stop_ready`` start and
+stop a Python script (the chaos echo servers) that prints ``ready`` once it
+serves.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+__all__ = ["free_port", "spawn", "start_ready", "stop_ready"]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn(
+    command: Sequence[str], directory: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a server in ``directory``, its output in ``server.out``, in a new session."""
+    with open(directory / "server.out", "wb") as out:
+        return subprocess.Popen(
+            list(command),
+            cwd=directory,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def start_ready(command: Sequence[str], timeout: float = 30.0) -> subprocess.Popen[str]:
+    """Start a script and wait until it prints ``ready``; the test fails if it does not."""
+    process = subprocess.Popen(
+        list(command),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    line = process.stdout.readline() if ready else ""
+    if line.strip() != "ready":
+        process.kill()
+        _, err = process.communicate(timeout=10)
+        pytest.fail(f"echo server did not start: {line!r}\n{err[-2000:]}")
+    return process
+
+
+def stop_ready(process: subprocess.Popen[str]) -> None:
+    """SIGTERM a script started by ``start_ready`` (SIGKILL after 10 s)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
