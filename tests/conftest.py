@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
+import chaos_report
 import pytest
 import structlog
 from nats_kinds import NATS_KINDS, NatsKind
@@ -126,6 +127,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    chaos_report.write(terminalreporter)
     counts = _real_broker
     if any(counts.values()):
         terminalreporter.write_line(

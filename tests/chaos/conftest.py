@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import chaos_report
 import pytest
 from processes import start_ready, stop_ready
 from rabbitmq import with_amqp_backend
@@ -59,9 +60,6 @@ def echo_queue(rabbitmq: Any) -> Iterator[str]:
         stop_ready(process)
 
 
-_report: list[dict[str, Any]] = []
-
-
 @pytest.fixture
 def report(chaos_kind: tuple[str, str | None]) -> Any:
     """Record a fault's figures; they are printed at the end of the run."""
@@ -69,14 +67,6 @@ def report(chaos_kind: tuple[str, str | None]) -> Any:
     backend = f"{amqp or ('aiormq' if loop == 'asyncio' else 'anyio')}/{loop}"
 
     def add(row: dict[str, Any]) -> None:
-        _report.append({"backend": backend, **row})
+        chaos_report.ROWS.append({"backend": backend, **row})
 
     return add
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _report:
-        return
-    terminalreporter.section("chaos: recovery figures")
-    for row in _report:
-        terminalreporter.write_line(" ".join(f"{k}={v}" for k, v in row.items()))

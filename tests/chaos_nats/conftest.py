@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import chaos_report
 import pytest
 from natsserver import NatsServer, NatsServerUnavailable
 from processes import free_port, start_ready, stop_ready
@@ -139,16 +140,7 @@ def echo_server() -> Iterator[Callable[[Sequence[str], str, str], None]]:
         stop_ready(process)
 
 
-# --- the report: the same rows, and the same place, as tests/chaos -----------------
-
-_report: list[dict[str, Any]] = []
-
-
-def _rows() -> list[dict[str, Any]]:
-    """tests/chaos's list of rows when that suite runs too (one table), else ours."""
-    amqp = sys.modules.get("chaos.conftest")
-    rows = getattr(amqp, "_report", None)
-    return rows if isinstance(rows, list) else _report
+# --- the report: the same rows, and the same table, as tests/chaos ----------------
 
 
 @pytest.fixture
@@ -156,14 +148,6 @@ def report(anyio_backend: str) -> Any:
     """Record a fault's figures; they are printed at the end of the run."""
 
     def add(row: dict[str, Any]) -> None:
-        _rows().append({"backend": f"nats/{anyio_backend}", **row})
+        chaos_report.ROWS.append({"backend": f"nats/{anyio_backend}", **row})
 
     return add
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _report:
-        return
-    terminalreporter.section("chaos: recovery figures")
-    for row in _report:
-        terminalreporter.write_line(" ".join(f"{k}={v}" for k, v in row.items()))
