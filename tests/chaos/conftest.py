@@ -64,7 +64,7 @@ def echo_queue(rabbitmq: Any) -> Iterator[str]:
 def report(chaos_kind: tuple[str, str | None]) -> Any:
     """Record a fault's figures; they are printed at the end of the run."""
     loop, amqp = chaos_kind
-    backend = f"{amqp or ('aiormq' if loop == 'asyncio' else 'anyio')}/{loop}"
+    backend = f"{amqp or 'anyio'}/{loop}"  # the anyio backend is the default on both
 
     def add(row: dict[str, Any]) -> None:
         chaos_report.ROWS.append({"backend": backend, **row})
