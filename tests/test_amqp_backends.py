@@ -29,6 +29,7 @@ import anyio.lowlevel
 import pytest
 import structlog
 from chaos.proxy import FaultProxy
+from inbox import Inbox
 from rabbitmq import (
     ExternalRabbitMQ,
     RabbitMQError,
@@ -113,12 +114,11 @@ def unique(prefix: str) -> str:
     return f"hare-test.{prefix}.{secrets.token_hex(4)}"
 
 
-async def consume_into(
-    channel: Channel, queue: str, **kwargs: Any
-) -> tuple[str, anyio.abc.ObjectReceiveStream[Delivery]]:
-    send, receive = anyio.create_memory_object_stream[Delivery](100)
-    tag = await channel.basic_consume(queue, send.send_nowait, **kwargs)
-    return tag, receive
+async def consume_into(channel: Channel, queue: str, **kwargs: Any) -> tuple[str, Inbox]:
+    """Consume ``queue`` into an inbox: (consumer tag, inbox)."""
+    inbox = Inbox()
+    tag = await channel.basic_consume(queue, inbox, **kwargs)
+    return tag, inbox
 
 
 @asynccontextmanager
@@ -143,7 +143,7 @@ async def test_connect_publish_consume_close(amqp: AmqpCombo, rabbitmq_url: str)
             assert queue.name.startswith("amq.gen-")
             _, deliveries = await consume_into(channel, queue.name, no_ack=True)
             await channel.basic_publish(b"hello", routing_key=queue.name)
-            delivery = await deliveries.receive()
+            delivery = await deliveries.get()
             assert (delivery.body, delivery.routing_key, delivery.exchange) == (
                 b"hello",
                 queue.name,
@@ -396,7 +396,7 @@ async def test_unroutable_mandatory_message_is_returned(amqp: AmqpCombo, rabbitm
     """A mandatory message that matches no queue reaches on_return with 312 NO_ROUTE."""
     send, receive = anyio.create_memory_object_stream[ReturnedMessage](10)
     key = unique("nobody")
-    with anyio.fail_after(10):
+    with send, receive, anyio.fail_after(10):
         async with amqp.connect(rabbitmq_url) as conn:
             channel = await conn.open_channel(on_return=send.send_nowait)
             props = Properties(correlation_id="c-1", headers={"h": "v"})
@@ -475,7 +475,7 @@ async def test_all_basic_properties_round_trip(amqp: AmqpCombo, rabbitmq_url: st
             queue = await channel.queue_declare("", exclusive=True)
             _, deliveries = await consume_into(channel, queue.name)
             await channel.basic_publish(b"{}", routing_key=queue.name, properties=props)
-            delivery = await deliveries.receive()
+            delivery = await deliveries.get()
             await channel.basic_ack(delivery.delivery_tag)
     assert delivery.properties == props
     assert type(delivery.properties.headers) is dict
@@ -491,15 +491,15 @@ async def test_ack_nack_reject_and_qos(amqp: AmqpCombo, rabbitmq_url: str) -> No
             for body in (b"a", b"b"):
                 await channel.basic_publish(body, routing_key=queue.name)
             _, deliveries = await consume_into(channel, queue.name)
-            first = await deliveries.receive()
+            first = await deliveries.get()
             with anyio.move_on_after(0.3):
-                await deliveries.receive()
+                await deliveries.get()
                 pytest.fail("prefetch 1 let a second unacked delivery through")
             await channel.basic_nack(first.delivery_tag, requeue=True)
-            again = await deliveries.receive()
+            again = await deliveries.get()
             assert (again.body, again.redelivered) == (first.body, True)
             await channel.basic_reject(again.delivery_tag, requeue=False)
-            second = await deliveries.receive()
+            second = await deliveries.get()
             await channel.basic_ack(second.delivery_tag)
             assert {first.body, second.body} == {b"a", b"b"}
             assert await channel.queue_purge(queue.name) == 0
@@ -538,20 +538,24 @@ async def test_cancelled_consumer_gets_nothing_more(amqp: AmqpCombo, rabbitmq_ur
     """After basic_cancel no delivery reaches the callback and on_cancel is not called."""
     cancels: list[str] = []
     with anyio.fail_after(10):
-        async with amqp.connect(rabbitmq_url) as conn:
-            channel = await conn.open_channel()
-            queue = await channel.queue_declare("", exclusive=True)
-            send, receive = anyio.create_memory_object_stream[Delivery](10)
-            tag = await channel.basic_consume(
-                queue.name, send.send_nowait, no_ack=True, on_cancel=lambda t, _: cancels.append(t)
-            )
-            await channel.basic_cancel(tag)
-            await channel.basic_publish(b"x", routing_key=queue.name)
-            assert await channel.queue_declare(queue.name, passive=True) is not None
-            await anyio.sleep(0.2)
-            assert receive.statistics().current_buffer_used == 0
-            assert cancels == []
-            assert await channel.queue_delete(queue.name) == 1
+        send, receive = anyio.create_memory_object_stream[Delivery](10)
+        with send, receive:
+            async with amqp.connect(rabbitmq_url) as conn:
+                channel = await conn.open_channel()
+                queue = await channel.queue_declare("", exclusive=True)
+                tag = await channel.basic_consume(
+                    queue.name,
+                    send.send_nowait,
+                    no_ack=True,
+                    on_cancel=lambda t, _: cancels.append(t),
+                )
+                await channel.basic_cancel(tag)
+                await channel.basic_publish(b"x", routing_key=queue.name)
+                assert await channel.queue_declare(queue.name, passive=True) is not None
+                await anyio.sleep(0.2)
+                assert receive.statistics().current_buffer_used == 0
+                assert cancels == []
+                assert await channel.queue_delete(queue.name) == 1
 
 
 async def test_exchange_bindings_route_by_type(amqp: AmqpCombo, rabbitmq_url: str) -> None:
@@ -565,7 +569,7 @@ async def test_exchange_bindings_route_by_type(amqp: AmqpCombo, rabbitmq_url: st
             await channel.queue_bind(queue.name, topic, "rpc.*.call")
             _, deliveries = await consume_into(channel, queue.name, no_ack=True)
             await channel.basic_publish(b"1", exchange=topic, routing_key="rpc.svc.call")
-            assert (await deliveries.receive()).routing_key == "rpc.svc.call"
+            assert (await deliveries.get()).routing_key == "rpc.svc.call"
             await channel.queue_unbind(queue.name, topic, "rpc.*.call")
             returns: list[ReturnedMessage] = []
             other = await conn.open_channel(on_return=returns.append, publisher_confirms=True)
@@ -579,7 +583,7 @@ async def test_exchange_bindings_route_by_type(amqp: AmqpCombo, rabbitmq_url: st
             await channel.basic_publish(
                 b"3", exchange=headers, properties=Properties(headers={"svc": "a"})
             )
-            assert (await deliveries.receive()).body == b"3"
+            assert (await deliveries.get()).body == b"3"
             for exchange in (topic, headers):
                 await channel.exchange_delete(exchange)
 
@@ -932,7 +936,7 @@ async def test_bodies_of_every_size_round_trip(
             for i, body in enumerate(bodies):
                 props = Properties(correlation_id=str(i), headers={"size": len(body)})
                 await channel.basic_publish(body, routing_key=queue.name, properties=props)
-            got = [await deliveries.receive() for _ in bodies]
+            got = [await deliveries.get() for _ in bodies]
     assert [len(d.body) for d in got] == sizes
     assert [d.body for d in got] == bodies
     assert [d.properties.correlation_id for d in got] == [str(i) for i in range(len(sizes))]

@@ -121,7 +121,9 @@ class Actor(Generic[S]):
 
     def __init__(self, *, name: str | None = None) -> None:
         self.name = name or type(self).__name__
-        self._open_mailbox()
+        # Opened by the first incarnation (_run), so that an actor never started,
+        # or whose constructor fails, leaves no stream to close.
+        self._mailbox_open = False
         self._state: Any = None
         # "new" -> "running" <-> "restarting" -> "stopped" (for good, with _stop_reason)
         self._status = "new"

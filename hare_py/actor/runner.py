@@ -97,6 +97,10 @@ class ActorRunner(Generic[A]):
                 await stack.enter_async_context(self.supervisor)
             except InitRefused as exc:
                 raise ClientStopped(exc.reason, f"{self.actor.name}: {exc}") from None
+            except BaseException as exc:
+                # init crashed (or the start was cancelled): no incarnation follows.
+                self.actor._finish_for_good(exc)
+                raise
             self._stack = stack.pop_all()
         return self.actor
 

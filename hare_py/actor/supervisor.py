@@ -37,6 +37,7 @@ from typing import Any, Literal, Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._log import get_logger
 from ..errors import ConfigError, RestartIntensityExceeded
@@ -107,6 +108,10 @@ class _Child:
         self.generation = 0
 
 
+# What the inbox carries: a child, its generation, its exit reason and its crash.
+_Outcome = tuple[_Child, int, Any, BaseException | None]
+
+
 class Supervisor:
     """Runs children under a restart strategy; see the module docstring.
 
@@ -144,9 +149,9 @@ class Supervisor:
         self._restarts: deque[float] = deque()
         self.restart_count = 0
         self._tg: TaskGroup | None = None
-        self._inbox_send, self._inbox_recv = anyio.create_memory_object_stream[
-            tuple[_Child, int, Any, BaseException | None]
-        ](math.inf)
+        # Made by run(), which closes it: a supervisor never run leaves nothing open.
+        self._inbox_send: MemoryObjectSendStream[_Outcome]
+        self._inbox_recv: MemoryObjectReceiveStream[_Outcome]
         self._log = log.bind(supervisor=name)
         self._runner: _Running | None = None
 
@@ -162,6 +167,7 @@ class Supervisor:
         error is raised.
         """
         fatal: BaseException | None = None
+        self._inbox_send, self._inbox_recv = anyio.create_memory_object_stream[_Outcome](math.inf)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg

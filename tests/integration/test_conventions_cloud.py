@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+from inbox import Inbox
 
 from hare_py import (
     JSON,
@@ -31,7 +32,7 @@ from hare_py.conventions.cloud import (
     RPCResponseDTO,
     server_queue,
 )
-from hare_py.transport.base import Delivery, Properties
+from hare_py.transport.base import Properties
 
 from .conftest import Target
 from .declared import Queue, binding, check_topology, delete, raw_connection
@@ -210,8 +211,8 @@ async def test_envelopes_on_the_wire(target: Target) -> None:
             channel = await raw.open_channel()
             reply_queue = (await channel.queue_declare("", exclusive=True)).name
             await channel.queue_bind(reply_queue, RESPONSES_EXCHANGE, "my.reply.key")
-            send, receive = anyio.create_memory_object_stream[Delivery](10)
-            await channel.basic_consume(reply_queue, send.send_nowait, no_ack=True)
+            replies = Inbox()
+            await channel.basic_consume(reply_queue, replies, no_ack=True)
             for cid in ("c1", "c2"):
                 dto = {
                     "replyRoutingKey": "my.reply.key",  # camelCase is read too
@@ -226,7 +227,7 @@ async def test_envelopes_on_the_wire(target: Target) -> None:
                     routing_key=f"RPC.Cloud.{service_type}.Stock.Get",
                     properties=Properties(content_type="application/json"),
                 )
-            first, second = await receive.receive(), await receive.receive()
+            first, second = await replies.get(), await replies.get()
             raw_first = json.loads(first.body)
             assert set(raw_first) == {
                 "ResponseId",

@@ -201,15 +201,16 @@ async def raw_caller(
     url: str, service: str, caller: str, key: str
 ) -> AsyncIterator[tuple[Any, Any]]:
     """A goamqp-like caller: its response queue and binding, and a stream of responses."""
-    async with raw_connection(url, "goamqp-like-caller") as conn:
-        channel = await conn.open_channel(publisher_confirms=True)
-        queue = response_queue(service, caller)
-        await channel.exchange_declare(response_exchange(service), "headers", durable=True)
-        await channel.queue_declare(queue, durable=True, arguments=EXPIRES)
-        await channel.queue_bind(queue, response_exchange(service), key, {"service": caller})
-        send, receive = anyio.create_memory_object_stream[Delivery](100)
-        await channel.basic_consume(queue, send.send_nowait, no_ack=True)
-        yield channel, receive
+    send, receive = anyio.create_memory_object_stream[Delivery](100)
+    with send, receive:
+        async with raw_connection(url, "goamqp-like-caller") as conn:
+            channel = await conn.open_channel(publisher_confirms=True)
+            queue = response_queue(service, caller)
+            await channel.exchange_declare(response_exchange(service), "headers", durable=True)
+            await channel.queue_declare(queue, durable=True, arguments=EXPIRES)
+            await channel.queue_bind(queue, response_exchange(service), key, {"service": caller})
+            await channel.basic_consume(queue, send.send_nowait, no_ack=True)
+            yield channel, receive
 
 
 async def test_a_goamqp_caller_is_answered(target: Target) -> None:
@@ -253,42 +254,43 @@ async def goamqp_like_server(
 ) -> None:
     """A server that behaves like goamqp's: no correlation id in its responses. It answers
     requests in order, except that a b'slow' key's request waits for the next other one."""
-    async with raw_connection(url, "goamqp-like-server") as conn:
-        channel = await conn.open_channel()
-        await channel.exchange_declare(response_exchange(service), "headers", durable=True)
-        await channel.exchange_declare(request_exchange(service), "direct", durable=True)
-        await channel.queue_declare(request_queue(service), durable=True, arguments=EXPIRES)
-        for key in keys:
-            await channel.queue_bind(request_queue(service), request_exchange(service), key)
-        send, receive = anyio.create_memory_object_stream[Delivery](1000)
-        await channel.basic_consume(request_queue(service), send.send_nowait)
-        received: list[str] = []
-        task_status.started(received)
-        held: list[Delivery] = []
+    send, receive = anyio.create_memory_object_stream[Delivery](1000)
+    with send, receive:
+        async with raw_connection(url, "goamqp-like-server") as conn:
+            channel = await conn.open_channel()
+            await channel.exchange_declare(response_exchange(service), "headers", durable=True)
+            await channel.exchange_declare(request_exchange(service), "direct", durable=True)
+            await channel.queue_declare(request_queue(service), durable=True, arguments=EXPIRES)
+            for key in keys:
+                await channel.queue_bind(request_queue(service), request_exchange(service), key)
+            await channel.basic_consume(request_queue(service), send.send_nowait)
+            received: list[str] = []
+            task_status.started(received)
+            held: list[Delivery] = []
 
-        async def answer(d: Delivery) -> None:
-            request = json.loads(d.body)
-            await channel.basic_publish(
-                json.dumps({"echo": request}).encode(),
-                exchange=response_exchange(service),
-                routing_key=d.routing_key,
-                properties=Properties(
-                    content_type="application/json",
-                    delivery_mode=2,
-                    headers={"service": (d.properties.headers or {})["service"]},
-                ),
-            )
-            await channel.basic_ack(d.delivery_tag)
+            async def answer(d: Delivery) -> None:
+                request = json.loads(d.body)
+                await channel.basic_publish(
+                    json.dumps({"echo": request}).encode(),
+                    exchange=response_exchange(service),
+                    routing_key=d.routing_key,
+                    properties=Properties(
+                        content_type="application/json",
+                        delivery_mode=2,
+                        headers={"service": (d.properties.headers or {})["service"]},
+                    ),
+                )
+                await channel.basic_ack(d.delivery_tag)
 
-        async for delivery in receive:
-            received.append(delivery.routing_key)
-            if delivery.routing_key == "slow":
-                held.append(delivery)
-                continue
-            await answer(delivery)
-            for d in held:
-                await answer(d)
-            held.clear()
+            async for delivery in receive:
+                received.append(delivery.routing_key)
+                if delivery.routing_key == "slow":
+                    held.append(delivery)
+                    continue
+                await answer(delivery)
+                for d in held:
+                    await answer(d)
+                held.clear()
 
 
 async def test_pipelined_replies_are_matched_oldest_first(target: Target) -> None:
@@ -352,40 +354,41 @@ async def goamqp_v031_server(
     """goamqp v0.3.1's RequestResponseHandler("greet", ...): prefetch 20, one delivery at
     a time, no correlation id on responses; a failing handler (empty name) is nacked and
     requeued at once, and the next delivery is answered; "slow" takes ``seen.slow`` s."""
-    async with raw_connection(url, "goamqp-v031-server") as conn:
-        channel = await conn.open_channel()
-        await channel.basic_qos(20, global_=True)
-        await channel.exchange_declare(response_exchange(service), "headers", durable=True)
-        await channel.exchange_declare(request_exchange(service), "direct", durable=True)
-        await channel.queue_declare(request_queue(service), durable=True, arguments=EXPIRES)
-        await channel.queue_bind(request_queue(service), request_exchange(service), "greet")
-        send, receive = anyio.create_memory_object_stream[Delivery](math.inf)
+    send, receive = anyio.create_memory_object_stream[Delivery](math.inf)
+    with send, receive:
+        async with raw_connection(url, "goamqp-v031-server") as conn:
+            channel = await conn.open_channel()
+            await channel.basic_qos(20, global_=True)
+            await channel.exchange_declare(response_exchange(service), "headers", durable=True)
+            await channel.exchange_declare(request_exchange(service), "direct", durable=True)
+            await channel.queue_declare(request_queue(service), durable=True, arguments=EXPIRES)
+            await channel.queue_bind(request_queue(service), request_exchange(service), "greet")
 
-        def arrived(delivery: Delivery) -> None:
-            seen.received.append(json.loads(delivery.body)["name"])
-            send.send_nowait(delivery)
+            def arrived(delivery: Delivery) -> None:
+                seen.received.append(json.loads(delivery.body)["name"])
+                send.send_nowait(delivery)
 
-        await channel.basic_consume(request_queue(service), arrived)
-        task_status.started()
-        async for delivery in receive:
-            name = json.loads(delivery.body)["name"]
-            if not name:
-                await channel.basic_nack(delivery.delivery_tag, requeue=True)
-                await anyio.sleep(0.002)  # goamqp does not wait; this spares a shared CPU
-                continue
-            if name == "slow":
-                await anyio.sleep(seen.slow)
-            await channel.basic_publish(
-                json.dumps({"greeting": f"hello {name}"}).encode(),
-                exchange=response_exchange(service),
-                routing_key=delivery.routing_key,
-                properties=Properties(
-                    content_type="application/json",
-                    delivery_mode=2,
-                    headers={"service": (delivery.properties.headers or {})["service"]},
-                ),
-            )
-            await channel.basic_ack(delivery.delivery_tag)
+            await channel.basic_consume(request_queue(service), arrived)
+            task_status.started()
+            async for delivery in receive:
+                name = json.loads(delivery.body)["name"]
+                if not name:
+                    await channel.basic_nack(delivery.delivery_tag, requeue=True)
+                    await anyio.sleep(0.002)  # goamqp does not wait; this spares a shared CPU
+                    continue
+                if name == "slow":
+                    await anyio.sleep(seen.slow)
+                await channel.basic_publish(
+                    json.dumps({"greeting": f"hello {name}"}).encode(),
+                    exchange=response_exchange(service),
+                    routing_key=delivery.routing_key,
+                    properties=Properties(
+                        content_type="application/json",
+                        delivery_mode=2,
+                        headers={"service": (delivery.properties.headers or {})["service"]},
+                    ),
+                )
+                await channel.basic_ack(delivery.delivery_tag)
 
 
 async def outcome(request: Awaitable[Any]) -> Any:

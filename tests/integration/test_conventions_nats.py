@@ -8,7 +8,6 @@ that tests never meet on the shared server.
 from __future__ import annotations
 
 import json
-import math
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
+from inbox import Inbox
 from micro_schema import check
 from nats_kinds import NatsKind
 
@@ -159,13 +159,13 @@ class Wire:
     ) -> list[Delivery]:
         """Request ``subject`` and collect the answers until ``until`` holds."""
         inbox = f"_INBOX.{secrets.token_hex(12)}"
-        send, receive = anyio.create_memory_object_stream[Delivery](math.inf)
-        sid = await self.session.subscribe(inbox, send.send_nowait)
+        answers = Inbox()
+        sid = await self.session.subscribe(inbox, answers)
         await self.session.flush(5)
         await self.session.send([Message("", subject, body, Properties(reply_to=inbox))])
         got: list[Delivery] = []
         while not until(got):
-            got.append(await receive.receive())
+            got.append(await answers.get())
         await self.session.unsubscribe(sid)
         return got
 

@@ -124,6 +124,11 @@ class FakeServer:
         self.peers: list[Peer] = []
         self._scope = anyio.CancelScope()
 
+    def close(self) -> None:
+        """Close the queue of accepted peers (once nothing can add to it)."""
+        self._send.close()
+        self._accepted.close()
+
     def stop_listening(self) -> None:
         """Refuse new clients from now on (as a server in lame duck mode does)."""
         self._scope.cancel()
@@ -154,14 +159,17 @@ async def fake_server() -> AsyncIterator[FakeServer]:
     listener = multi.listeners[0]
     assert isinstance(listener, anyio.abc.SocketListener)
     server = FakeServer(listener)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        try:
-            yield server
-        finally:
-            tg.cancel_scope.cancel()
-            for peer in server.peers:
-                await peer.aclose()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            try:
+                yield server
+            finally:
+                tg.cancel_scope.cancel()
+                for peer in server.peers:
+                    await peer.aclose()
+    finally:
+        server.close()
 
 
 @asynccontextmanager

@@ -31,6 +31,7 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 from anyio.abc import SocketAttribute
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pamqp import commands, constants, frame as pamqp_frame
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader, ProtocolHeader
@@ -115,6 +116,8 @@ class Peer:
         self.buf = bytearray()
         self.tune_ok: commands.Connection.TuneOk | None = None
         self.ch = 0  # the channel the client opened (aiormq starts at 2)
+        # Streams of the client's consumers, closed with the fake broker.
+        self.streams: list[MemoryObjectSendStream[Any] | MemoryObjectReceiveStream[Any]] = []
 
     async def send(self, *frames: tuple[int, Wire]) -> None:
         await self.stream.send(b"".join(pamqp_frame.marshal(v, ch) for ch, v in frames))
@@ -204,6 +207,15 @@ class FakeBroker:
     def __post_init__(self) -> None:
         self._send, self._receive = anyio.create_memory_object_stream[Peer](10)
 
+    def close(self) -> None:
+        """Close the queue of accepted peers and the consumers' streams (once the
+        client is gone, so nothing can add to them)."""
+        self._send.close()
+        self._receive.close()
+        for peer in self.peers:
+            for stream in peer.streams:
+                stream.close()
+
     def url(self, query: str = "") -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/{query}"
 
@@ -236,14 +248,17 @@ async def fake_broker(
                 stream = await listener.accept()
                 tg.start_soon(broker.handle, stream)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(serve)
-        try:
-            yield broker
-        finally:
-            tg.cancel_scope.cancel()
-            for peer in broker.peers:
-                await peer.aclose()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            try:
+                yield broker
+            finally:
+                tg.cancel_scope.cancel()
+                for peer in broker.peers:
+                    await peer.aclose()
+    finally:
+        broker.close()
 
 
 def options(**kwargs: Any) -> ConnectOptions:
@@ -297,6 +312,7 @@ async def open_channel(conn: AiormqConnection, peer: Peer) -> AiormqChannel:
 async def consume(ch: AiormqChannel, peer: Peer) -> anyio.abc.ObjectReceiveStream[Delivery]:
     """Consume queue ``q`` as ``ctag``; deliveries arrive on the returned stream."""
     send, receive = anyio.create_memory_object_stream[Delivery](math.inf)
+    peer.streams += (send, receive)
 
     async def broker_side() -> None:
         await peer.expect(commands.Basic.Consume, peer.ch)

@@ -186,6 +186,11 @@ class FakeBroker:
         self.peers: list[Peer] = []
         self._send, self._receive = anyio.create_memory_object_stream[Peer](10)
 
+    def close(self) -> None:
+        """Close the queue of accepted peers (once nothing can add to it)."""
+        self._send.close()
+        self._receive.close()
+
     def url(self, password: str = PASSWORD) -> str:
         return f"amqp://guest:{password}@127.0.0.1:{self.port}/"
 
@@ -247,14 +252,17 @@ async def fake_broker(
                 stream = await listener.accept()
                 tg.start_soon(broker.handle, stream)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(serve)
-        try:
-            yield broker
-        finally:
-            tg.cancel_scope.cancel()
-            for peer in broker.peers:
-                await peer.aclose()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            try:
+                yield broker
+            finally:
+                tg.cancel_scope.cancel()
+                for peer in broker.peers:
+                    await peer.aclose()
+    finally:
+        broker.close()
 
 
 def options(**kwargs: Any) -> ConnectOptions:

@@ -234,17 +234,19 @@ async def test_non_utf8_text_during_handshake_is_connect_failed() -> None:
 
     async def handle(stream: anyio.abc.SocketStream) -> None:
         peer = Peer(stream)
-        await peer.start()
-        await stream.send(
-            raw_frame(
-                1,
-                0,
-                struct.pack(">HHH", 10, 50, 403) + shortstr(b"ACCESS_REFUSED \xff") + b"\0" * 4,
+        try:
+            await peer.start()
+            await stream.send(
+                raw_frame(
+                    1,
+                    0,
+                    struct.pack(">HHH", 10, 50, 403) + shortstr(b"ACCESS_REFUSED \xff") + b"\0" * 4,
+                )
             )
-        )
-        with anyio.move_on_after(2):
-            await peer.recv_until_eof()
-        await peer.aclose()
+            with anyio.move_on_after(2):
+                await peer.recv_until_eof()
+        finally:
+            await peer.aclose()  # also when the test's task group is cancelled
 
     with anyio.fail_after(10):
         async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
@@ -427,13 +429,13 @@ async def hostile_handshake(handler: Callable[[anyio.abc.SocketStream], Awaitabl
     """Connect to a listener running ``handler``; the error connecting raised."""
 
     async def handle(stream: anyio.abc.SocketStream) -> None:
-        with anyio.CancelScope() as scope:
-            try:
-                await stream.receive(8)  # the protocol header
-                await handler(stream)
-            except (anyio.BrokenResourceError, anyio.EndOfStream, OSError):
-                scope.cancel()
-        await stream.aclose()
+        async with stream:  # closed even when the test's task group is cancelled
+            with anyio.CancelScope() as scope:
+                try:
+                    await stream.receive(8)  # the protocol header
+                    await handler(stream)
+                except (anyio.BrokenResourceError, anyio.EndOfStream, OSError):
+                    scope.cancel()
 
     error: BaseException | None = None
     async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:

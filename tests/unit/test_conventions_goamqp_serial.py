@@ -49,42 +49,43 @@ async def serve_like_goamqp(
     correlation id on responses; a failing handler (empty name) is nacked and requeued at
     once, and the next delivery is answered; the name "slow" takes ``seen.slow`` seconds."""
     parsed = parse_url(url)
-    async with backend_for(parsed).connect(parsed, ConnectOptions(name="go-server")) as conn:
-        channel = await conn.open_channel()
-        await channel.basic_qos(20, global_=True)
-        await channel.exchange_declare(response_exchange(SERVICE), "headers", durable=True)
-        await channel.exchange_declare(request_exchange(SERVICE), "direct", durable=True)
-        await channel.queue_declare(request_queue(SERVICE), durable=True, arguments=EXPIRES)
-        for key in keys:
-            await channel.queue_bind(request_queue(SERVICE), request_exchange(SERVICE), key)
-        send, receive = anyio.create_memory_object_stream[Delivery](math.inf)
+    send, receive = anyio.create_memory_object_stream[Delivery](math.inf)
+    with send, receive:
+        async with backend_for(parsed).connect(parsed, ConnectOptions(name="go-server")) as conn:
+            channel = await conn.open_channel()
+            await channel.basic_qos(20, global_=True)
+            await channel.exchange_declare(response_exchange(SERVICE), "headers", durable=True)
+            await channel.exchange_declare(request_exchange(SERVICE), "direct", durable=True)
+            await channel.queue_declare(request_queue(SERVICE), durable=True, arguments=EXPIRES)
+            for key in keys:
+                await channel.queue_bind(request_queue(SERVICE), request_exchange(SERVICE), key)
 
-        def arrived(delivery: Delivery) -> None:
-            seen.received.append(json.loads(delivery.body)["name"])
-            send.send_nowait(delivery)
+            def arrived(delivery: Delivery) -> None:
+                seen.received.append(json.loads(delivery.body)["name"])
+                send.send_nowait(delivery)
 
-        await channel.basic_consume(request_queue(SERVICE), arrived)
-        task_status.started()
-        async for delivery in receive:
-            name = json.loads(delivery.body)["name"]
-            if not name:
-                await channel.basic_nack(delivery.delivery_tag, requeue=True)
-                await anyio.sleep(0.002)  # goamqp does not wait; this spares a shared CPU
-                continue
-            if name == "slow":
-                await anyio.sleep(seen.slow)
-            seen.seen_when_answering.append(len(seen.received))
-            await channel.basic_publish(
-                json.dumps({"greeting": f"hello {name}"}).encode(),
-                exchange=response_exchange(SERVICE),
-                routing_key=delivery.routing_key,
-                properties=Properties(
-                    content_type="application/json",
-                    delivery_mode=2,
-                    headers={"service": (delivery.properties.headers or {})["service"]},
-                ),
-            )
-            await channel.basic_ack(delivery.delivery_tag)
+            await channel.basic_consume(request_queue(SERVICE), arrived)
+            task_status.started()
+            async for delivery in receive:
+                name = json.loads(delivery.body)["name"]
+                if not name:
+                    await channel.basic_nack(delivery.delivery_tag, requeue=True)
+                    await anyio.sleep(0.002)  # goamqp does not wait; this spares a shared CPU
+                    continue
+                if name == "slow":
+                    await anyio.sleep(seen.slow)
+                seen.seen_when_answering.append(len(seen.received))
+                await channel.basic_publish(
+                    json.dumps({"greeting": f"hello {name}"}).encode(),
+                    exchange=response_exchange(SERVICE),
+                    routing_key=delivery.routing_key,
+                    properties=Properties(
+                        content_type="application/json",
+                        delivery_mode=2,
+                        headers={"service": (delivery.properties.headers or {})["service"]},
+                    ),
+                )
+                await channel.basic_ack(delivery.delivery_tag)
 
 
 class Crashable(RPCClient[None]):

@@ -35,7 +35,8 @@ class Recorder:
             self.commands.setdefault(name, []).append(send)
             task_status.started()
             try:
-                command = await recv.receive()
+                with send, recv:  # a child that stopped takes no more commands
+                    command = await recv.receive()
             finally:
                 self.events.append(f"stop {name}")
             if isinstance(command, BaseException):

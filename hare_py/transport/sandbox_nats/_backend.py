@@ -142,7 +142,12 @@ class SandboxNatsConnection(TransportConnection):
         self._pings: deque[_Ping] = deque()
         self._unanswered = 0
         self._send, self._receive = anyio.create_memory_object_stream[Event](math.inf)
-        self.id = broker.accept_connection(options.name, self._on_event)
+        try:
+            self.id = broker.accept_connection(options.name, self._on_event)
+        except BaseException:  # refused (down, scripted): _dispatch will not close them
+            self._send.close()
+            self._receive.close()
+            raise
         tg.start_soon(self._dispatch)
         if options.heartbeat > 0:
             tg.start_soon(self._heartbeat, options.heartbeat)
