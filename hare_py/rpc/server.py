@@ -462,6 +462,10 @@ class RPCServer(Actor[S], Generic[S]):
             self._log.warning("rpc.ack_failed", error=str(exc))
 
     async def _on_channel_up(self, message: ChannelUp) -> None:
+        if not message.channel.is_open:
+            # Closed already: a crashed incarnation's session whose ChannelUp outlived it
+            # in the mailbox, or one that closed meanwhile (its keeper opens the next).
+            return
         self._channel = message.channel
         self._apply(await self.handle_connected(message.meta, self._state), "handle_connected")
 
