@@ -5,7 +5,10 @@ Rules this module keeps:
 - One background task owns the transport connection; nobody else opens or
   closes it. On loss it reconnects, trying the given URLs in turn with
   exponential backoff and jitter; it never gives up while the block runs,
-  except on a ``ConfigError``, which no retry can fix.
+  except on a ``ConfigError``, which no retry can fix. A server that says it
+  is going away (NATS lame duck mode) is left for the next URL at once,
+  without backoff, while its connection stays up in its holder task for the
+  sessions that drain.
 - Actors never hold the connection across a loss: they ask
   ``wait_connected()`` for the current one and open their own channels on it.
 - Bad configuration (unknown scheme or URL parameter, a value the backend
@@ -253,6 +256,12 @@ class Connection:
                         self._set_current(None, None)
                     self._log.warning("connection.down", url=str(url), reason=str(reason))
                     self._learn(conn.discovered_urls, found)
+                    if conn.draining and len(self.urls) > 1:
+                        # Its server is going away and takes no new clients: go to the
+                        # next one at once (one its INFO named, if it was the only one).
+                        index = (index + 1) % len(self.urls)
+                        failed_rounds = 0
+                        continue
                 if anyio.current_time() - started > _STABLE_AFTER:
                     failed_rounds = 0
                     continue  # it was up for a while: reconnect at once

@@ -106,6 +106,14 @@ class CallTable:
         out[LATE] = len(self._late)
         return out
 
+    def sent_ids(self) -> set[str]:
+        """The correlation ids of the calls sent and waiting for their replies."""
+        return set(self._by_cid)
+
+    def is_sent(self, correlation_id: str) -> bool:
+        """True while the call sent with ``correlation_id`` waits for its reply."""
+        return correlation_id in self._by_cid
+
     def add(self, caller: Caller, request: Any) -> Call:
         """A new request, queued until it is published."""
         call = Call(caller, request, QUEUED)

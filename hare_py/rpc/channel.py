@@ -8,6 +8,14 @@ cancelled by the broker (its queue was deleted) closes the session, so that a
 fresh one, with fresh declarations, replaces it. The actor never waits on any
 of this. Cancelled, it closes its session, or hands it to ``hand_over`` (an
 actor that drains it before closing it itself).
+
+A session whose server is going away (``Session.draining``: NATS lame duck
+mode) is moved off, make before break: the next session is opened on the
+connection that replaces the old one and posted (``ChannelUp``) first, so
+that new work goes there; the old one is kept until the actor needs nothing
+more from it (``settled``: a client's replies to what it sent there), then
+retired (``Session.retire``: nothing routed to it is dropped) and closed,
+and its ``ChannelDown`` posted. One that closes first is posted at once.
 """
 
 from __future__ import annotations
@@ -34,6 +42,12 @@ __all__ = [
 
 #: ``setup(channel, on_cancel, connects)`` declares and consumes; returns the meta.
 Setup = Callable[[Session, OnCancel, int], Awaitable[ConnectedMeta]]
+#: ``settled(session)`` returns once the actor needs nothing more from a session it
+#: moved off (its successor's ``ChannelUp`` is in the mailbox before).
+Settled = Callable[[Session], Awaitable[None]]
+
+#: Bounds retiring a drained session (NATS: the move's probe, then a flush).
+MOVE_TIMEOUT = 5.0
 
 
 class ChannelUp:
@@ -88,69 +102,114 @@ async def keep_channel(
     on_return: OnReturn | None = None,
     on_error: Callable[[BaseException | None], None] = lambda exc: None,
     hand_over: Callable[[Session], None] | None = None,
+    settled: Settled | None = None,
 ) -> None:
     """Keep one session open for an actor, forever; cancel it to stop.
 
     With ``hand_over``, a session still open when this is cancelled after its
     ``ChannelUp`` is passed to it instead of closed: the callee must close it.
+    With ``settled``, a session moved off a draining server is retired once it
+    returns (see the module docstring).
     """
     failures = 0
     connects = 0
     channel: Session | None = None
     up = False
-    retiring: Session | None = None  # a draining session, closed once its successor is up
-    try:
-        while True:
-            conn = await connection.wait_connected()
-            watch = _ConsumerWatch()
-            up = False
-            try:
-                channel = await conn.open_session(on_return=on_return)
-                meta = await setup(channel, watch.on_cancel, connects + 1)
-            except (ConnectionLost, BrokerError) as exc:
-                on_error(exc)
-                log.warning("rpc.channel_setup_failed", error=str(exc))
-                if channel is not None:
-                    await close_quietly(channel)
+    waiting: list[_Move] = []  # draining sessions whose successor is not up yet
+    async with anyio.create_task_group() as moves:
+        try:
+            while True:
+                conn = await connection.wait_connected()
+                watch = _ConsumerWatch()
+                up = False
+                try:
+                    channel = await conn.open_session(on_return=on_return)
+                    meta = await setup(channel, watch.on_cancel, connects + 1)
+                except (ConnectionLost, BrokerError) as exc:
+                    on_error(exc)
+                    log.warning("rpc.channel_setup_failed", error=str(exc))
+                    if channel is not None:
+                        await close_quietly(channel)
+                        channel = None
+                    await anyio.sleep(backoff.delay(failures))
+                    failures += 1
+                    continue
+                failures = 0
+                connects += 1
+                on_error(None)
+                log.info("rpc.channel_opened", queue=meta.reply_queue, connects=connects)
+                post(ChannelUp(channel, meta))
+                up = True
+                for move in waiting:
+                    move.successor_is(channel)
+                waiting.clear()
+                reason = await watch.first_close(channel)
+                if reason is None:
+                    log.info("rpc.session_draining", connects=connects)
+                    move = _Move(channel, settled, post, log)
+                    waiting.append(move)
+                    moves.start_soon(move.run)
                     channel = None
-                await anyio.sleep(backoff.delay(failures))
-                failures += 1
-                continue
-            failures = 0
-            connects += 1
-            on_error(None)
-            log.info("rpc.channel_opened", queue=meta.reply_queue, connects=connects)
-            post(ChannelUp(channel, meta))
-            up = True
-            if retiring is not None:  # its successor is up: now it may go
-                await _retire(retiring, post, log)
-                retiring = None
-            reason = await watch.first_close(channel)
-            if reason is None:
-                # Its server is going away (NATS lame duck): open the next session
-                # first, and close this one once that is up, so nothing falls between.
-                log.info("rpc.session_draining", connects=connects)
-                retiring, channel = channel, None
-                continue
-            log.warning("rpc.channel_closed", reason=str(reason))
-            post(ChannelDown(channel, reason))
-            channel = None
-    finally:
-        if retiring is not None:
-            await close_quietly(retiring)
-        if channel is not None:
-            if up and hand_over is not None and channel.is_open:
-                hand_over(channel)
-            else:
-                await close_quietly(channel)
+                    continue
+                log.warning("rpc.channel_closed", reason=str(reason))
+                post(ChannelDown(channel, reason))
+                channel = None
+        finally:
+            moves.cancel_scope.cancel()  # each closes its session
+            if channel is not None:
+                if up and hand_over is not None and channel.is_open:
+                    hand_over(channel)
+                else:
+                    await close_quietly(channel)
 
 
-async def _retire(session: Session, post: Callable[[Any], None], log: Any) -> None:
-    """Close a drained session whose successor is up, and say so to the actor."""
-    await close_quietly(session)
-    reason = CloseReason(0, "moved off a server in lame duck mode", "client")
-    log.info("rpc.session_retired")
-    post(ChannelDown(session, reason))
+class _Move:
+    """A session moved off a draining server, kept until its successor is up and the
+    actor has settled it, then retired and closed (or until it closes by itself)."""
+
+    def __init__(
+        self, session: Session, settled: Settled | None, post: Callable[[Any], None], log: Any
+    ) -> None:
+        self.session = session
+        self._settled = settled
+        self._post = post
+        self._log = log
+        self._successor: Session | None = None
+        self._up = anyio.Event()
+
+    def successor_is(self, successor: Session) -> None:
+        self._successor = successor
+        self._up.set()
+
+    async def run(self) -> None:
+        old = self.session
+        reason: CloseReason | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    nonlocal reason
+                    reason = await old.wait_closed()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(watch)
+                await self._up.wait()
+                assert self._successor is not None
+                if self._settled is not None:
+                    await self._settled(old)
+                try:
+                    await old.retire(self._successor, MOVE_TIMEOUT)
+                except (ConnectionLost, BrokerError) as exc:
+                    self._log.warning("rpc.session_retire_failed", error=str(exc))
+                tg.cancel_scope.cancel()
+        finally:
+            await close_quietly(old)
+        if reason is None:
+            reason = CloseReason(0, "moved off a server in lame duck mode", "client")
+            self._log.info("rpc.session_retired")
+        else:
+            self._log.warning("rpc.channel_closed", reason=str(reason))
+        self._post(ChannelDown(old, reason))
 
 
 async def close_quietly(channel: Session) -> None:

@@ -11,7 +11,11 @@ Failure rules: a request in flight when its channel dies fails at once with
 ``ConnectionLost`` (an ``idempotent`` one is republished on the next channel
 within its deadline); a request made while disconnected waits for the next
 channel within its deadline; no caller waits past its deadline (plus
-``deadline_grace`` if the actor is busy in a slow callback).
+``deadline_grace`` if the actor is busy in a slow callback). A channel moved
+off a draining server (NATS lame duck mode) loses nothing: requests go
+through its successor from its ``ChannelUp`` on, and the old one keeps its
+reply subscription until every request sent before has its reply or has
+expired (``_Settle``): a reply routed to the old server is delivered there.
 """
 
 from __future__ import annotations
@@ -105,6 +109,15 @@ class _Request:
         self.caller = caller
 
 
+class _Settle:
+    """From the session keeper: set ``done`` once no call sent so far is waiting."""
+
+    __slots__ = ("done",)
+
+    def __init__(self, done: anyio.Event) -> None:
+        self.done = done
+
+
 class RPCClient(Actor[S], Generic[S]):
     """Subclass it, override the callbacks you need, and ``start()`` it.
 
@@ -178,10 +191,13 @@ class RPCClient(Actor[S], Generic[S]):
         self._channel: Session | None = None
         self._last_channel: Session | None = None
         self._reply_queue: str | None = None
+        # Correlation ids each _Settle still waits for, and its event.
+        self._settling: list[tuple[set[str], anyio.Event]] = []
         self.last_error: BaseException | None = None
         self._handlers.update(
             {
                 _Request: self._on_request,
+                _Settle: self._on_settle,
                 Delivery: self._on_delivery,
                 ReturnedMessage: self._on_returned,
                 ChannelUp: self._on_channel_up,
@@ -409,6 +425,8 @@ class RPCClient(Actor[S], Generic[S]):
                 result = await self.handle_timeout(call.caller, self._state)
                 self._apply(result, "handle_timeout", call.caller)
                 self._deciding = None
+        if self._settling:
+            self._check_settled()
 
     async def _on_start(self, tg: TaskGroup) -> None:
         self._helpers = tg
@@ -416,6 +434,7 @@ class RPCClient(Actor[S], Generic[S]):
         self._unflushed = 0
         self._channel = self._last_channel = None
         self._reply_queue = None
+        self._settling = []
         tg.start_soon(
             partial(
                 keep_channel,
@@ -426,6 +445,7 @@ class RPCClient(Actor[S], Generic[S]):
                 log=self._log,
                 on_return=self._enqueue,
                 on_error=self._note_error,
+                settled=self._settled,
             )
         )
 
@@ -451,6 +471,8 @@ class RPCClient(Actor[S], Generic[S]):
             await self._flush()  # a busy mailbox must not hold requests back
 
     async def _on_idle(self) -> bool:
+        if self._settling:
+            self._check_settled()
         if (self._unflushed or self._calls.ready) and self._channel is not None:
             await self._flush()
             return True
@@ -637,6 +659,29 @@ class RPCClient(Actor[S], Generic[S]):
 
     def _note_error(self, error: BaseException | None) -> None:
         self.last_error = error
+
+    async def _settled(self, session: Session) -> None:
+        """The keeper's wait before it retires a session moved off: its successor's
+        ChannelUp is in the mailbox already, so nothing is sent there after this."""
+        done = anyio.Event()
+        self._enqueue(_Settle(done))
+        await done.wait()
+
+    async def _on_settle(self, message: _Settle) -> None:
+        self._settling.append((self._calls.sent_ids(), message.done))
+        self._check_settled()
+
+    def _check_settled(self) -> None:
+        """Set the event of each _Settle whose calls have all left the table."""
+        calls = self._calls
+        still: list[tuple[set[str], anyio.Event]] = []
+        for waiting, done in self._settling:
+            waiting = {cid for cid in waiting if calls.is_sent(cid)}
+            if waiting:
+                still.append((waiting, done))
+            else:
+                done.set()
+        self._settling = still
 
     async def _setup_channel(
         self, channel: Session, on_cancel: OnCancel, connects: int

@@ -286,6 +286,13 @@ class Session(ABC):
         """Return once the session is draining or closed; never raises."""
         await self.wait_closed()
 
+    async def retire(self, successor: Session, timeout: float) -> None:  # noqa: B027
+        """Stop receiving on this draining session, now that ``successor`` (on the
+        new connection, set up alike) has taken its work over: return once nothing
+        more can reach this session, every message routed to it before having been
+        delivered. It still sends; close it afterwards. ``ConnectionLost`` if the
+        server does not answer within ``timeout`` seconds. Default: nothing to do."""
+
 
 class Channel(Session):
     """An open AMQP 0-9-1 channel. Use from the event loop that opened it."""
@@ -573,6 +580,13 @@ class TransportConnection(ABC):
     @property
     def is_open(self) -> bool:
         return self.close_reason is None
+
+    @property
+    def draining(self) -> bool:
+        """True once the server said it is going away (NATS lame duck mode): the
+        connection is closed for new sessions (``close_reason`` is settled) but
+        stays up while its sessions drain, and the server takes no new clients."""
+        return False
 
     @property
     def discovered_urls(self) -> tuple[BrokerURL, ...]:

@@ -20,7 +20,7 @@ Rules this module keeps:
   ``"broker"``, with its text), lame duck mode, or the network. Every session
   then closes by ``"connection"``. An ``-ERR`` that does not close (a
   permission violation) is logged, and closes the session whose subscription
-  it names.
+  it names; one that names the probe of a session's move ends the probe.
 - Lame duck mode (an INFO with ``ldm``) settles the reason at once, so that
   the supervised ``Connection`` connects elsewhere, but keeps the wire up:
   the sessions are told they are draining and go on receiving, and
@@ -68,6 +68,8 @@ _SUB_VIOLATION = re.compile(
     r'(?: using queue "(?P<queue>[^"]*)")?',
     re.IGNORECASE,
 )
+# -ERR 'Permissions Violation for Publish to "SUBJECT"'
+_PUB_VIOLATION = re.compile(r'permissions violation for publish to "(?P<subject>[^"]*)"', re.I)
 _LAME_DUCK = "lame duck mode"
 
 # On a PONG: (called when it comes, called if the connection ends first), or None.
@@ -109,6 +111,9 @@ class NatsConnection(TransportConnection):
         self._scope = anyio.CancelScope()
         self._last_words = False  # stop once the queued bytes are written
         self._lame_duck = False
+        # Probe subjects of a session's move (_session.py), and what to call when the
+        # server refuses one: a refused probe ends the probe, not a session.
+        self._probes: dict[str, Callable[[], None]] = {}
         # The handshake's INFO names the cluster already; later INFOs update it.
         info = protocol.server_info
         self._connect_urls: tuple[str, ...] = (
@@ -145,6 +150,10 @@ class NatsConnection(TransportConnection):
     @property
     def lame_duck(self) -> bool:
         """True once the server said it is going away (its sessions are draining)."""
+        return self._lame_duck
+
+    @property
+    def draining(self) -> bool:
         return self._lame_duck
 
     @property
@@ -327,6 +336,13 @@ class NatsConnection(TransportConnection):
         if event.closes:
             self._lost(CloseReason(0, event.text, "broker"))
             return
+        if self._probes:
+            probe = _SUB_VIOLATION.match(event.text) or _PUB_VIOLATION.match(event.text)
+            refused = self._probes.pop(probe["subject"], None) if probe is not None else None
+            if refused is not None:
+                log.info("nats.probe_refused", url=self._where, error=event.text)
+                refused()
+                return
         match = _SUB_VIOLATION.match(event.text)
         if match is None:
             if event.text.lower().startswith("permissions violation"):
@@ -347,6 +363,13 @@ class NatsConnection(TransportConnection):
             self._drop_session(session, CloseReason(0, event.text, "broker"))
 
     # -- subscriptions and sessions ----------------------------------------------
+
+    def watch_probe(self, subject: str, on_refused: Callable[[], None] | None) -> None:
+        """Call ``on_refused`` if the server refuses ``subject`` (None: stop watching)."""
+        if on_refused is None:
+            self._probes.pop(subject, None)
+        else:
+            self._probes[subject] = on_refused
 
     def check_wire(self) -> None:
         """``ConnectionLost`` unless the socket is still up (it is while draining)."""

@@ -14,13 +14,25 @@ Rules this module keeps:
   routed before it is delivered, not lost.
 - The close reason is settled once: ours, the server's (a permission
   violation of one of its subscriptions) or the connection's end.
+- A draining session is retired (``retire``) so that nothing in flight is
+  lost: it unsubscribes, then delivers what its server routed to it before
+  the server saw that (up to the PONG of a PING sent after). A session with
+  queue groups first waits until its server routes to the successor's: a
+  server that loses its last member of a group hands the group's messages to
+  a member it knows on a route, and drops them if it knows none yet (interest
+  crosses a route asynchronously). It publishes a probe subject, subscribed
+  on the successor after everything else, until the successor receives it;
+  a route carries interest in order, so a server that routes the probe knows
+  the rest. A probe the permissions refuse, or that never arrives within the
+  timeout, is given up with a log line and the session retires anyway.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -38,6 +50,7 @@ from ..base import (
     Outcome,
     Properties,
     ReturnedMessage,
+    Session,
 )
 from . import _protocol as p
 
@@ -50,6 +63,9 @@ log = get_logger("hare_py.transport.nats")
 
 _CLOSED_BY_CLIENT = CloseReason(0, "closed by the client", "client")
 _NOT_BYTES = "a message body is bytes"
+# Seconds until a move's probe is published again: doubling, up to PROBE_MAX.
+PROBE_FIRST = 0.005
+PROBE_MAX = 0.1
 
 
 class Subscription:
@@ -314,6 +330,52 @@ class NatsClientSession(NatsSession):
         for sid in self.subscriptions:
             await self.unsubscribe(sid)
         await self.flush(timeout)
+
+    async def retire(self, successor: Session, timeout: float) -> None:
+        if self._close_reason is not None:
+            return
+        grouped = any(sub.queue is not None and not sub.ending for sub in self._subs.values())
+        if grouped and isinstance(successor, NatsClientSession) and successor.is_open:
+            await self._until_routed_to(successor, timeout)
+        await self.drain(timeout)
+
+    async def _until_routed_to(self, successor: NatsClientSession, timeout: float) -> None:
+        """Return once our server routes to ``successor`` what it subscribed to so far,
+        or ``timeout`` passes, or a permission refuses the probe."""
+        subject = f"_INBOX.{secrets.token_hex(12)}"
+        done = anyio.Event()
+        outcome: Literal["timed out", "arrived", "refused"] = "timed out"
+
+        def arrived(delivery: Delivery) -> None:
+            nonlocal outcome
+            outcome = "arrived"
+            done.set()
+
+        def refused() -> None:
+            nonlocal outcome
+            outcome = "refused"
+            done.set()
+
+        here, there = self._connection, successor._connection
+        here.watch_probe(subject, refused)
+        there.watch_probe(subject, refused)
+        try:
+            sid = await successor.subscribe(subject, arrived)
+            try:
+                with anyio.move_on_after(timeout):
+                    wait = PROBE_FIRST
+                    while not done.is_set():
+                        await self.send([Message("", subject, b"")])
+                        with anyio.move_on_after(wait):
+                            await done.wait()
+                        wait = min(2 * wait, PROBE_MAX)
+            finally:
+                await successor.unsubscribe(sid)
+        finally:
+            here.watch_probe(subject, None)
+            there.watch_probe(subject, None)
+        if outcome != "arrived":
+            log.warning("nats.move_unconfirmed", outcome=outcome, seconds=timeout)
 
     async def wait_draining(self) -> None:
         await self._draining.wait()
