@@ -5,11 +5,11 @@ the loom convention against an echo ``RPCServer`` in another process, through
 private nats-servers that the test starts (and kills), injects a fault, and
 checks: every call ends within its deadline plus a small grace with the right
 reply or a typed HareError; no reply reaches the wrong caller (each payload
-carries its caller's id); the client recovers by itself (a new inbox per
-reconnect, ``handle_connected`` once per reconnect, no ``init`` for a pure
-reconnect); calls succeed after the fault; nothing leaks (pending requests,
-tasks, and on the server exactly one connection of the client's name with
-exactly one subscription, its current inbox).
+carries its caller's id); the client recovers by itself (one inbox for its
+life, subscribed anew on each session, ``handle_connected`` once per
+reconnect, no ``init`` for a pure reconnect); calls succeed after the fault;
+nothing leaks (pending requests, tasks, and on the server exactly one
+connection of the client's name with exactly one subscription, its inbox).
 """
 
 from __future__ import annotations
@@ -47,8 +47,7 @@ INSTANCE = "i1"
 ROUTE = "any.echo"  # any instance of the service, through its queue group
 # A server in lame duck mode waits this long before it closes its clients
 # (spread over lame_duck_duration, which nats-server will not take below 30 s).
-LDM_GRACE = 2.0
-LDM_CONFIG = f'lame_duck_duration: "30s"\nlame_duck_grace_period: "{LDM_GRACE:g}s"\n'
+LDM_CONFIG = 'lame_duck_duration: "30s"\nlame_duck_grace_period: "2s"\n'
 
 
 class TextAsJSON:
@@ -267,8 +266,8 @@ async def test_lame_duck_mode(
             **load.summary(),
         }
     )
-    # Moved before the lame duck began to close its clients, and nothing lost.
-    assert session_moved < LDM_GRACE, session_moved
+    # Make before break: had a session stayed on a until it hung up, the calls in flight
+    # then would have failed; none did, whatever went through or was routed to a.
     assert dict(load.errors) == {}, "a lame duck's calls must drain, not fail"
 
 
