@@ -69,8 +69,7 @@ def msg(subject: bytes, sid: bytes, body: bytes = b"", reply: bytes = b"") -> by
 
 
 async def test_the_connection_leaves_a_lame_duck_for_the_server_it_named_at_once() -> None:
-    """After A's lame duck INFO the Connection's next connection is to B, with no backoff and
-    no attempt at A (which still accepts here)."""
+    """After A's lame duck INFO the next connection is to B at once, none to A (still open)."""
     seen: dict[str, Any] = {}
     with anyio.fail_after(TIMEOUT):
         async with cluster() as (a, b):
@@ -93,8 +92,7 @@ async def test_the_connection_leaves_a_lame_duck_for_the_server_it_named_at_once
 
 
 async def test_replies_a_lame_duck_routes_to_the_old_session_still_reach_their_callers() -> None:
-    """A call sent through A before the move gets the reply A delivers after the client sends
-    through B; only then does the client unsubscribe on A, flush and hang up."""
+    """A reply A delivers after the move reaches its caller; the client unsubscribes on A after."""
     results: dict[str, Any] = {}
     seen: dict[str, Any] = {}
 
@@ -133,8 +131,7 @@ class Echo(RPCServer[None]):
 
 
 async def test_a_server_moves_its_queue_group_once_the_lame_duck_routes_to_its_successor() -> None:
-    """The server subscribes on B, probes until A routes to B, then unsubscribes on A; a
-    request A delivered before the PONG that follows is answered through B."""
+    """Queue group moved once A routes B's probe; what A sent before its PONG is answered."""
     seen: dict[str, Any] = {}
     with anyio.fail_after(TIMEOUT):
         async with cluster() as (a, b):
@@ -189,8 +186,7 @@ async def test_a_server_moves_its_queue_group_once_the_lame_duck_routes_to_its_s
 
 
 async def test_a_probe_the_permissions_refuse_ends_the_probe_not_the_successor() -> None:
-    """B refusing the probe's subscription gives the probe up: the session on B stays the
-    server's, and the one on A is drained and closed anyway."""
+    """A probe B's permissions refuse is given up; B's session stays, A's is drained anyway."""
     seen: dict[str, Any] = {}
     with anyio.fail_after(TIMEOUT):
         async with cluster() as (a, b):
