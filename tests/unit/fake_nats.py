@@ -166,8 +166,11 @@ async def fake_server() -> AsyncIterator[FakeServer]:
                 yield server
             finally:
                 tg.cancel_scope.cancel()
-                for peer in server.peers:
-                    await peer.aclose()
+                # Shielded: in the cancelled group an await would raise a cancellation
+                # that replaces (and so hides) the exception the block is leaving with.
+                with anyio.CancelScope(shield=True):
+                    for peer in server.peers:
+                        await peer.aclose()
     finally:
         server.close()
 
