@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(MYPY)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
-	$(BIN)/pytest
+	$(BIN)/pytest --cov
 
 # The unit and sandbox tests only: no broker needed.
 test-fast: $(STAMP)

@@ -186,4 +186,6 @@ async def test_cancelled_while_opening_does_not_hang() -> None:
                 await accepted[0].receive(1 << 16)  # the SASL header first, then EOF
                 await accepted[0].receive(1 << 16)
         tg.cancel_scope.cancel()
+    for stream in accepted:
+        await stream.aclose()
     await listener.aclose()
