@@ -42,6 +42,7 @@ from .rpc import (
     Returned as Returned,
     RPCClient as RPCClient,
     RPCServer as RPCServer,
+    Telemetry as Telemetry,
 )
 from .transport.base import TLSOptions as TLSOptions
 
@@ -77,6 +78,7 @@ __all__ = [
     "Stop",
     "Supervisor",
     "TLSOptions",
+    "Telemetry",
     "Unroutable",
     "UnsendableMessage",
 ]

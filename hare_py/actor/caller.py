@@ -28,12 +28,13 @@ class Caller:
     ``value`` is the answer once ``done``.
     """
 
-    __slots__ = ("_event", "_future", "_value", "deadline", "id", "request")
+    __slots__ = ("_event", "_future", "_value", "deadline", "id", "request", "trace")
 
     def __init__(self, deadline: float = math.inf, request: Any = None) -> None:
         self.id = next(_ids)
         self.deadline = deadline
         self.request = request
+        self.trace: Any = None  # what tracing keeps for this request (None when off)
         self._event: anyio.Event | None = None  # the waiter on trio
         self._future: asyncio.Future[None] | None = None  # the waiter on asyncio
         self._value: Any = _UNSET

@@ -3,8 +3,10 @@
 Requests are NATS requests to ``loom.rpc.{serviceType}.{instanceID}.{method}``
 (a method may hold dots: ``task.assign``) carrying the envelope
 ``{"method", "caller_id", "payload", "trace_id"}``, where ``payload`` is raw
-JSON; the answer is ``{"ok", "payload", "error"}`` on the request's reply
-subject, and ``ok: false`` is a ``RemoteError`` with the error text.
+JSON and ``trace_id`` the current OpenTelemetry trace's id when tracing is on
+(the W3C context itself travels in NATS headers, as with every convention);
+the answer is ``{"ok", "payload", "error"}`` on the request's reply subject,
+and ``ok: false`` is a ``RemoteError`` with the error text.
 
 A client names the instance in its routing key: ``"inst123.task.assign"``
 for one instance, ``"any.task.assign"`` for any instance of the service.
@@ -55,6 +57,19 @@ _PREFIX = "loom.rpc"
 _TOKEN = re.compile(r"[^.*>\s]+")  # a subject token: no dots, wildcards or whitespace
 _MAX_ENVELOPE = 64 * 1024 * 1024
 JSON_TYPE = "application/json"
+#: A W3C traceparent: version, trace id, parent id, flags (the trace id must not be all 0).
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def _trace_id(headers: Mapping[str, Any]) -> str:
+    """The envelope's trace id: the current trace's, which tracing put in the request's
+    ``traceparent`` header, or a fresh random one (Loom's own callers send one per call)."""
+    parent = headers.get("traceparent")
+    if isinstance(parent, str):
+        match = _TRACEPARENT.match(parent)
+        if match is not None:
+            return match.group(1)
+    return secrets.token_hex(16)
 
 
 def _token(value: object, what: str) -> str:
@@ -132,7 +147,7 @@ class LoomClient(InboxClient):
             "method": method,
             "caller_id": self.caller_id,
             "payload": _json_payload(body, content_type),
-            "trace_id": secrets.token_hex(16),
+            "trace_id": _trace_id(headers),
         }
         return Message(
             "",

@@ -9,6 +9,7 @@ from .messages import (
     Returned as Returned,
 )
 from .server import RPCServer as RPCServer
+from .telemetry import Telemetry as Telemetry
 
 __all__ = [
     "ConnectedMeta",
@@ -18,4 +19,5 @@ __all__ = [
     "Request",
     "Response",
     "Returned",
+    "Telemetry",
 ]

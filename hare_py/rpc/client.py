@@ -73,6 +73,7 @@ from .messages import (
     Response,
     Returned,
 )
+from .telemetry import TelemetryOption, client_instrumentation
 
 __all__ = ["RPCClient"]
 
@@ -99,6 +100,7 @@ class ClientOptions(TypedDict, total=False):
     codec: Codec | None
     backoff: Backoff | None
     convention: Convention | None
+    telemetry: TelemetryOption
     name: str | None
 
 
@@ -154,6 +156,7 @@ class RPCClient(Actor[S], Generic[S]):
         codec: Codec | None = None,
         backoff: Backoff | None = None,
         convention: Convention | None = None,
+        telemetry: TelemetryOption = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
@@ -172,6 +175,8 @@ class RPCClient(Actor[S], Generic[S]):
         self.convention = (convention or hare()).client(exchange, exchange_type, exchange_durable)
         check_protocol(self.convention, connection)
         self.exchange = self.convention.exchange
+        # Tracing and metrics (hare_py.rpc.telemetry): None when off, the hot path's one check.
+        self._otel = client_instrumentation(telemetry, self.convention.wire_protocol, self.exchange)
         self.timeout = check_timeout(timeout)
         self.max_in_flight = max_in_flight
         self.mandatory = mandatory
@@ -232,7 +237,8 @@ class RPCClient(Actor[S], Generic[S]):
         (``ClientOptions``): ``timeout`` is the default request deadline in
         seconds (``math.inf`` for none), ``backoff`` paces session re-opening
         after failures, ``convention`` (default ``hare()``) decides wire names,
-        reply addresses and envelopes.
+        reply addresses and envelopes, ``telemetry`` (default: on when the
+        process set an OpenTelemetry tracer or meter provider) traces requests.
         """
         return supervised(
             lambda connection: cls(connection, **options),
@@ -325,26 +331,24 @@ class RPCClient(Actor[S], Generic[S]):
         seconds = self.timeout if timeout is None else check_timeout(timeout)
         started = now()
         deadline = started + seconds
+        correlation_id = secrets.token_urlsafe(16)
         request = Request(
             payload,
             routing_key,
             headers if headers is not None else {},
-            secrets.token_urlsafe(16),
+            correlation_id,
             deadline,
             idempotent,
         )
         caller = Caller(deadline, request)
+        otel = self._otel
+        if otel is not None:  # the span starts here, in the caller's task (its parent)
+            caller.trace = otel.start(routing_key, correlation_id)
         slots = self._slots
         try:
             slots.acquire_nowait()
         except anyio.WouldBlock:
-            with anyio.CancelScope(deadline=deadline) as waiting:
-                await slots.acquire()
-            if waiting.cancelled_caught:  # not acquired: nothing to release
-                raise RequestTimeout(
-                    f"request to {routing_key!r} waited {seconds:g} s for one of "
-                    f"max_in_flight={self.max_in_flight} slots"
-                ) from None
+            await self._wait_for_slot(caller, seconds)
         try:
             self._post(_Request(caller))
             try:
@@ -358,6 +362,8 @@ class RPCClient(Actor[S], Generic[S]):
         finally:
             slots.release()
             self._log_request(caller, started)
+            if caller.trace is not None:
+                caller.trace.finish(caller)
         if caller.gave_up:
             raise self._timeout_error(caller)
         value = caller.value
@@ -366,6 +372,21 @@ class RPCClient(Actor[S], Generic[S]):
         return value
 
     # -- runtime -------------------------------------------------------------------
+
+    async def _wait_for_slot(self, caller: Caller, seconds: float) -> None:
+        """Wait for one of ``max_in_flight`` slots, within the request's deadline."""
+        try:
+            with anyio.CancelScope(deadline=caller.deadline) as waiting:
+                await self._slots.acquire()
+            if waiting.cancelled_caught:  # not acquired: nothing to release
+                raise RequestTimeout(
+                    f"request to {caller.request.routing_key!r} waited {seconds:g} s for one "
+                    f"of max_in_flight={self.max_in_flight} slots"
+                ) from None
+        except BaseException as exc:
+            if caller.trace is not None:
+                caller.trace.finish(None, exc)
+            raise
 
     def _log_request(self, caller: Caller, started: float) -> None:
         if not debug_enabled(self._log):
@@ -430,6 +451,8 @@ class RPCClient(Actor[S], Generic[S]):
 
     async def _on_start(self, tg: TaskGroup) -> None:
         self._helpers = tg
+        if self._otel is not None:
+            self._otel.started()
         self._calls = self._calls.renew()  # late calls keep their keys across a restart
         self._unflushed = 0
         self._channel = self._last_channel = None
@@ -507,6 +530,8 @@ class RPCClient(Actor[S], Generic[S]):
                 for call in reversed(batch):
                     if call is not culprit:
                         self._calls.unsend(call)
+                        if call.caller.trace is not None:
+                            call.caller.trace.unsent()
                 self._fail_batch([culprit], exc)
             except ConnectionLost as exc:
                 # Any of the batch may have reached the broker: as for a request in
@@ -552,12 +577,14 @@ class RPCClient(Actor[S], Generic[S]):
             ms = (request.deadline - now()) * 1000
             if ms < _MAX_TTL_MS:  # a longer TTL is refused by RabbitMQ (406): send none
                 expiration = str(max(1, int(ms)))
+        trace = caller.trace
+        headers = request.headers if trace is None else {**request.headers, **trace.carrier}
         try:
-            return self.convention.wrap(
+            message = self.convention.wrap(
                 request.routing_key,
                 body,
                 self.codec.content_type,
-                request.headers,
+                headers,
                 request.correlation_id,
                 expiration,
                 self._reply_queue or "",
@@ -566,6 +593,9 @@ class RPCClient(Actor[S], Generic[S]):
             self._forget(caller)
             caller.resolve(exc)
             return None
+        if trace is not None:
+            trace.sent(message)
+        return message
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         if delivery.undecodable is not None:
@@ -633,6 +663,8 @@ class RPCClient(Actor[S], Generic[S]):
             return
         self._channel = self._last_channel = message.channel
         self._reply_queue = message.meta.reply_queue
+        if self._otel is not None:
+            self._otel.connected(message.meta.connects)
         result = await self.handle_connected(message.meta, self._state)
         self._apply(result, "handle_connected")
         await self._flush()

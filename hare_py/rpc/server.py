@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from functools import partial
 from time import perf_counter_ns
-from typing import Any, Generic, Self, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Generic, Self, TypedDict, Unpack
 
 import anyio
 from anyio.abc import TaskGroup
@@ -69,6 +69,10 @@ from .channel import (
 )
 from .drops import DropLog
 from .messages import ConnectedMeta, Request
+from .telemetry import TelemetryOption, server_instrumentation
+
+if TYPE_CHECKING:
+    from ._otel import HandlingTrace
 
 __all__ = ["RPCServer", "ServerStopping", "UndecodableRequest"]
 
@@ -80,13 +84,14 @@ S = TypeVar("S", default=Any)
 class _Pending:
     """A request being answered: where it came from, to reply to it and ack it."""
 
-    __slots__ = ("channel", "delivery", "incoming", "started")
+    __slots__ = ("channel", "delivery", "incoming", "started", "trace")
 
     def __init__(self, channel: Session, delivery: Delivery, incoming: Incoming) -> None:
         self.channel = channel
         self.delivery = delivery
         self.incoming = incoming
         self.started = perf_counter_ns() if incoming.stats is not None else 0
+        self.trace: HandlingTrace | None = None  # its server span, when tracing is on
 
 
 class _Delivered:
@@ -119,6 +124,7 @@ class ServerOptionsDict(TypedDict, total=False):
     backoff: Backoff | None
     convention: Convention | None
     dedupe: int
+    telemetry: TelemetryOption
     name: str | None
 
 
@@ -145,6 +151,7 @@ class RPCServer(Actor[S], Generic[S]):
         backoff: Backoff | None = None,
         convention: Convention | None = None,
         dedupe: int = 1024,
+        telemetry: TelemetryOption = None,
         name: str | None = None,
     ) -> None:
         check_exchange(exchange, exchange_type)
@@ -167,6 +174,12 @@ class RPCServer(Actor[S], Generic[S]):
         self.queue = self.convention.queue
         self.exchange = self.convention.exchange
         super().__init__(name=name or f"{type(self).__name__}:{self.queue}")
+        # Tracing and metrics (hare_py.rpc.telemetry): None when off.
+        self._otel = server_instrumentation(
+            telemetry,
+            self.convention.wire_protocol,
+            self.exchange or self.queue,
+        )
         self.connection = connection
         self.prefetch = prefetch
         self.dedupe = dedupe
@@ -215,8 +228,8 @@ class RPCServer(Actor[S], Generic[S]):
         bindings itself; ``dedupe`` bounds the cache of answers to requests
         that carry a request id (a repeated one is answered from it, not
         handled again). ``prefetch`` bounds the requests being handled at once
-        (0: unbounded). ``conn``, ``arg`` and the supervision options are those
-        of ``RPCClient.start``.
+        (0: unbounded). ``conn``, ``arg``, ``telemetry`` and the supervision
+        options are those of ``RPCClient.start``.
         """
         return supervised(
             lambda connection: cls(connection, **options),
@@ -259,6 +272,8 @@ class RPCServer(Actor[S], Generic[S]):
     # -- runtime -------------------------------------------------------------------
 
     async def _on_start(self, tg: TaskGroup) -> None:
+        if self._otel is not None:
+            self._otel.started()
         self._channel = None
         self._incoming = {}
         self._handed, self._handling, self._in_doubt = None, None, []
@@ -280,6 +295,8 @@ class RPCServer(Actor[S], Generic[S]):
     def _fail_held(self, error: Any) -> None:
         # Unanswered requests are not acked: the broker redelivers them.
         super()._fail_held(error)
+        for pending in self._incoming.values():
+            self._abandon(pending, error())
         self._incoming.clear()
 
     async def _on_delivered(self, message: _Delivered) -> None:
@@ -303,6 +320,8 @@ class RPCServer(Actor[S], Generic[S]):
             await self._settle(message.channel, delivery, reject=True)
             return
         pending = _Pending(message.channel, delivery, incoming)
+        if self._otel is not None:
+            pending.trace = self._otel.start(delivery, incoming)
         try:
             payload = self.codec.decode(incoming.body, incoming.content_type)
         except Exception as exc:
@@ -314,6 +333,8 @@ class RPCServer(Actor[S], Generic[S]):
         cached = self._answered.get(incoming.request_id) if incoming.request_id else None
         if cached is not None:
             self._log.info("rpc.request_repeated", request_id=incoming.request_id)
+            if pending.trace is not None:
+                pending.trace.repeated()
             await self._send_reply(pending, *cached)
             return
         request = Request(
@@ -326,10 +347,16 @@ class RPCServer(Actor[S], Generic[S]):
         caller = Caller(request=request)
         self._incoming[caller] = pending
         self._handling = caller
+        trace = pending.trace
+        if trace is not None:
+            trace.enter()
         try:
             result = await self.handle_request(request, caller, self._state)
         except Exception as exc:
             self._handling = None
+            if trace is not None:
+                trace.leave()
+                trace.crashed(exc)
             self._log.error(
                 "rpc.handler_failed",
                 error=repr(exc),
@@ -339,6 +366,9 @@ class RPCServer(Actor[S], Generic[S]):
             )
             await self._answer(caller, exc)
             return
+        finally:
+            if trace is not None:
+                trace.leave()
         self._handling = None
         kind = type(result)
         if kind is Reply:
@@ -437,15 +467,25 @@ class RPCServer(Actor[S], Generic[S]):
                     self._in_doubt.append(out)
                     self._count(pending, error)
                 raise
-        stats = pending.incoming.stats
-        if stats is not None:
-            stats.record(perf_counter_ns() - pending.started, error)
+        self._count(pending, error)
         await self._settle(pending.channel, pending.delivery, reject=reject)
 
     def _count(self, pending: _Pending, error: BaseException | None) -> None:
+        """The request is answered (``error``: its error reply, or why none left)."""
         stats = pending.incoming.stats
         if stats is not None:
             stats.record(perf_counter_ns() - pending.started, error)
+        trace = pending.trace
+        if trace is not None:
+            pending.trace = None
+            trace.finish(error)
+
+    def _abandon(self, pending: _Pending, error: BaseException) -> None:
+        """The request leaves unanswered (the broker redelivers it): end its span."""
+        trace = pending.trace
+        if trace is not None:
+            pending.trace = None
+            trace.finish(error)
 
     async def _send_local(self, session: Session, message: Message) -> None:
         try:
@@ -467,6 +507,8 @@ class RPCServer(Actor[S], Generic[S]):
             # in the mailbox, or one that closed meanwhile (its keeper opens the next).
             return
         self._channel = message.channel
+        if self._otel is not None:
+            self._otel.connected(message.meta.connects)
         self._apply(await self.handle_connected(message.meta, self._state), "handle_connected")
 
     async def _on_channel_down(self, message: ChannelDown) -> None:
@@ -482,6 +524,7 @@ class RPCServer(Actor[S], Generic[S]):
                 pending.channel = current
             else:  # the broker redelivers it
                 del self._incoming[caller]
+                self._abandon(pending, ConnectionLost(f"session closed: {message.reason}"))
         self._log.warning("rpc.channel_lost", reason=str(message.reason))
 
     # -- draining ------------------------------------------------------------------
