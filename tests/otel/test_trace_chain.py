@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
-from hare_py import Caller, RPCClient, RPCServer, Reply, Request
+from hare_py import Caller, Reply, Request, RPCClient, RPCServer
 
 from .conftest import CODEC, PLACES, Otel, Site
 
@@ -51,7 +51,11 @@ async def chain(site: Site, otel: Otel, payload: Any) -> Any:
         )
         to_back = await stack.enter_async_context(
             RPCClient.start(
-                site.url, codec=CODEC, telemetry=telemetry, timeout=10, **site.client_options("back")
+                site.url,
+                codec=CODEC,
+                telemetry=telemetry,
+                timeout=10,
+                **site.client_options("back"),
             )
         )
         front = await stack.enter_async_context(
