@@ -29,6 +29,7 @@ from contextvars import Token
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from opentelemetry import context, metrics, propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import ProxyTracerProvider, SpanKind, Status, StatusCode
@@ -213,7 +214,8 @@ class CallTrace:
         """The caller has its answer (``caller``), or failed before it had one (``error``)."""
         value: Any
         if error is not None:
-            outcome, value = _outcome(error), error
+            cancelled = isinstance(error, anyio.get_cancelled_exc_class())
+            outcome, value = ("cancelled" if cancelled else _outcome(error)), error
         elif caller is None or caller.gave_up:
             deadline = caller.deadline if caller is not None else 0.0
             outcome, value = ("RequestTimeout", None) if now() >= deadline else ("cancelled", None)

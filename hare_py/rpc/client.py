@@ -350,7 +350,13 @@ class RPCClient(Actor[S], Generic[S]):
         except anyio.WouldBlock:
             await self._wait_for_slot(caller, seconds)
         try:
-            self._post(_Request(caller))
+            try:
+                self._post(_Request(caller))
+            except BaseException as exc:  # the client has stopped, or a wrong thread
+                if caller.trace is not None:
+                    caller.trace, trace = None, caller.trace
+                    trace.finish(None, exc)
+                raise
             try:
                 # The actor answers at the deadline; the grace is the backstop
                 # for an actor stuck in a slow callback.

@@ -11,6 +11,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from hare_py import (
     Caller,
+    ClientStopped,
     ConnectionLost,
     NoReply,
     RemoteError,
@@ -265,3 +266,16 @@ async def test_non_string_trace_headers_break_nothing(site: Site, otel: Otel) ->
     # Only the last one, bytes holding a valid traceparent, continues a trace.
     assert [s.parent is not None for s in spans] == [False, False, False, True]
     assert spans[-1].context.trace_id == int("a" * 32, 16)
+
+
+@pytest.mark.parametrize("place", SANDBOX, indirect=True)
+async def test_a_request_to_a_stopped_client_ends_its_span(site: Site, otel: Otel) -> None:
+    """A request refused because the client has stopped still ends its span, as an error."""
+    async with RPCClient.start(site.url, telemetry=otel.telemetry) as client:
+        pass
+    with pytest.raises(ClientStopped):
+        await client.request(b"late", "work")
+    (span,) = by_kind(otel.finished(), SpanKind.CLIENT)
+    assert outcome(span) == "ClientStopped" and span.status.status_code is StatusCode.ERROR
+    (in_flight,) = otel.points("hare_py.client.requests.in_flight")
+    assert in_flight.value == 0
