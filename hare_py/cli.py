@@ -28,7 +28,7 @@ import structlog
 from ._log import console_handler
 from .actor.connection import Connection
 from .codecs import JSON
-from .conventions import nats as nats_convention
+from .conventions import amqp10 as amqp10_convention, nats as nats_convention
 from .errors import (
     BrokerError,
     ConfigError,
@@ -40,7 +40,7 @@ from .errors import (
 )
 from .rpc.client import RPCClient
 from .rpc.server import RPCServer
-from .transport.base import NATS
+from .transport.base import AMQP_0_9_1, NATS
 
 __all__ = [
     "EXIT_CONNECTION",
@@ -75,7 +75,8 @@ exit codes:
 
 URL_HELP = (
     "broker URL: amqp://USER:PASSWORD@HOST:PORT/VHOST, amqps://... for TLS, "
-    "nats://[USER:PASSWORD@]HOST:PORT or tls://... for NATS, or sandbox://NAME "
+    "amqp://HOST:PORT/?protocol=1.0 for AMQP 1.0 (add &listen=1 to serve-echo peer to "
+    "peer), nats://[USER:PASSWORD@]HOST:PORT or tls://... for NATS, or sandbox://NAME "
     "(sandbox+nats://NAME) for hare_py's in-memory brokers (only reachable from the "
     "same process)"
 )
@@ -152,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="type the exchange is declared with, if it is named (default: direct)",
     )
     call.add_argument(
-        "--routing-key", "-k", required=True, metavar="K", help="routing key of the request"
+        "--routing-key",
+        "-k",
+        required=True,
+        metavar="K",
+        help="routing key of the request (on NATS the subject, on AMQP 1.0 the address)",
     )
     call.add_argument(
         "--json",
@@ -189,7 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("url", metavar="URL", help=URL_HELP)
     serve.add_argument(
-        "--queue", "-q", required=True, metavar="Q", help="queue to declare and serve"
+        "--queue",
+        "-q",
+        required=True,
+        metavar="Q",
+        help="queue to declare and serve (on NATS the subject, on AMQP 1.0 the address)",
     )
     serve.add_argument(
         "--exchange",
@@ -292,13 +301,21 @@ async def _declared(client: RPCClient[None], deadline: float) -> None:
 
 
 def _wire_options(conn: Connection, args: argparse.Namespace) -> dict[str, Any]:
-    """The convention options for the URL's protocol: exchanges on AMQP, subjects on NATS
-    (the routing key or ``--queue`` is the subject; ``--exchange`` has no meaning there)."""
-    if conn.wire_protocol != NATS:
+    """The convention options for the URL's protocol: exchanges on AMQP 0-9-1; on NATS
+    the routing key or ``--queue`` is the subject, on AMQP 1.0 the whole address
+    (``--exchange`` has no meaning on either)."""
+    if conn.wire_protocol == AMQP_0_9_1:
         return {"exchange": args.exchange, "exchange_type": args.exchange_type}
+    if conn.wire_protocol == NATS:
+        if args.exchange:
+            raise UsageError(f"--exchange has no meaning on NATS ({conn.urls[0]}): subjects route")
+        return {"convention": nats_convention("hare-py")}
     if args.exchange:
-        raise UsageError(f"--exchange has no meaning on NATS ({conn.urls[0]}): subjects route")
-    return {"convention": nats_convention("hare-py")}
+        raise UsageError(
+            f"--exchange has no meaning on AMQP 1.0 ({conn.urls[0]}): the routing key or "
+            "--queue is the whole address (/queue/NAME on RabbitMQ 3.x)"
+        )
+    return {"convention": amqp10_convention()}
 
 
 async def _call(args: argparse.Namespace) -> int:
