@@ -1,4 +1,4 @@
-"""`hare-py call` and `serve-echo` on AMQP 1.0: through proton's broker, RabbitMQ 3.x, and peer to peer."""
+"""`hare-py call` and `serve-echo` on AMQP 1.0: proton's broker, RabbitMQ 3.x, a listener."""
 
 from __future__ import annotations
 
