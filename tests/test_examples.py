@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import signal
 import subprocess
@@ -264,3 +265,24 @@ async def test_amqp10_server_example_counts_through_a_listener() -> None:
             result = await client.main(dial, "")
     assert result[:2] == [b"HELLO", b"AMQP 1.0"]
     assert counted == [2]
+
+
+async def test_tracing_example_draws_one_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tracing example's chain is one trace of four spans, each the child of the one
+    before, and its waterfall (and the one on the observability page) draws all four."""
+    import xml.etree.ElementTree as ET
+
+    monkeypatch.delenv("HARE_URL", raising=False)
+    spans, svg = await load("tracing").main()
+    ordered = sorted(spans, key=lambda s: s.start_time or 0)
+    assert [s.name for s in ordered] == ["orders", "orders", "stock", "stock"]
+    assert len({s.context.trace_id for s in spans}) == 1
+    assert ordered[0].parent is None
+    for parent, child in itertools.pairwise(ordered):
+        assert child.parent is not None and child.parent.span_id == parent.context.span_id
+    committed = EXAMPLES.parent / "docs" / "img" / "trace-waterfall.svg"
+    for picture in (svg, committed.read_text()):
+        root = ET.fromstring(picture)
+        bars = [e for e in root.iter("{http://www.w3.org/2000/svg}rect") if e.find("*") is not None]
+        labels = [b.findtext("{http://www.w3.org/2000/svg}title", "").split(":")[0] for b in bars]
+        assert labels == ["orders (client)", "orders (server)", "stock (client)", "stock (server)"]

@@ -333,8 +333,12 @@ class ServerInstrumentation(_Instrumentation):
 
     role = "server"
 
-    def __init__(self, option: TelemetryOption, wire_protocol: str, service: str) -> None:
+    def __init__(
+        self, option: TelemetryOption, wire_protocol: str, service: str, queue: str
+    ) -> None:
         super().__init__(option, wire_protocol, service)
+        if queue:  # the queue (AMQP) or queue group (NATS) the server's instances share
+            self.attributes["messaging.consumer.group.name"] = queue
         meter = self.meter
         self.duration = meter.create_histogram(
             "rpc.server.call.duration",

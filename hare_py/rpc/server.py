@@ -176,9 +176,7 @@ class RPCServer(Actor[S], Generic[S]):
         super().__init__(name=name or f"{type(self).__name__}:{self.queue}")
         # Tracing and metrics (hare_py.rpc.telemetry): None when off.
         self._otel = server_instrumentation(
-            telemetry,
-            self.convention.wire_protocol,
-            self.exchange or self.queue,
+            telemetry, self.convention.wire_protocol, self.exchange, self.queue
         )
         self.connection = connection
         self.prefetch = prefetch

@@ -44,10 +44,10 @@ TelemetryOption = Telemetry | Literal[False] | None
 _MISSING = "telemetry= needs the hare_py[otel] extra: pip install 'hare_py[otel]'"
 
 
-def _module(option: TelemetryOption) -> Any:
-    """``hare_py.rpc._otel``, or None when telemetry is off or the extra missing."""
+def _enabled(option: TelemetryOption) -> bool:
+    """True when telemetry is on; a ConfigError when asked for without the extra."""
     if option is False:
-        return None
+        return False
     if option is not None and not isinstance(option, Telemetry):
         raise ConfigError(f"telemetry must be a hare_py Telemetry, False or None, got {option!r}")
     try:
@@ -55,23 +55,27 @@ def _module(option: TelemetryOption) -> Any:
     except ImportError:
         if option is not None:
             raise ConfigError(_MISSING) from None
-        return None
-    if option is None and not _otel.globally_configured():
-        return None
-    return _otel
+        return False
+    return option is not None or _otel.globally_configured()
 
 
 def client_instrumentation(
     option: TelemetryOption, wire_protocol: str, service: str
 ) -> ClientInstrumentation | None:
     """The client's instrumentation, or None when telemetry is off."""
-    module = _module(option)
-    return None if module is None else module.ClientInstrumentation(option, wire_protocol, service)
+    if not _enabled(option):
+        return None
+    from ._otel import ClientInstrumentation
+
+    return ClientInstrumentation(option, wire_protocol, service)
 
 
 def server_instrumentation(
-    option: TelemetryOption, wire_protocol: str, service: str
+    option: TelemetryOption, wire_protocol: str, service: str, queue: str
 ) -> ServerInstrumentation | None:
     """The server's instrumentation, or None when telemetry is off."""
-    module = _module(option)
-    return None if module is None else module.ServerInstrumentation(option, wire_protocol, service)
+    if not _enabled(option):
+        return None
+    from ._otel import ServerInstrumentation
+
+    return ServerInstrumentation(option, wire_protocol, service, queue)
