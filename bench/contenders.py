@@ -249,6 +249,45 @@ class HareAnyio(Hare):
         await self._serve(_backend(url, "anyio"), queue, ready)
 
 
+class HareAnyioTraced(HareAnyio):
+    """The same client and server with tracing and metrics on: OpenTelemetry's SDK, spans
+    batched to an exporter that drops them (what an application's OTLP exporter costs on
+    top is its own), metrics aggregated for a reader."""
+
+    name, label, queue = "hare_anyio_traced", "hare_py anyio backend, traced", "bench.traced"
+
+    def client(self, url: str) -> Any:
+        return HareClient(_backend(url, "anyio"), convention=None, telemetry=_telemetry())
+
+    async def _serve(self, url: str, queue: str, ready: Ready) -> None:
+        await serve_echo(
+            url, ready, queue=queue, prefetch=PREFETCH, auto_delete=True, telemetry=_telemetry()
+        )
+
+
+def _telemetry() -> Any:
+    """SDK tracer and meter providers, as an application would set them up."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    import hare_py
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Dropped()))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return hare_py.Telemetry(tracer_provider, meter_provider)
+
+
 def _backend(url: str, backend: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}backend={backend}"
 
@@ -360,7 +399,16 @@ class FastStream(Raw):
 
 BASELINE = "aiormq"
 CONTENDERS: dict[str, Contender] = {
-    c.name: c for c in (Raw(), Hare(), HareAnyio(), HareDirect(), AioPika(), FastStream())
+    c.name: c
+    for c in (
+        Raw(),
+        Hare(),
+        HareAnyio(),
+        HareAnyioTraced(),
+        HareDirect(),
+        AioPika(),
+        FastStream(),
+    )
 }
 
 

@@ -50,6 +50,23 @@ def table(results: Results, settings: Settings) -> str:
     return "\n".join(lines)
 
 
+def tracing_table(results: Results, settings: Settings) -> str:
+    """Tracing on against tracing off, the same client and server, as ratios."""
+    on, off = "hare_anyio_traced", "hare_anyio"
+    if on not in settings.contenders or off not in settings.contenders:
+        return ""
+    lines = [
+        "| case | calls/s, on / off | p50, on / off | p99, on / off "
+        "| client CPU per call, on / off | server CPU per call, on / off |",
+        "|---|---|---|---|---|---|",
+    ]
+    metrics = ("calls_per_s", "p50_ms", "p99_ms", "cpu_s_per_10k", "server_cpu_s_per_10k")
+    for case in settings.cases:
+        ratios = [results.median(on, case, m) / results.median(off, case, m) for m in metrics]
+        lines.append(f"| {case.label} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
+    return "\n".join(lines)
+
+
 def hold_table(results: Results, settings: Settings, held_by: str = "the broker") -> str:
     lines = [
         f"| contender | client RSS per in-flight request ({settings.hold:,} held) "
@@ -257,7 +274,7 @@ def plots(
     from matplotlib.ticker import FixedLocator, FuncFormatter
 
     small = [c for c in settings.cases if c.size != 64 * 1024]
-    palette = ("black", "tab:blue", "tab:red", "tab:cyan", "tab:orange", "tab:green")
+    palette = ("black", "tab:blue", "tab:red", "tab:purple", "tab:cyan", "tab:orange", "tab:green")
     colours = dict(zip(settings.contenders, palette, strict=False))
     styles = {results.baseline: "--"}
 

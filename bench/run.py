@@ -414,6 +414,7 @@ def write(
         "",
         report.hold_table(results, settings),
         "",
+        *_tracing(report.tracing_table(results, settings)),
         "Targets:",
         "",
         report.targets_table(rows),
@@ -421,6 +422,18 @@ def write(
         *[f"![{p.stem}]({p.name})" for p in pngs],
     ]
     _write_files(out / "results", md, results, settings, rows, pngs, profiles, shown_from=6)
+
+
+def _tracing(table: str) -> list[str]:
+    if not table:
+        return []
+    return [
+        "Tracing on (an SDK tracer and meter provider given to client and server) against "
+        "tracing off, the anyio backend, medians of this run:",
+        "",
+        table,
+        "",
+    ]
 
 
 def write_nats(

@@ -68,8 +68,16 @@ async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
 
     results = json.loads((tmp_path / "results.json").read_text())
     contenders = {entry["contender"] for entry in results["load"]}
-    assert contenders == {"aiormq", "hare", "hare_anyio", "hare_drt", "aiopika", "faststream"}
-    assert len(results["load"]) == 6 * 4  # every contender in every case
+    assert contenders == {
+        "aiormq",
+        "hare",
+        "hare_anyio",
+        "hare_anyio_traced",
+        "hare_drt",
+        "aiopika",
+        "faststream",
+    }
+    assert len(results["load"]) == 7 * 4  # every contender in every case
     for entry in results["load"]:
         for run in entry["rounds"]:
             assert run["errors"] == 0, (entry["contender"], run["first_error"])
@@ -83,7 +91,9 @@ async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
             assert run["errors"] == 0 and run["held"] == run["n"], (name, run)
             assert math.isfinite(run["bytes_per_request"])
             assert run["heap_bytes_per_request"] > 0
-    assert set(results["hold"]) == {"aiormq", "hare", "hare_anyio", "hare_drt", "aiopika"}
+    holders = {"aiormq", "hare", "hare_anyio", "hare_anyio_traced", "hare_drt", "aiopika"}
+    assert set(results["hold"]) == holders
+    assert "| calls/s, on / off |" in table  # tracing on against off, as ratios
     assert results["targets"]  # each computed (met or not: that is a finding, not a failure)
 
     nats_table = (tmp_path / "nats.md").read_text()
