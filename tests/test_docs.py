@@ -25,6 +25,7 @@ PAGES = [
     "failure-semantics.md",
     "delivery.md",
     "amqp10.md",
+    "observability.md",
 ]
 
 
