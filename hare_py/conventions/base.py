@@ -158,6 +158,8 @@ class ServerOptions:
     routing_keys: tuple[str, ...] | None
     durable: bool
     auto_delete: bool
+    queue_type: str = "classic"  # "quorum": a durable replicated queue (x-queue-type)
+    delivery_limit: int | None = None  # a quorum queue's x-delivery-limit
 
 
 class Convention(ABC):
@@ -252,6 +254,8 @@ class ServerConvention(ABC, Generic[SessionT]):
     #: stopping then drains (``quiesce``, answer what is in hand, ``flush``) before
     #: it closes. False where the broker redelivers the unsettled requests (AMQP).
     drains: bool = False
+    #: The ``queue_type`` values its server declares queues of (``RPCServer(queue_type=)``).
+    queue_types: frozenset[str] = frozenset({"classic"})
 
     @abstractmethod
     async def setup(self, session: SessionT, on_request: OnDelivery, on_cancel: OnCancel) -> None:

@@ -196,7 +196,13 @@ class HareClient(ClientConvention[Channel]):
 
 
 class HareServer(ServerConvention[Channel]):
-    """The server side of the hare convention: replies go to ``reply_to``."""
+    """The server side of the hare convention: replies go to ``reply_to``.
+
+    ``queue_type="quorum"`` declares the queue durable with ``x-queue-type:
+    quorum`` (and ``x-delivery-limit`` with ``delivery_limit``), replicated
+    over a RabbitMQ cluster's nodes."""
+
+    queue_types = frozenset({"classic", "quorum"})
 
     def __init__(
         self,
@@ -208,6 +214,8 @@ class HareServer(ServerConvention[Channel]):
         durable: bool = False,
         auto_delete: bool = False,
         arguments: Mapping[str, Any] | None = None,
+        queue_type: str = "classic",
+        delivery_limit: int | None = None,
     ) -> None:
         if not queue or not isinstance(queue, str):
             raise ConfigError(f"a server needs a queue name, got {queue!r}")
@@ -223,6 +231,12 @@ class HareServer(ServerConvention[Channel]):
         self.durable = durable
         self.auto_delete = auto_delete
         self.arguments = dict(arguments or {})
+        self.queue_durable = durable
+        if queue_type == "quorum":
+            self.queue_durable = True  # RabbitMQ refuses a transient quorum queue
+            self.arguments["x-queue-type"] = "quorum"
+            if delivery_limit is not None:
+                self.arguments["x-delivery-limit"] = delivery_limit
 
     def __repr__(self) -> str:
         return f"<hare convention queue={self.queue!r} exchange={self.exchange!r}>"
@@ -231,7 +245,7 @@ class HareServer(ServerConvention[Channel]):
         await declare_exchange(channel, self.exchange, self.exchange_type, durable=self.durable)
         await channel.queue_declare(
             self.queue,
-            durable=self.durable,
+            durable=self.queue_durable,
             auto_delete=self.auto_delete,
             arguments=self.arguments or None,
         )
@@ -307,6 +321,8 @@ class _Hare(Convention):
             routing_keys=options.routing_keys,
             durable=options.durable,
             auto_delete=options.auto_delete,
+            queue_type=options.queue_type,
+            delivery_limit=options.delivery_limit,
         )
 
 

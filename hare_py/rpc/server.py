@@ -29,17 +29,17 @@ fails at once instead of at its deadline.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import suppress
 from functools import partial
 from time import perf_counter_ns
-from typing import TYPE_CHECKING, Any, Generic, Self, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeAlias, TypedDict, Unpack
 
 import anyio
 from anyio.abc import TaskGroup
 from typing_extensions import TypeVar  # TypeVar(default=...) before Python 3.13
 
+from .._clock import now
 from ..actor.actor import Actor, _StopSignal
 from ..actor.backoff import Backoff
 from ..actor.caller import Caller
@@ -59,6 +59,7 @@ from ..conventions import (
 )
 from ..errors import BrokerError, ConfigError, ConnectionLost
 from ..transport.base import Delivery, ExchangeType, Message, OnCancel, Session
+from .answers import Answer, AnswerCache
 from .channel import (
     ChannelDown,
     ChannelUp,
@@ -79,6 +80,38 @@ __all__ = ["RPCServer", "ServerStopping", "UndecodableRequest"]
 # A bare RPCServer (no state type given) has Any: its default init
 # returns the start() arg as the state.
 S = TypeVar("S", default=Any)
+
+
+def check_queue_type(queue_type: object, delivery_limit: object, auto_delete: bool) -> str:
+    """``queue_type`` checked with what RabbitMQ refuses of it, before anything is declared."""
+    if queue_type not in ("classic", "quorum"):
+        raise ConfigError(f"queue_type must be 'classic' or 'quorum', got {queue_type!r}")
+    if delivery_limit is not None:
+        if queue_type != "quorum":
+            raise ConfigError("delivery_limit needs queue_type='quorum' (x-delivery-limit)")
+        if isinstance(delivery_limit, bool) or not isinstance(delivery_limit, int):
+            raise ConfigError(f"delivery_limit must be an integer >= 1, got {delivery_limit!r}")
+        if delivery_limit < 1:
+            raise ConfigError(f"delivery_limit must be an integer >= 1, got {delivery_limit!r}")
+    if queue_type == "quorum" and auto_delete:
+        raise ConfigError("a quorum queue cannot be auto_delete (RabbitMQ refuses it: 406)")
+    return queue_type
+
+
+def _redelivery_key(incoming: Incoming) -> tuple[str, str] | None:
+    """What identifies a request the broker redelivers: its correlation id and reply address."""
+    reply = incoming.reply
+    if incoming.correlation_id and isinstance(reply, str):
+        return (incoming.correlation_id, reply)
+    return None
+
+
+def _ttl(delivery: Delivery) -> float | None:
+    """Seconds the broker may still deliver the request: its expiration, if it has one."""
+    expiration = delivery.properties.expiration
+    if expiration and expiration.isdigit():
+        return int(expiration) / 1000
+    return None
 
 
 class _Pending:
@@ -110,6 +143,10 @@ class _LateReply:
         self.value = value
 
 
+#: The request queue's type: RabbitMQ's classic queue, or a replicated quorum queue.
+QueueType: TypeAlias = Literal["classic", "quorum"]
+
+
 class ServerOptionsDict(TypedDict, total=False):
     """The options of ``RPCServer(...)`` that ``RPCServer.start(...)`` passes on."""
 
@@ -124,6 +161,8 @@ class ServerOptionsDict(TypedDict, total=False):
     backoff: Backoff | None
     convention: Convention | None
     dedupe: int
+    queue_type: QueueType
+    delivery_limit: int | None
     telemetry: TelemetryOption
     name: str | None
 
@@ -151,6 +190,8 @@ class RPCServer(Actor[S], Generic[S]):
         backoff: Backoff | None = None,
         convention: Convention | None = None,
         dedupe: int = 1024,
+        queue_type: QueueType = "classic",
+        delivery_limit: int | None = None,
         telemetry: TelemetryOption = None,
         name: str | None = None,
     ) -> None:
@@ -168,9 +209,16 @@ class RPCServer(Actor[S], Generic[S]):
             tuple(routing_keys) if routing_keys is not None else None,
             durable,
             auto_delete,
+            check_queue_type(queue_type, delivery_limit, auto_delete),
+            delivery_limit,
         )
         self.convention = (convention or hare()).server(options)
         check_protocol(self.convention, connection)
+        if queue_type not in self.convention.queue_types:
+            raise ConfigError(
+                f"queue_type={queue_type!r}: the {self.convention!r} server does not declare "
+                f"a queue of that type (it takes {sorted(self.convention.queue_types)})"
+            )
         self.queue = self.convention.queue
         self.exchange = self.convention.exchange
         super().__init__(name=name or f"{type(self).__name__}:{self.queue}")
@@ -181,10 +229,8 @@ class RPCServer(Actor[S], Generic[S]):
         self.connection = connection
         self.prefetch = prefetch
         self.dedupe = dedupe
-        # request id -> (body, content type, error): answers to repeated requests
-        self._answered: OrderedDict[str, tuple[bytes, str | None, BaseException | None]] = (
-            OrderedDict()
-        )
+        # Answers to requests that may come again (hare_py.rpc.answers).
+        self._answered = AnswerCache(dedupe)
         self.codec: Codec = codec or BYTES
         self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
         self._channel: Session | None = None
@@ -223,11 +269,19 @@ class RPCServer(Actor[S], Generic[S]):
         ``routing_keys`` (default: the queue name); ``durable`` and
         ``auto_delete`` apply to the queue (and ``durable`` to the exchange).
         ``convention`` (default ``hare()``) may derive the queue, exchange and
-        bindings itself; ``dedupe`` bounds the cache of answers to requests
-        that carry a request id (a repeated one is answered from it, not
-        handled again). ``prefetch`` bounds the requests being handled at once
-        (0: unbounded). ``conn``, ``arg``, ``telemetry`` and the supervision
-        options are those of ``RPCClient.start``.
+        bindings itself. ``queue_type="quorum"`` declares the queue as a
+        durable, replicated quorum queue (RabbitMQ 3.8+), ``delivery_limit``
+        its ``x-delivery-limit`` (a request delivered that many times without
+        an ack is dropped, or dead-lettered where the queue has a
+        dead-letter exchange); conventions that declare no queue of their own
+        refuse it. ``dedupe`` bounds the cache of answers (``dedupe``
+        entries, 16 MiB, each for its request's time to live) to requests
+        that come again: a repeated request id, or a request the broker
+        redelivers after its reply was sent but its ack was lost; such a
+        request is answered from it, not handled again. ``prefetch`` bounds
+        the requests being handled at once (0: unbounded). ``conn``, ``arg``,
+        ``telemetry`` and the supervision options are those of
+        ``RPCClient.start``.
         """
         return supervised(
             lambda connection: cls(connection, **options),
@@ -328,9 +382,14 @@ class RPCServer(Actor[S], Generic[S]):
             error = UndecodableRequest(f"{type(exc).__name__}: {exc}"[:500])
             await self._send_reply(pending, b"", None, error, reject=True)
             return
-        cached = self._answered.get(incoming.request_id) if incoming.request_id else None
+        cached = self._cached(delivery, incoming)
         if cached is not None:
-            self._log.info("rpc.request_repeated", request_id=incoming.request_id)
+            self._log.info(
+                "rpc.request_repeated",
+                request_id=incoming.request_id,
+                correlation_id=incoming.correlation_id,
+                redelivered=delivery.redelivered,
+            )
             if pending.trace is not None:
                 pending.trace.repeated()
             await self._send_reply(pending, *cached)
@@ -402,12 +461,36 @@ class RPCServer(Actor[S], Generic[S]):
             except Exception as exc:
                 self._log.error("rpc.reply_unencodable", error=repr(exc))
                 error = exc
-        request_id = pending.incoming.request_id
-        if request_id and self.dedupe:
-            self._answered[request_id] = (body, content_type, error)
-            while len(self._answered) > self.dedupe:
-                self._answered.popitem(last=False)
+        if self.dedupe:
+            self._remember(pending, Answer(body, content_type, error))
         await self._send_reply(pending, body, content_type, error)
+
+    def _cached(self, delivery: Delivery, incoming: Incoming) -> Answer | None:
+        """The answer already sent for this request: it repeats a request id, or the
+        broker redelivers a request answered before its ack got through."""
+        answered = self._answered
+        if not len(answered):
+            return None
+        if incoming.request_id:
+            found = answered.get(incoming.request_id, now())
+            if found is not None:
+                return found
+        if delivery.redelivered:
+            key = _redelivery_key(incoming)
+            if key is not None:
+                return answered.get(key, now())
+        return None
+
+    def _remember(self, pending: _Pending, answer: Answer) -> None:
+        incoming = pending.incoming
+        at = now()
+        ttl = _ttl(pending.delivery)
+        if incoming.request_id:
+            self._answered.put(incoming.request_id, answer, at, ttl)
+        if not self.convention.drains:  # the protocol redelivers (AMQP)
+            key = _redelivery_key(incoming)
+            if key is not None:
+                self._answered.put(key, answer, at, ttl)
 
     def _reject_log(self, reason: str, exc: Exception, correlation_id: str | None) -> None:
         cid = correlation_id[:100] if correlation_id else correlation_id

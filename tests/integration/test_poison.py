@@ -13,11 +13,22 @@ import uuid
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pika
 import pytest
 from rabbitmq import with_amqp_backend
 
-from hare_py import ConnectedMeta, NoReply, RPCClient, RPCServer
+from hare_py import (
+    Caller,
+    ConnectedMeta,
+    Connection,
+    NoReply,
+    Reply,
+    Request,
+    RequestTimeout,
+    RPCClient,
+    RPCServer,
+)
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.anyio]
 
@@ -125,3 +136,50 @@ async def test_poison_requests_are_dead_lettered_and_the_server_serves_on(
         finally:
             cleanup.close()
         rabbitmq.ctl("clear_policy", f"poison-{tag}")
+
+
+async def test_delivery_limit_drops_a_request_that_keeps_killing_its_server(
+    rabbitmq: Any, combo: tuple[str, str | None]
+) -> None:
+    """A request whose handling kills the server's connection every time is delivered
+    delivery_limit + 1 times on a quorum queue, then dropped; the server serves on.
+    (RabbitMQ only: the sandbox does not model delivery limits.)"""
+    url = with_amqp_backend(rabbitmq.url, combo[1])
+    queue = f"poison.{uuid.uuid4().hex[:10]}"
+    name = f"server.{uuid.uuid4().hex[:10]}"
+    runs: list[bytes] = []
+
+    class Crashing(RPCServer[None]):
+        async def handle_request(self, request: Request, caller: Caller, state: None) -> Any:
+            runs.append(request.payload)
+            if request.payload == b"poison":  # dies before answering, as a crash would
+                await anyio.to_thread.run_sync(rabbitmq.close_connection, name)
+                return NoReply(state)
+            return Reply(request.payload, state)
+
+    async def call_poison(client: RPCClient[None]) -> None:
+        with pytest.raises(RequestTimeout):
+            await client.request(b"poison", queue, timeout=60)
+
+    try:
+        async with (
+            Connection(url, name=name) as server_conn,
+            Connection(url) as client_conn,
+            Crashing.start(server_conn, queue=queue, queue_type="quorum", delivery_limit=2) as s,
+            RPCClient.start(client_conn) as client,
+        ):
+            with anyio.fail_after(60):
+                while not (s.connected and client.connected):
+                    await anyio.sleep(0.01)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(call_poison, client)
+                    while runs.count(b"poison") < 3:
+                        await anyio.sleep(0.05)
+                    while not s.connected:
+                        await anyio.sleep(0.01)
+                    assert await client.request(b"fine", queue) == b"fine"
+                    await anyio.sleep(1.5)  # a fourth delivery would come within this
+                    tg.cancel_scope.cancel()
+        assert runs.count(b"poison") == 3
+    finally:
+        await anyio.to_thread.run_sync(rabbitmq.ctl, "delete_queue", queue)
