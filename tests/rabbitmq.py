@@ -36,6 +36,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -111,7 +112,15 @@ def _speaks_amqp(port: int, timeout: float = 1.0) -> bool:
 class RabbitMQNode:
     """A RabbitMQ node private to this test run; see the module docstring."""
 
-    def __init__(self, *, start_timeout: float | None = None, ctl_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        start_timeout: float | None = None,
+        ctl_timeout: float = 30.0,
+        epmd_port: int = 0,
+        cookie: str | None = None,
+        erl_args: str = "",
+    ) -> None:
         self.server_script, self.ctl_script = find_rabbitmq_server()
         self.start_timeout = start_timeout or float(
             os.environ.get("HARE_TEST_RABBITMQ_START_TIMEOUT", "90")
@@ -120,7 +129,12 @@ class RabbitMQNode:
         self.amqp_port = 0
         self.tls_port = 0
         self.dist_port = 0
-        self.epmd_port = 0
+        # A cluster's nodes share one epmd (they find each other through it) and a
+        # cookie; a node given an epmd port leaves stopping that epmd to its owner.
+        self.epmd_port = epmd_port
+        self._owns_epmd = not epmd_port
+        self.cookie = cookie or secrets.token_hex(16)
+        self.erl_args = erl_args
         self.ca_file: str | None = None
         self.client_cert: str | None = None
         self.client_key: str | None = None
@@ -161,7 +175,8 @@ class RabbitMQNode:
             return
         began = time.monotonic()
         self.directory = Path(tempfile.mkdtemp(prefix="hare-rabbitmq-"))
-        self.amqp_port, self.dist_port, self.epmd_port = free_port(), free_port(), free_port()
+        self.amqp_port, self.dist_port = free_port(), free_port()
+        self.epmd_port = self.epmd_port or free_port()
         self._env = self._environment()
         self._write_files()
         self._write_certificates()
@@ -199,14 +214,16 @@ class RabbitMQNode:
             "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
             "RABBITMQ_LOG_BASE": str(d / "log"),
             "RABBITMQ_PID_FILE": str(d / "rabbitmq.pid"),
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
+                f"-kernel inet_dist_use_interface {{127,0,0,1}} {self.erl_args}".strip()
+            ),
         }
 
     def _write_files(self) -> None:
         assert self.directory is not None
         d = self.directory
         cookie = d / ".erlang.cookie"
-        cookie.write_text(secrets.token_hex(16))
+        cookie.write_text(self.cookie)
         cookie.chmod(0o400)  # Erlang refuses a cookie that others can read
         (d / "enabled_plugins").write_text("[rabbitmq_amqp1_0].\n")
         (d / "rabbitmq.conf").write_text(
@@ -312,12 +329,26 @@ class RabbitMQNode:
         """Close the connection(s) whose client-provided name is ``connection_name``."""
         _close_named(self.ctl, connection_name, reason)
 
+    def kill(self) -> None:
+        """Crash the node: SIGKILL its whole process tree at once; ``respawn()`` restarts it."""
+        process, self._process = self._process, None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def respawn(self) -> None:
+        """Start a killed node again on its own data, ports and name."""
+        assert self.directory is not None and self._process is None
+        self._process = spawn([str(self.server_script)], self.directory, self._env)
+        self._wait_for_amqp(time.monotonic() + self.start_timeout)
+
     def stop(self) -> None:
         """Stop the node and everything it started; idempotent."""
         process, self._process = self._process, None
         if process is not None:
             _stop_process_group(process)
-        if self.epmd_port:
+        if self.epmd_port and self._owns_epmd:
             # epmd daemonizes out of our process group; ask it to exit.
             epmd = shutil.which("epmd") or "epmd"
             with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -448,3 +479,97 @@ class ExternalRabbitMQ:
 
     def stop(self) -> None:
         """Nothing to stop: the broker is not ours."""
+
+
+class RabbitMQCluster:
+    """``size`` private nodes on loopback joined into one cluster (``join_cluster``).
+
+    Each node has its own name, AMQP and distribution ports and data folder;
+    they share one epmd port and cookie, private to the cluster, and one
+    Erlang scheduler each, so that three fit a 2-core machine. ``stop()``
+    stops them all and their epmd; any other RabbitMQ is left alone.
+    """
+
+    def __init__(self, size: int = 3) -> None:
+        self.epmd_port = free_port()
+        cookie = secrets.token_hex(16)
+        self.nodes = [
+            RabbitMQNode(epmd_port=self.epmd_port, cookie=cookie, erl_args="+S 1:1 +A 4")
+            for _ in range(size)
+        ]
+        self.start_seconds: float | None = None
+
+    def __enter__(self) -> RabbitMQCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        began = time.monotonic()
+        atexit.register(self.stop)
+        try:
+            with ThreadPoolExecutor(len(self.nodes)) as pool:
+                list(pool.map(RabbitMQNode.start, self.nodes))
+            first = self.nodes[0]
+            for node in self.nodes[1:]:
+                node.ctl("stop_app")
+                node.ctl("join_cluster", first.node_name, timeout=60)
+                node.start_app()
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - began
+
+    def urls(self, first: int) -> list[str]:
+        """Every node's URL, starting with node ``first``: a client's failover list."""
+        n = len(self.nodes)
+        return [self.nodes[(first + k) % n].url for k in range(n)]
+
+    def running(self) -> RabbitMQNode:
+        """A node that is up, to run rabbitmqctl against."""
+        for node in self.nodes:
+            if node._process is not None:
+                return node
+        raise RabbitMQError("no node of the cluster is running")
+
+    def node_of_connection(self, connection_name: str) -> RabbitMQNode:
+        """The node the named client connection is on (its pid names the node)."""
+        ctl = self.running().ctl
+        names = {
+            row["name"]
+            for row in _list_connections(ctl)
+            if row.get("client_properties", {}).get("connection_name") == connection_name
+        }
+        for line in ctl("list_connections", "pid", "name", "--silent").splitlines():
+            pid, _, name = line.partition("\t")
+            if name in names:
+                node_name = pid.strip("<>").rsplit(".", 3)[0]
+                return next(n for n in self.nodes if n.node_name == node_name)
+        raise RabbitMQError(f"no connection named {connection_name!r} on the cluster")
+
+    def leader_of(self, queue: str) -> RabbitMQNode:
+        """The node leading quorum queue ``queue``."""
+        rows = json.loads(
+            self.running().ctl("list_queues", "name", "leader", "--formatter", "json", "--quiet")
+            or "[]"
+        )
+        for row in rows:
+            if row["name"] == queue:
+                return next(n for n in self.nodes if n.node_name == row["leader"])
+        raise RabbitMQError(f"no queue {queue!r} on the cluster")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        epmd = shutil.which("epmd") or "epmd"
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                [epmd, "-port", str(self.epmd_port), "-kill"],
+                env={**os.environ, "ERL_EPMD_PORT": str(self.epmd_port)},
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+        atexit.unregister(self.stop)

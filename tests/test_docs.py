@@ -26,6 +26,7 @@ PAGES = [
     "delivery.md",
     "amqp10.md",
     "observability.md",
+    "scale.md",
 ]
 
 
