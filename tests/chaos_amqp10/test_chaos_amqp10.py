@@ -210,7 +210,7 @@ async def test_link_detached_by_the_broker(rabbitmq: Any, address: str, anyio_ba
     try:
         async with client_under_load(url, f"/queue/{address}") as (client, load):
             reply_queue = client.reply_queue
-            assert reply_queue.startswith("/queue/"), reply_queue
+            assert reply_queue is not None and reply_queue.startswith("/queue/"), reply_queue
             sessions = len(client.metas)
             struck = anyio.current_time()
             await anyio.to_thread.run_sync(
