@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -288,6 +289,55 @@ def _telemetry() -> Any:
     return hare_py.Telemetry(tracer_provider, meter_provider)
 
 
+class HareAmqp10(Hare):
+    """hare_py over AMQP 1.0 through the same RabbitMQ node (its rabbitmq_amqp1_0 plugin,
+    same port): the ``amqp10("/queue/")`` convention, a fixed reply queue per client (RabbitMQ
+    3.x has no dynamic nodes). Not in the in-flight test, whose holder answers in 0-9-1."""
+
+    name, label, queue = "hare_amqp10", "hare_py AMQP 1.0 via RabbitMQ", "bench.hare_amqp10"
+    holds = False
+
+    def client(self, url: str) -> Any:
+        from hare_py.conventions import amqp10
+
+        return HareClient(_query(url, "protocol=1.0"), convention=amqp10("/queue/"))
+
+    async def serve(self, url: str, queue: str, ready: Ready) -> None:
+        from hare_py.conventions import amqp10
+
+        await serve_echo(
+            _query(url, "protocol=1.0"), ready, queue=queue, prefetch=PREFETCH,
+            convention=amqp10("/queue/"),
+        )  # fmt: skip
+
+
+class HareAmqp10P2P(HareAmqp10):
+    """hare_py over AMQP 1.0 peer to peer: the echo server listens (``listen=1``) on
+    ``HARE_BENCH_P2P_PORT`` (a free port the run picks) and clients dial it; no broker."""
+
+    name, label, queue = "hare_amqp10_p2p", "hare_py AMQP 1.0 peer to peer", "bench.p2p"
+
+    def client(self, url: str) -> Any:
+        from hare_py.conventions import amqp10
+
+        return HareClient(_p2p_url(), convention=amqp10())
+
+    async def serve(self, url: str, queue: str, ready: Ready) -> None:
+        from hare_py.conventions import amqp10
+
+        await serve_echo(
+            f"{_p2p_url()}&listen=1", ready, queue=queue, prefetch=PREFETCH, convention=amqp10()
+        )
+
+
+def _p2p_url() -> str:
+    return f"amqp://127.0.0.1:{os.environ['HARE_BENCH_P2P_PORT']}/?protocol=1.0"
+
+
+def _query(url: str, param: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{param}"
+
+
 def _backend(url: str, backend: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}backend={backend}"
 
@@ -406,6 +456,8 @@ CONTENDERS: dict[str, Contender] = {
         HareAnyio(),
         HareAnyioTraced(),
         HareDirect(),
+        HareAmqp10(),
+        HareAmqp10P2P(),
         AioPika(),
         FastStream(),
     )

@@ -110,6 +110,20 @@ def targets(results: Results, settings: Settings) -> list[tuple[str, bool, str]]
     one = next((c for c in settings.cases if c.concurrency == 1), None)
     out: list[tuple[str, bool, str]] = []
     out += _anyio_backend_targets(results, settings, mid)
+    for name in ("hare_amqp10", "hare_amqp10_p2p"):
+        if name in settings.contenders and mid is not None:
+            mine, r = (
+                results.median(name, mid, "calls_per_s"),
+                results.ratio(name, mid, "calls_per_s"),
+            )
+            out.append(
+                (
+                    f"{CONTENDERS[name].label}: throughput at {mid.label} >= 2x raw aiormq 0-9-1",
+                    r >= 2.0,
+                    f"{mine:,.0f} vs {results.median(BASELINE, mid, 'calls_per_s'):,.0f} "
+                    f"calls/s = {r:.2f}x",
+                )
+            )
     for name in ("hare", "hare_anyio", "hare_drt"):
         if name not in settings.contenders:
             continue
@@ -274,7 +288,10 @@ def plots(
     from matplotlib.ticker import FixedLocator, FuncFormatter
 
     small = [c for c in settings.cases if c.size != 64 * 1024]
-    palette = ("black", "tab:blue", "tab:red", "tab:purple", "tab:cyan", "tab:orange", "tab:green")
+    palette = (
+        "black", "tab:blue", "tab:red", "tab:purple", "tab:cyan", "tab:brown", "tab:pink",
+        "tab:orange", "tab:green", "tab:olive", "tab:gray",
+    )  # fmt: skip
     colours = dict(zip(settings.contenders, palette, strict=False))
     styles = {results.baseline: "--"}
 

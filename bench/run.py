@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -270,6 +271,8 @@ def measure(settings: Settings, url: str, baseline: str = BASELINE) -> Results:
             for name in order:
                 contender = find_contender(name)
                 if not contender.concurrent or not settings.hold:
+                    continue
+                if not getattr(contender, "holds", True):  # its replies are not 0-9-1's
                     continue
                 job = {
                     "job": "hold",
@@ -548,9 +551,18 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
     )
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     settings = parse(argv)
     settings.out.mkdir(parents=True, exist_ok=True)
+    # The AMQP 1.0 peer-to-peer echo server listens here; clients dial it.
+    os.environ.setdefault("HARE_BENCH_P2P_PORT", str(_free_port()))
     began = time.monotonic()
     amqp = dataclasses.replace(
         settings, contenders=tuple(n for n in settings.contenders if n in CONTENDERS)

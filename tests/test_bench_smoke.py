@@ -59,6 +59,8 @@ async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
         "hare_py aiormq backend",
         "hare_py anyio backend",
         "hare_py direct_reply_to",
+        "hare_py AMQP 1.0 via RabbitMQ",
+        "hare_py AMQP 1.0 peer to peer",
     ):
         assert f"| {label} |" in table
     assert "aio-pika patterns.RPC" in table and "FastStream request/reply" in table
@@ -74,10 +76,12 @@ async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
         "hare_anyio",
         "hare_anyio_traced",
         "hare_drt",
+        "hare_amqp10",
+        "hare_amqp10_p2p",
         "aiopika",
         "faststream",
     }
-    assert len(results["load"]) == 7 * 4  # every contender in every case
+    assert len(results["load"]) == 9 * 4  # every contender in every case
     for entry in results["load"]:
         for run in entry["rounds"]:
             assert run["errors"] == 0, (entry["contender"], run["first_error"])
