@@ -1,8 +1,10 @@
 """The chaos suite's echo server, run in its own process.
 
-    python tests/chaos/echo_server.py AMQP_URL QUEUE
+    python tests/chaos/echo_server.py AMQP_URL QUEUE [amqp10]
 
-Prints ``ready`` once it consumes its queue, echoes every request, and shuts
+With ``amqp10`` it serves the address QUEUE with the ``amqp10()`` convention
+(on a broker's URL, or a listening one with ``listen=1``). Prints ``ready``
+once it consumes its queue, echoes every request, and shuts
 down in order on SIGTERM or SIGINT.
 """
 
@@ -16,6 +18,7 @@ import anyio
 import structlog
 
 from hare_py import Caller, Reply, Request, RPCServer
+from hare_py.conventions import amqp10
 
 
 class Echo(RPCServer[None]):
@@ -23,13 +26,16 @@ class Echo(RPCServer[None]):
         return Reply(request.payload, state)
 
 
-async def main(url: str, queue: str) -> None:
+async def main(url: str, queue: str, convention: str = "") -> None:
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(30),  # warnings and up
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with Echo.start(url, queue=queue, prefetch=256, max_restarts=100) as server:
+        options: dict[str, Any] = {"convention": amqp10()} if convention == "amqp10" else {}
+        async with Echo.start(
+            url, queue=queue, prefetch=256, max_restarts=100, **options
+        ) as server:
             while not server.connected:
                 await anyio.sleep(0.01)
             print("ready", flush=True)
@@ -38,4 +44,4 @@ async def main(url: str, queue: str) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1], sys.argv[2])
+    anyio.run(main, *sys.argv[1:4])

@@ -33,7 +33,7 @@ from hare_py.conventions import amqp10
 
 pytestmark = pytest.mark.anyio
 
-HERE = Path(__file__).resolve().parent
+ECHO = Path(__file__).resolve().parent.parent / "chaos" / "echo_server.py"
 TIMEOUT = 2.0  # each call's deadline
 HEARTBEAT = 1.0  # the idle-timeout the client announces and expects the peer to keep
 FAST = Backoff(initial=0.05, maximum=0.5)
@@ -47,7 +47,7 @@ def report(anyio_backend: str, peer: str, fault: str, load: Load, **figures: Any
 
 
 def echo(url: str, address: str) -> Any:
-    return start_ready([sys.executable, str(HERE / "echo_server.py"), url, address])
+    return start_ready([sys.executable, str(ECHO), url, address, "amqp10"])
 
 
 @asynccontextmanager
