@@ -22,6 +22,7 @@ import anyio
 import pytest
 from chaos.proxy import FaultProxy
 from natsserver import NatsServer, started
+from rabbitmq import unavailable
 
 from hare_py import Backoff, Connection
 from hare_py.errors import BrokerError, ConnectFailed, UnsendableMessage
@@ -270,7 +271,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A CA and a server certificate for 127.0.0.1 and localhost, made with openssl."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl is not installed")
+        unavailable("openssl is not installed: the TLS tests need it to make certificates")
     d: Path = tmp_path_factory.mktemp("nats-tls")
 
     def run(*args: str) -> None:
