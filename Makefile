@@ -23,10 +23,12 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 # Everything CI runs: lint, types, and the whole suite against the sandbox and
-# a private RabbitMQ that the tests start (installed from Debian if missing).
+# private servers that the tests start (installed from Debian if missing), with
+# Go and nats.go for the Go peer of the NATS interop tests.
 test: $(STAMP)
 	bash .ci/install-rabbitmq.sh
 	bash .ci/install-nats.sh
+	bash .ci/install-go-peer.sh
 	bash .ci/install-proton-examples.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
