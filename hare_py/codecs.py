@@ -12,6 +12,10 @@ from .errors import ConfigError
 
 __all__ = ["BYTES", "JSON", "BytesCodec", "Codec", "JSONCodec"]
 
+# allow_nan=False: NaN and Infinity are not JSON, and other peers refuse them. One
+# encoder for every call: json.dumps() with options builds a new one each time.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
 
 @runtime_checkable
 class Codec(Protocol):
@@ -60,8 +64,7 @@ class JSONCodec:
 
     def encode(self, payload: Any) -> bytes:
         try:
-            # allow_nan=False: NaN and Infinity are not JSON, and other peers refuse them.
-            return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+            return _ENCODE(payload).encode()
         except RecursionError:
             raise ConfigError(
                 f"payload {type(payload).__name__} is nested too deeply to encode as JSON"

@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError, RemoteError
-from ..transport.base import Delivery, Message, Properties
+from ..transport.base import EMPTY_PROPERTIES, Delivery, Message, Properties
 from ._nats_common import Endpoint, InboxClient, NatsServer, inbox_correlation, nats_headers
 from .base import (
     Convention,
@@ -56,7 +56,11 @@ ANY = "any"
 _PREFIX = "loom.rpc"
 _TOKEN = re.compile(r"[^.*>\s]+")  # a subject token: no dots, wildcards or whitespace
 _MAX_ENVELOPE = 64 * 1024 * 1024
+_MAX_ROUTES = 1024  # routing keys whose subject and method a client keeps checked
 JSON_TYPE = "application/json"
+# Compact, and NaN and Infinity refused: they are not JSON, and Go peers refuse them.
+_OK = b'{"ok":true,"payload":%s,"error":""}'  # Loom's field order, as Go marshals it
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 #: A W3C traceparent: version, trace id, parent id, flags (the trace id must not be all 0).
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 
@@ -89,16 +93,23 @@ def _method(value: object, what: str = "method") -> str:
     return value
 
 
-def _json_payload(body: bytes, content_type: str | None) -> Any:
-    """The request or reply payload as a raw JSON value for the envelope."""
+def _json_payload(body: bytes, content_type: str | None) -> bytes:
+    """The request or reply payload as raw JSON text for the envelope.
+
+    A body of ``content_type`` application/json is a JSON codec's output and
+    goes in as it is; any other body is checked to be JSON (and made compact).
+    """
     if not body:
-        return None
+        return b"null"
+    if content_type == JSON_TYPE:
+        return body
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except (ValueError, RecursionError):
         raise ConfigError(
             "Loom payloads are JSON: start the client or server with codec=JSON, or pass JSON bytes"
         ) from None
+    return _dump(value)
 
 
 def _open_envelope(body: bytes, what: str) -> dict[str, Any]:
@@ -115,7 +126,7 @@ def _open_envelope(body: bytes, what: str) -> dict[str, Any]:
 
 def _dump(value: Any) -> bytes:
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        return _ENCODE(value).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise ConfigError(f"cannot encode the Loom envelope: {exc}") from None
 
@@ -127,32 +138,47 @@ class LoomClient(InboxClient):
         self.service_type = service_type
         self.caller_id = caller_id
         self.exchange = f"{_PREFIX}.{service_type}"
+        self._caller_json = _ENCODE(caller_id).encode()
+        self._routes: dict[str, tuple[str, bytes]] = {}
 
     def request_subject(self, routing_key: str) -> str:
         return f"{self.exchange}.{routing_key}"
+
+    def _route(self, routing_key: str) -> tuple[str, bytes]:
+        """The subject and the envelope's JSON method for ``routing_key``, checked once."""
+        route = self._routes.get(routing_key)
+        if route is None:
+            instance, dot, method = routing_key.partition(".")
+            if not dot:
+                raise ConfigError(
+                    f"a Loom routing key is '<instance>.<method>' or 'any.<method>', "
+                    f"got {routing_key!r:.60}"
+                )
+            _token(instance, "the instance id ('any' for any instance)")
+            _method(method)
+            if len(self._routes) >= _MAX_ROUTES:
+                self._routes.clear()
+            route = self._routes[routing_key] = (
+                f"{self.exchange}.{routing_key}",
+                _ENCODE(method).encode(),
+            )
+        return route
 
     def wrap(
         self, routing_key: str, body: bytes, content_type: str | None, headers: Mapping[str, Any],
         correlation_id: str, expiration: str | None, reply_queue: str,
     ) -> Outgoing:  # fmt: skip
-        instance, dot, method = routing_key.partition(".")
-        if not dot:
-            raise ConfigError(
-                f"a Loom routing key is '<instance>.<method>' or 'any.<method>', "
-                f"got {routing_key!r:.60}"
-            )
-        _token(instance, "the instance id ('any' for any instance)")
-        _method(method)
-        envelope = {
-            "method": method,
-            "caller_id": self.caller_id,
-            "payload": _json_payload(body, content_type),
-            "trace_id": _trace_id(headers),
-        }
+        subject, method = self._route(routing_key)
+        envelope = b'{"method":%s,"caller_id":%s,"payload":%s,"trace_id":"%s"}' % (
+            method,
+            self._caller_json,
+            _json_payload(body, content_type),
+            _trace_id(headers).encode(),
+        )
         return Message(
             "",
-            f"{self.exchange}.{routing_key}",
-            _dump(envelope),
+            subject,
+            envelope,
             Properties(
                 reply_to=f"{reply_queue}.{correlation_id}",
                 headers=nats_headers(headers) if headers else None,
@@ -238,12 +264,12 @@ class LoomServer(NatsServer):
     ) -> Outgoing | None:
         if not incoming.reply:
             return None
-        if error is not None:
-            text = error.message if isinstance(error, RemoteError) else str(error)
-            envelope: dict[str, Any] = {"ok": False, "payload": None, "error": text or repr(error)}
+        if error is None:
+            envelope = _OK % _json_payload(body, content_type)
         else:
-            envelope = {"ok": True, "payload": _json_payload(body, content_type), "error": ""}
-        return Message("", incoming.reply, _dump(envelope), Properties())
+            text = error.message if isinstance(error, RemoteError) else str(error)
+            envelope = _dump({"ok": False, "payload": None, "error": text or repr(error)})
+        return Message("", incoming.reply, envelope, EMPTY_PROPERTIES)
 
 
 class _Loom(Convention):

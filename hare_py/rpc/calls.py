@@ -49,12 +49,13 @@ QUEUED, SENT, HELD, LATE, DONE = "queued", "sent", "held", "late", "done"
 class Call:
     """One caller's entry in the table."""
 
-    __slots__ = ("caller", "request", "state")
+    __slots__ = ("body", "caller", "request", "state")
 
     def __init__(self, caller: Caller, request: Any, state: str) -> None:
         self.caller = caller
         self.request = request
         self.state = state
+        self.body: bytes | None = None  # ``request``'s payload, encoded already
 
     def __repr__(self) -> str:
         return f"<Call {self.caller!r} {self.state}>"

@@ -37,7 +37,7 @@ from ..actor.caller import Caller
 from ..actor.connection import Connection
 from ..actor.results import CallResult, NoReply, NoticeResult, Reply
 from ..actor.runner import ActorRunner, ConnectionLike, supervised
-from ..codecs import BYTES, Codec
+from ..codecs import BYTES, Codec, JSONCodec
 from ..conventions import Convention, hare
 from ..errors import (
     ConfigError,
@@ -105,10 +105,11 @@ class ClientOptions(TypedDict, total=False):
 
 
 class _Request:
-    __slots__ = ("caller",)
+    __slots__ = ("body", "caller")
 
-    def __init__(self, caller: Caller) -> None:
+    def __init__(self, caller: Caller, body: bytes | None) -> None:
         self.caller = caller
+        self.body = body  # the payload, encoded at the call (None: encode when sending)
 
 
 class _Settle:
@@ -182,6 +183,8 @@ class RPCClient(Actor[S], Generic[S]):
         self.mandatory = mandatory
         self.request_ttl = request_ttl
         self.codec: Codec = codec or BYTES
+        # An own handle_request may change a payload in place: encode it when sending.
+        self._rewrites = type(self).handle_request is not RPCClient.handle_request
         self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
         self._slots = anyio.Semaphore(max_in_flight)
         grace = self.convention.late_reply_grace
@@ -314,7 +317,12 @@ class RPCClient(Actor[S], Generic[S]):
         reconnect), ``ClientStopped``/``ClientCrashed`` when the client ends,
         and any exception a callback chose as the reply.
         """
-        self.codec.check(payload)
+        codec = self.codec
+        body = None
+        if type(codec) is JSONCodec:  # checking is encoding: keep the body for sending
+            body = codec.encode(payload)
+        else:
+            codec.check(payload)
         if not isinstance(routing_key, str):
             raise ConfigError(f"routing_key must be a string, got {type(routing_key).__name__}")
         try:
@@ -351,7 +359,7 @@ class RPCClient(Actor[S], Generic[S]):
             await self._wait_for_slot(caller, seconds)
         try:
             try:
-                self._post(_Request(caller))
+                self._post(_Request(caller, body))
             except BaseException as exc:  # the client has stopped, or a wrong thread
                 if caller.trace is not None:
                     caller.trace, trace = None, caller.trace
@@ -482,7 +490,8 @@ class RPCClient(Actor[S], Generic[S]):
         caller = message.caller
         if caller.done:
             return
-        result = await self.handle_request(caller.request, caller, self._state)
+        request = caller.request
+        result = await self.handle_request(request, caller, self._state)
         if type(result) is not Forward:
             self._apply(result, "handle_request", caller)
             return
@@ -494,7 +503,9 @@ class RPCClient(Actor[S], Generic[S]):
                     f"{result.request!r}; expected a Request"
                 )
             caller.request = result.request
-        self._calls.add(caller, caller.request)
+        call = self._calls.add(caller, caller.request)
+        if message.body is not None and not self._rewrites and caller.request is request:
+            call.body = message.body
         self._unflushed += 1
         if self._unflushed >= _BATCH:
             await self._flush()  # a busy mailbox must not hold requests back
@@ -566,12 +577,14 @@ class RPCClient(Actor[S], Generic[S]):
         """Mark ``call`` sent and build its message; None if it was answered instead."""
         request: Request = call.request
         caller: Caller = call.caller
-        try:
-            body = self.codec.encode(request.payload)
-        except Exception as exc:
-            self._forget(caller)
-            caller.resolve(exc)
-            return None
+        body = call.body
+        if body is None:
+            try:
+                body = self.codec.encode(request.payload)
+            except Exception as exc:
+                self._forget(caller)
+                caller.resolve(exc)
+                return None
         if not self._calls.sent(call):
             self._forget(caller)
             caller.resolve(

@@ -483,14 +483,15 @@ class RPCServer(Actor[S], Generic[S]):
 
     def _remember(self, pending: _Pending, answer: Answer) -> None:
         incoming = pending.incoming
-        at = now()
-        ttl = _ttl(pending.delivery)
-        if incoming.request_id:
-            self._answered.put(incoming.request_id, answer, at, ttl)
+        keys: list[str | tuple[str, str]] = [incoming.request_id] if incoming.request_id else []
         if not self.convention.drains:  # the protocol redelivers (AMQP)
             key = _redelivery_key(incoming)
             if key is not None:
-                self._answered.put(key, answer, at, ttl)
+                keys.append(key)
+        if keys:
+            at, ttl = now(), _ttl(pending.delivery)
+            for each in keys:
+                self._answered.put(each, answer, at, ttl)
 
     def _reject_log(self, reason: str, exc: Exception, correlation_id: str | None) -> None:
         cid = correlation_id[:100] if correlation_id else correlation_id

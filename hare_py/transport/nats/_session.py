@@ -71,7 +71,7 @@ PROBE_MAX = 0.1
 class Subscription:
     """One SUB of a session: its subject and group, for attributing an -ERR."""
 
-    __slots__ = ("callback", "ending", "queue", "session", "sid", "subject")
+    __slots__ = ("callback", "ending", "queue", "session", "sid", "subject", "tag")
 
     def __init__(
         self,
@@ -83,6 +83,7 @@ class Subscription:
     ) -> None:
         self.session = session
         self.sid = sid
+        self.tag = str(sid)  # its deliveries' consumer tag
         self.subject = subject
         self.queue = queue
         self.callback = callback
@@ -208,7 +209,7 @@ class NatsClientSession(NatsSession):
             except Exception:
                 log.exception("nats.callback_failed", callback="on_return", sid=sub.sid)
             return
-        delivery = Delivery(event.payload, properties_of(event), "", event.subject, 0, str(sub.sid))
+        delivery = Delivery(event.payload, properties_of(event), "", event.subject, 0, sub.tag)
         try:
             sub.callback(delivery)
         except Exception:
@@ -223,7 +224,7 @@ class NatsClientSession(NatsSession):
             reason=str(event.error),
         )
         delivery = Delivery(
-            b"", EMPTY_PROPERTIES, "", event.subject, 0, str(sub.sid), undecodable=str(event.error)
+            b"", EMPTY_PROPERTIES, "", event.subject, 0, sub.tag, undecodable=str(event.error)
         )
         try:
             sub.callback(delivery)
