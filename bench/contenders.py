@@ -330,6 +330,22 @@ class HareAmqp10P2P(HareAmqp10):
         )
 
 
+class ProtonReactor(HareAmqp10):
+    """A client on python-qpid-proton's own reactor API (``bench/proton_client.py``),
+    calling the same hare_py AMQP 1.0 echo server through RabbitMQ: what hare_py's AMQP
+    1.0 client is measured against. Its load job runs proton's reactor, not asyncio."""
+
+    name, label, queue = "proton", "proton reactor client via RabbitMQ", "bench.proton"
+
+    def client(self, url: str) -> Any:
+        raise NotImplementedError("the proton client runs its own reactor: see run_load")
+
+    def run_load(self, job: dict[str, Any], callers: Any, payload: bytes) -> None:
+        from . import proton_client
+
+        proton_client.load(job, callers, payload)
+
+
 def _p2p_url() -> str:
     return f"amqp://127.0.0.1:{os.environ['HARE_BENCH_P2P_PORT']}/?protocol=1.0"
 
@@ -458,6 +474,7 @@ CONTENDERS: dict[str, Contender] = {
         HareDirect(),
         HareAmqp10(),
         HareAmqp10P2P(),
+        ProtonReactor(),
         AioPika(),
         FastStream(),
     )

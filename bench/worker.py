@@ -75,7 +75,7 @@ class _Callers:
         self.stop = False
         self.errors: list[str] = []
         self.served = 0
-        self._elapsed = self._cpu = 0.0
+        self._elapsed = self._cpu = self._started = self._cpu0 = 0.0
 
     async def caller(self) -> None:
         clock = time.perf_counter
@@ -96,12 +96,21 @@ class _Callers:
     async def measure(self, warmup: float, duration: float) -> None:
         """Warm up, then measure for ``duration`` seconds; the callers stop after it."""
         await self._sleep(warmup)
+        self.open_window()
+        await self._sleep(duration)
+        self.close_window()
+
+    def open_window(self) -> None:
+        """Start counting: calls that end from now on are measured."""
         self.errors.clear()
         self.measuring = True
-        started, cpu0 = time.perf_counter(), time.process_time()
-        await self._sleep(duration)
+        self._started, self._cpu0 = time.perf_counter(), time.process_time()
+
+    def close_window(self) -> None:
+        """Stop counting; the callers stop."""
         self.measuring = False
-        self._elapsed, self._cpu = time.perf_counter() - started, time.process_time() - cpu0
+        self._elapsed = time.perf_counter() - self._started
+        self._cpu = time.process_time() - self._cpu0
         self.stop = True
 
     def figures(self) -> dict[str, Any]:
@@ -126,6 +135,10 @@ class _Callers:
 async def load(job: dict[str, Any]) -> dict[str, Any]:
     contender = CONTENDERS[job["contender"]]
     payload = contender.payload(int(job["size"]))
+    if hasattr(contender, "run_load"):  # a client with its own event loop (proton's reactor)
+        callers = _Callers(None, job["queue"], payload, asyncio.sleep)
+        contender.run_load(job, callers, payload)
+        return callers.figures()
     async with contender.client(job["url"]) as client:
         callers = _Callers(client, job["queue"], payload, asyncio.sleep)
         tasks = [asyncio.create_task(callers.caller()) for _ in range(int(job["concurrency"]))]

@@ -61,6 +61,7 @@ async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
         "hare_py direct_reply_to",
         "hare_py AMQP 1.0 via RabbitMQ",
         "hare_py AMQP 1.0 peer to peer",
+        "proton reactor client via RabbitMQ",
     ):
         assert f"| {label} |" in table
     assert "aio-pika patterns.RPC" in table and "FastStream request/reply" in table
@@ -78,10 +79,11 @@ async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
         "hare_drt",
         "hare_amqp10",
         "hare_amqp10_p2p",
+        "proton",
         "aiopika",
         "faststream",
     }
-    assert len(results["load"]) == 9 * 4  # every contender in every case
+    assert len(results["load"]) == 10 * 4  # every contender in every case
     for entry in results["load"]:
         for run in entry["rounds"]:
             assert run["errors"] == 0, (entry["contender"], run["first_error"])
