@@ -61,8 +61,6 @@ E = proton.Event
 _HANDLED = frozenset(
     kind.number
     for kind in (
-        E.DELIVERY,
-        E.LINK_FLOW,
         E.LINK_REMOTE_OPEN,
         E.LINK_REMOTE_CLOSE,
         E.LINK_REMOTE_DETACH,
@@ -78,6 +76,12 @@ _cproton: Any = importlib.import_module("cproton")  # proton's C binding, untype
 _peek, _pop = _cproton.pn_collector_peek, _cproton.pn_collector_pop
 _event_type, _isnull = _cproton.pn_event_type, _cproton.isnull
 _wrap: Any = proton.Event.wrap  # untyped in proton
+# The two events of every message, handled without proton's Event wrapper, which
+# wraps the delivery, link, session, connection and transport of each event.
+_DELIVERY, _LINK_FLOW = E.DELIVERY.number, E.LINK_FLOW.number
+_event_delivery, _event_link = _cproton.pn_event_delivery, _cproton.pn_event_link
+_wrap_delivery: Any = proton.Delivery.wrap
+_wrap_link: Any = proton.Link.wrap
 
 
 def describe(exc: BaseException) -> str:
@@ -306,7 +310,18 @@ class Engine:
         try:
             while not _isnull(event := _peek(impl)):
                 try:
-                    if _event_type(event) in _HANDLED:
+                    kind = _event_type(event)
+                    if kind == _DELIVERY:
+                        delivery = _wrap_delivery(_event_delivery(event))
+                        owner = _owner(delivery.link)
+                        if owner is not None:
+                            owner.on_delivery(delivery)
+                    elif kind == _LINK_FLOW:
+                        link = _wrap_link(_event_link(event))
+                        owner = _owner(link)
+                        if owner is not None:
+                            owner.on_flow(link)
+                    elif kind in _HANDLED:
                         self._dispatch(_wrap(event))
                 finally:
                     _pop(impl)
@@ -322,17 +337,8 @@ class Engine:
         self.lost(CloseReason(INTERNAL_ERROR, f"internal error: {type(exc).__name__}", "network"))
 
     def _dispatch(self, event: Any) -> None:  # proton types its parts as optional
-        kind = event.type
-        if kind == E.DELIVERY:
-            delivery = event.delivery
-            owner = _owner(delivery.link)
-            if owner is not None:
-                owner.on_delivery(delivery)
-        elif kind == E.LINK_FLOW:
-            owner = _owner(event.link)
-            if owner is not None:
-                owner.on_flow(event.link)
-        elif kind == E.LINK_REMOTE_OPEN:
+        kind = event.type  # DELIVERY and LINK_FLOW never come here: see process()
+        if kind == E.LINK_REMOTE_OPEN:
             link = event.link
             owner = _owner(link)
             if owner is not None:
