@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import sys
 from asyncio import _get_running_loop
 from typing import Any
-
-import anyio
 
 __all__ = ["Caller"]
 
@@ -28,14 +27,14 @@ class Caller:
     ``value`` is the answer once ``done``.
     """
 
-    __slots__ = ("_event", "_future", "_value", "deadline", "id", "request", "trace")
+    __slots__ = ("_future", "_task", "_value", "deadline", "id", "request", "trace")
 
     def __init__(self, deadline: float = math.inf, request: Any = None) -> None:
         self.id = next(_ids)
         self.deadline = deadline
         self.request = request
         self.trace: Any = None  # what tracing keeps for this request (None when off)
-        self._event: anyio.Event | None = None  # the waiter on trio
+        self._task: Any = None  # the waiting trio task
         self._future: asyncio.Future[None] | None = None  # the waiter on asyncio
         self._value: Any = _UNSET
 
@@ -69,23 +68,32 @@ class Caller:
         if future is not None:
             if not future.done():
                 future.set_result(None)
-        elif self._event is not None:
-            self._event.set()
+        elif self._task is not None:
+            task, self._task = self._task, None
+            _trio().lowlevel.reschedule(task)
         return True
 
     async def wait(self, until: float = math.inf) -> None:
         """Return once answered or at ``until`` (loop clock), whichever comes first.
 
-        On asyncio this is a bare future and one timer handle: per request, an
-        anyio ``CancelScope`` and ``Event`` cost several times the memory and CPU.
+        On asyncio this is a bare future and one timer handle, on trio the task
+        parked in one trio cancel scope: per request, an anyio ``CancelScope`` and
+        ``Event`` cost several times the memory and CPU.
         """
         if self._value is not _UNSET:
             return
         loop = _get_running_loop()
         if loop is None:  # trio
-            self._event = anyio.Event()
-            with anyio.CancelScope(deadline=until):
-                await self._event.wait()
+            trio = _trio()
+            lowlevel = trio.lowlevel
+            self._task = lowlevel.current_task()
+
+            def abort(_: Any) -> Any:  # the deadline passed, or the caller was cancelled
+                self._task = None
+                return lowlevel.Abort.SUCCEEDED
+
+            with trio.move_on_at(until):
+                await lowlevel.wait_task_rescheduled(abort)
             return
         future = self._future = loop.create_future()
         timer = loop.call_at(until, _wake, future) if until != math.inf else None
@@ -97,6 +105,11 @@ class Caller:
 
     def __repr__(self) -> str:
         return f"<Caller #{self.id}{' done' if self.done else ''}>"
+
+
+def _trio() -> Any:
+    """trio, loaded already: only a trio task gets here."""
+    return sys.modules["trio"]
 
 
 def _wake(future: asyncio.Future[None]) -> None:

@@ -67,7 +67,8 @@ _TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-[0-9a-f]{16}-[0-
 
 def _trace_id(headers: Mapping[str, Any]) -> str:
     """The envelope's trace id: the current trace's, which tracing put in the request's
-    ``traceparent`` header, or a fresh random one (Loom's own callers send one per call)."""
+    ``traceparent`` header, or a fresh random one, so that every call has one (Loom's
+    own Go caller sends none)."""
     parent = headers.get("traceparent")
     if isinstance(parent, str):
         match = _TRACEPARENT.match(parent)
