@@ -577,7 +577,7 @@ class RPCClient(Actor[S], Generic[S]):
         """Mark ``call`` sent and build its message; None if it was answered instead."""
         request: Request = call.request
         caller: Caller = call.caller
-        body = call.body
+        body, call.body = call.body, None  # kept no longer than needed: a resend encodes
         if body is None:
             try:
                 body = self.codec.encode(request.payload)
