@@ -58,8 +58,8 @@ _TOKEN = re.compile(r"[^.*>\s]+")  # a subject token: no dots, wildcards or whit
 _MAX_ENVELOPE = 64 * 1024 * 1024
 _MAX_ROUTES = 1024  # routing keys whose subject and method a client keeps checked
 JSON_TYPE = "application/json"
-# Compact, and NaN and Infinity refused: they are not JSON, and Go peers refuse them.
 _OK = b'{"ok":true,"payload":%s,"error":""}'  # Loom's field order, as Go marshals it
+# Compact, and NaN and Infinity refused: they are not JSON, and Go peers refuse them.
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 #: A W3C traceparent: version, trace id, parent id, flags (the trace id must not be all 0).
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -684,3 +685,46 @@ async def test_waiting_for_an_in_flight_slot_is_bounded_and_leaks_nothing(
             for payload in (b"a", b"b"):  # the one slot is free again, exactly once
                 assert await client.request(payload, "echo") == payload
             assert client._slots.value == 1
+
+
+# -- a JSON payload is encoded once, unless a callback may have changed it ---------------
+
+
+class _Mutating(RPCClient[None]):
+    """Changes the payload in place, then forwards the same Request."""
+
+    async def handle_request(self, request: Request, caller: Caller, state: None) -> Any:
+        request.payload["seen"] = True
+        return Forward(state)
+
+
+class _Replacing(RPCClient[None]):
+    """Forwards a new Request with another payload."""
+
+    async def handle_request(self, request: Request, caller: Caller, state: None) -> Any:
+        return Forward(state, request.replace(payload={"replaced": 1}))
+
+
+@pytest.mark.parametrize(
+    ("client_class", "sent"),
+    [
+        (RPCClient, {"n": 1}),
+        (_Mutating, {"n": 1, "seen": True}),
+        (_Replacing, {"replaced": 1}),
+    ],
+    ids=["default", "changed in place", "replaced"],
+)
+async def test_json_payload_sent_is_what_handle_request_left(
+    broker: SandboxBroker, client_class: type[RPCClient[None]], sent: dict[str, Any]
+) -> None:
+    """The body encoded when the call checked its payload is the one sent only while
+    no callback could have changed it: an own handle_request's in-place change and a
+    replaced Request both reach the server."""
+    async with (
+        echo_server(broker.url) as server,
+        client_class.start(broker.url, codec=JSON) as client,
+    ):
+        with anyio.fail_after(5):
+            assert await client.request({"n": 1}, "echo") == sent
+    (delivery,) = server.received
+    assert json.loads(delivery.body) == sent

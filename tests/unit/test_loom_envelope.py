@@ -1,0 +1,77 @@
+"""Loom's envelopes as bytes on the wire: a JSON codec's body goes in as it is, any
+other body is checked and made compact, and the checks of a routing key are kept
+in a bounded table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hare_py import ConfigError
+from hare_py.conventions.base import Incoming
+from hare_py.conventions.loom import _MAX_ROUTES, LoomClient, LoomServer
+from hare_py.transport.base import EMPTY_PROPERTIES
+
+JSON_TYPE = "application/json"
+
+
+def _request(client: LoomClient, body: bytes, content_type: str | None) -> bytes:
+    message = client.wrap("inst1.task.assign", body, content_type, {}, "cid1", None, "_INBOX.x")
+    return bytes(message.body)
+
+
+def test_a_json_codec_body_goes_into_the_envelope_verbatim() -> None:
+    client = LoomClient("svc", 'caller "one"')
+    body = b'{"b":[1,2],"a":"\\u00e9"}'
+    raw = _request(client, body, JSON_TYPE)
+    assert b'"payload":' + body + b"," in raw
+    envelope = json.loads(raw)
+    assert envelope["method"] == "task.assign"
+    assert envelope["caller_id"] == 'caller "one"'
+    assert envelope["payload"] == {"b": [1, 2], "a": "é"}
+    assert len(envelope["trace_id"]) == 32 and int(envelope["trace_id"], 16) >= 0
+
+
+def test_other_bodies_are_checked_and_made_compact() -> None:
+    client = LoomClient("svc", "c")
+    raw = _request(client, b'{ "a" : 1 }', None)
+    assert b'"payload":{"a":1},' in raw
+    assert json.loads(raw)["payload"] == {"a": 1}
+    assert json.loads(_request(client, b"", None))["payload"] is None
+    with pytest.raises(ConfigError, match="Loom payloads are JSON"):
+        _request(client, b"not json", None)
+    with pytest.raises(ConfigError, match="cannot encode"):
+        _request(client, b"NaN", None)  # Python reads it; it is not JSON, Go refuses it
+
+
+def test_a_bad_routing_key_is_refused_every_time() -> None:
+    client = LoomClient("svc", "c")
+    for key in ("nodot", "in*st.m", "inst.me thod"):
+        for _ in range(2):  # not remembered as checked
+            with pytest.raises(ConfigError):
+                client.wrap(key, b"1", JSON_TYPE, {}, "cid", None, "_INBOX.x")
+
+
+def test_the_checked_routing_keys_stay_bounded() -> None:
+    client = LoomClient("svc", "c")
+    for n in range(_MAX_ROUTES + 10):
+        message = client.wrap(f"inst{n}.m", b"1", JSON_TYPE, {}, "cid", None, "_INBOX.x")
+        assert message.routing_key == f"loom.rpc.svc.inst{n}.m"
+    assert len(client._routes) <= _MAX_ROUTES
+
+
+def _incoming() -> Incoming:
+    return Incoming(b"", JSON_TYPE, "task.assign", {}, None, "_INBOX.x.cid1")
+
+
+def test_the_answer_envelope_in_loom_field_order() -> None:
+    server = LoomServer("svc", "inst1", None, False)
+    answer = server.wrap(_incoming(), b'{"x":1}', JSON_TYPE, None)
+    assert answer is not None
+    assert answer.body == b'{"ok":true,"payload":{"x":1},"error":""}'
+    assert answer.properties is EMPTY_PROPERTIES
+    assert answer.routing_key == "_INBOX.x.cid1"
+    failed = server.wrap(_incoming(), b"", None, ValueError("boom"))
+    assert failed is not None
+    assert json.loads(failed.body) == {"ok": False, "payload": None, "error": "boom"}
