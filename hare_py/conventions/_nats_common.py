@@ -248,7 +248,11 @@ class NatsServer(ServerConvention[NatsSession]):
             for verb in _VERBS
             for suffix in ("", f".{name}", f".{name}.{self.service_id}")
         }
+        # The endpoint of each subscription, by consumer tag (sids are unique in the
+        # process), kept for every session still open: during a lame duck move the
+        # session being left still delivers what it had.
         self._by_sid: dict[str, Endpoint] = {}
+        self._tags: dict[NatsSession, list[str]] = {}
         self._subscribed: tuple[NatsSession | None, list[str]] = (None, [])
 
     async def limit(self, session: NatsSession, prefetch: int) -> None:
@@ -257,8 +261,12 @@ class NatsServer(ServerConvention[NatsSession]):
     async def setup(
         self, session: NatsSession, on_request: OnDelivery, on_cancel: OnCancel
     ) -> None:
-        self._by_sid = by_sid = {}
+        by_sid, tags = self._by_sid, self._tags
+        for gone in [s for s in tags if not s.is_open]:
+            for tag in tags.pop(gone):
+                by_sid.pop(tag, None)
         sids: list[str] = []
+        tags[session] = sids
         self._subscribed = (session, sids)
         for endpoint in self.endpoints:
             queue = endpoint.queue_group or None

@@ -12,11 +12,14 @@ Rules this module keeps:
   more trailing tokens, any other token only itself. A ``*`` or ``>`` in the
   *matched* subject is a token like any other, which only wildcards match
   (nats-server routes such publishes so; this client never sends them).
-- Pure functions of their arguments: no state, no I/O.
+- Pure functions of their arguments: no state, no I/O; the one exception is
+  ``first_sid``, a process-wide count of connections, which both NATS
+  transports number their subscriptions from.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from ..errors import ConfigError
@@ -28,6 +31,7 @@ __all__ = [
     "check_publish_subject",
     "check_queue_group",
     "check_subscribe_subject",
+    "first_sid",
     "subject_matches",
 ]
 
@@ -106,3 +110,13 @@ def subject_matches(pattern: str, subject: str) -> bool:
         if i >= len(tokens) or (token != "*" and token != tokens[i]):
             return False
     return len(tokens) == len(wanted)
+
+
+_connections = itertools.count(1)
+
+
+def first_sid() -> int:
+    """A new connection's first subscription id, unique in the process (2**32 sids per
+    connection): a message still arriving for a subscription of a connection being
+    left (a lame duck move) is then never taken for its successor's by its sid."""
+    return (next(_connections) << 32) + 1

@@ -155,3 +155,13 @@ async def test_sessions_speak_nats_and_settle_does_nothing(nats: Nats) -> None:
         assert session.is_open
         with pytest.raises(ConfigError):
             await conn.open_channel()
+
+
+async def test_two_connections_never_share_a_sid(nats: Nats) -> None:
+    """A subscription's sid (its deliveries' consumer tag) is unique in the process, so a
+    message arriving for a connection being left is never taken for its successor's."""
+    with anyio.fail_after(10):
+        first, second = await nats.session(), await nats.session()
+        subject = nats.subject("sids")
+        tags = [await s.subscribe(subject, Inbox()) for s in (first, second, first, second)]
+    assert len(set(tags)) == 4

@@ -23,6 +23,7 @@ from anyio.streams.tls import TLSStream
 from ..._log import get_logger
 from ...errors import ConnectFailed, HareError
 from ..base import ConnectOptions
+from ..subjects import first_sid
 from ..url import BrokerURL
 from . import _protocol as p
 from ._config import NatsConfig, config_for, scrub
@@ -100,6 +101,7 @@ async def open_wire(url: BrokerURL, options: ConnectOptions) -> Wire:
         token=config.token,
         version=_version(),
         tls_required=config.want_tls,
+        first_sid=first_sid(),
     )
     stream: anyio.abc.ByteStream | None = None
     error: HareError | None = None

@@ -450,6 +450,7 @@ class NatsClientProtocol:
         echo: bool = True,
         tls_required: bool = False,
         limits: NatsLimits = DEFAULT_LIMITS,
+        first_sid: int = 1,
     ) -> None:
         self._connect: dict[str, Any] = {
             "verbose": False,
@@ -472,7 +473,7 @@ class NatsClientProtocol:
         self.server_info: ServerInfo | None = None
         self.max_payload = 0  # until INFO: then min(server's max_payload, limits.max_payload)
         self.pings_outstanding = 0  # our PINGs without their PONG yet
-        self._next_sid = 1
+        self._next_sid = first_sid
         self._buf = bytearray()
         self._scan = 0  # where the next CRLF search resumes
         self._pending: _Pending | None = None

@@ -57,7 +57,7 @@ from ..base import (
     Session,
     TransportConnection,
 )
-from ..subjects import check_queue_group, check_subscribe_subject
+from ..subjects import check_queue_group, check_subscribe_subject, first_sid
 from ..url import BrokerURL
 from ._broker import SandboxNatsBroker, lookup_broker
 from ._state import ConnectionClosed, Event, LameDuck, Msg, NoResponders, Pong
@@ -138,7 +138,7 @@ class SandboxNatsConnection(TransportConnection):
         self._sessions: dict[int, SandboxNatsSession] = {}
         self._sessions_changed = anyio.Event()
         self._subs: dict[int, _Sub] = {}
-        self._next_sid = 1
+        self._next_sid = first_sid()
         self._pings: deque[_Ping] = deque()
         self._unanswered = 0
         self._send, self._receive = anyio.create_memory_object_stream[Event](math.inf)
