@@ -38,8 +38,12 @@ def _request(subject: str, tag: str) -> Delivery:
     return Delivery(body.encode(), Properties(reply_to="_INBOX.r.1"), "", subject, 0, tag)
 
 
+def _ignore(*args: Any) -> None:
+    pass
+
+
 async def _setup(server: LoomServer, session: FakeSession) -> None:
-    await server.setup(session, lambda d: None, lambda: None)  # type: ignore[arg-type]
+    await server.setup(session, _ignore, _ignore)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
