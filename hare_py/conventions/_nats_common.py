@@ -252,8 +252,7 @@ class NatsServer(ServerConvention[NatsSession]):
         # process), kept for every session still open: during a lame duck move the
         # session being left still delivers what it had.
         self._by_sid: dict[str, Endpoint] = {}
-        self._tags: dict[NatsSession, list[str]] = {}
-        self._subscribed: tuple[NatsSession | None, list[str]] = (None, [])
+        self._tags: dict[NatsSession, list[str]] = {}  # every subscription, by session
 
     async def limit(self, session: NatsSession, prefetch: int) -> None:
         """NATS has no prefetch: a server holds what it was sent."""
@@ -267,7 +266,6 @@ class NatsServer(ServerConvention[NatsSession]):
                 by_sid.pop(tag, None)
         sids: list[str] = []
         tags[session] = sids
-        self._subscribed = (session, sids)
         for endpoint in self.endpoints:
             queue = endpoint.queue_group or None
             sid = await session.subscribe(endpoint.subject, on_request, queue=queue)
@@ -280,11 +278,8 @@ class NatsServer(ServerConvention[NatsSession]):
             self.started = datetime.now(UTC)
 
     async def quiesce(self, session: NatsSession, timeout: float) -> None:
-        owner, sids = self._subscribed
-        if owner is session:
-            self._subscribed = (None, [])
-            for sid in sids:
-                await session.unsubscribe(sid)
+        for sid in self._tags.get(session, ()):  # a session's UNSUB again is a no-op
+            await session.unsubscribe(sid)
         # The PONG comes after every message the server routed before the UNSUBs.
         await session.flush(timeout)
 

@@ -107,7 +107,9 @@ async def keep_channel(
     """Keep one session open for an actor, forever; cancel it to stop.
 
     With ``hand_over``, a session still open when this is cancelled after its
-    ``ChannelUp`` is passed to it instead of closed: the callee must close it.
+    ``ChannelUp`` is passed to it instead of closed: the callee must close it. So
+    are the sessions of moves not finished yet, before it (drain them too: what the
+    server they leave routed to them is not routed again).
     With ``settled``, a session moved off a draining server is retired once it
     returns (see the module docstring).
     """
@@ -116,6 +118,7 @@ async def keep_channel(
     channel: Session | None = None
     up = False
     waiting: list[_Move] = []  # draining sessions whose successor is not up yet
+    moving: list[_Move] = []  # every move not finished
     async with anyio.create_task_group() as moves:
         try:
             while True:
@@ -148,6 +151,8 @@ async def keep_channel(
                     log.info("rpc.session_draining", connects=connects)
                     move = _Move(channel, settled, post, log)
                     waiting.append(move)
+                    moving[:] = [m for m in moving if not m.finished]
+                    moving.append(move)
                     moves.start_soon(move.run)
                     channel = None
                     continue
@@ -155,7 +160,11 @@ async def keep_channel(
                 post(ChannelDown(channel, reason))
                 channel = None
         finally:
-            moves.cancel_scope.cancel()  # each closes its session
+            for move in moving:  # shielded from our cancellation: they end here, in order
+                if hand_over is not None:
+                    move.hand_over(hand_over)
+                move.cancel()  # it closes its session, unless handed over
+            moves.cancel_scope.cancel()
             if channel is not None:
                 if up and hand_over is not None and channel.is_open:
                     hand_over(channel)
@@ -176,12 +185,29 @@ class _Move:
         self._log = log
         self._successor: Session | None = None
         self._up = anyio.Event()
+        self.finished = False
+        self._handed = False
+        # Only keep_channel ends a move, after deciding whether to hand its session over.
+        self._scope = anyio.CancelScope(shield=True)
+
+    def cancel(self) -> None:
+        self._scope.cancel()
+
+    def hand_over(self, hand_over: Callable[[Session], None]) -> None:
+        """Stopped mid-move: the session goes to ``hand_over`` to drain, not closed here."""
+        if not self.finished and self.session.is_open:
+            self._handed = True
+            hand_over(self.session)
 
     def successor_is(self, successor: Session) -> None:
         self._successor = successor
         self._up.set()
 
     async def run(self) -> None:
+        with self._scope:
+            await self._run()
+
+    async def _run(self) -> None:
         old = self.session
         reason: CloseReason | None = None
         try:
@@ -203,7 +229,9 @@ class _Move:
                     self._log.warning("rpc.session_retire_failed", error=str(exc))
                 tg.cancel_scope.cancel()
         finally:
-            await close_quietly(old)
+            self.finished = True
+            if not self._handed:
+                await close_quietly(old)
         if reason is None:
             reason = CloseReason(0, "moved off a server in lame duck mode", "client")
             self._log.info("rpc.session_retired")

@@ -235,9 +235,10 @@ class RPCServer(Actor[S], Generic[S]):
         self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
         self._channel: Session | None = None
         self._incoming: dict[Caller, _Pending] = {}
-        # For a drain: the session the keeper handed over, the request whose
+        # For a drain: the sessions the keeper handed over (the current one last, after
+        # any a lame duck move was leaving), the request whose
         # handler the stop interrupted, and replies whose send it interrupted.
-        self._handed: Session | None = None
+        self._handed: list[Session] = []
         self._handling: Caller | None = None
         self._in_doubt: list[Message] = []
         self.handled = 0
@@ -328,7 +329,7 @@ class RPCServer(Actor[S], Generic[S]):
             self._otel.started()
         self._channel = None
         self._incoming = {}
-        self._handed, self._handling, self._in_doubt = None, None, []
+        self._handed, self._handling, self._in_doubt = [], None, []
         tg.start_soon(
             partial(
                 keep_channel,
@@ -342,7 +343,7 @@ class RPCServer(Actor[S], Generic[S]):
         )
 
     def _hand_over(self, session: Session) -> None:
-        self._handed = session
+        self._handed.append(session)
 
     def _fail_held(self, error: Any) -> None:
         # Unanswered requests are not acked: the broker redelivers them.
@@ -612,25 +613,31 @@ class RPCServer(Actor[S], Generic[S]):
     # -- draining ------------------------------------------------------------------
 
     async def _end(self, reason: Any, crash: BaseException | None) -> None:
-        session, self._handed = self._handed, None
-        if session is not None:
+        sessions, self._handed = self._handed, []
+        if sessions:
             try:
                 if crash is None:
-                    await self._drain(session)
+                    await self._drain(sessions)
             finally:
-                await close_quietly(session)
-                if self._channel is session:
-                    self._channel = None
+                for session in sessions:
+                    await close_quietly(session)
+                    if self._channel is session:
+                        self._channel = None
         self._handling, self._in_doubt = None, []
         await super()._end(reason, crash)
 
-    async def _drain(self, session: Session) -> None:
-        """Unsubscribe, answer what is in hand, flush: within ``shutdown_timeout``."""
+    async def _drain(self, sessions: list[Session]) -> None:
+        """Unsubscribe, answer what is in hand, flush: within ``shutdown_timeout``.
+
+        Every session unsubscribes first, then what any of them delivered is answered;
+        the last (the current one) sends what needs a session of its own."""
         timeout = self.shutdown_timeout
         deferred: list[Any] = []  # other mailbox messages, kept in order for later
-        self._log.info("rpc.draining", pending=len(self._incoming))
-        if not session.is_open:
+        self._log.info("rpc.draining", pending=len(self._incoming), sessions=len(sessions))
+        sessions = [s for s in sessions if s.is_open]
+        if not sessions:
             return  # a restart answers the mailbox's requests through its own session
+        session = sessions[-1]
         with anyio.move_on_after(timeout) as scope:
             try:
                 in_doubt, self._in_doubt = self._in_doubt, []
@@ -640,9 +647,11 @@ class RPCServer(Actor[S], Generic[S]):
                 if interrupted is not None:
                     stopped = ServerStopping("the server stopped while handling the request")
                     await self._answer(interrupted, stopped)
-                await self.convention.quiesce(session, timeout)
+                for each in sessions:
+                    await self.convention.quiesce(each, timeout)
                 await self._finish_in_hand(deferred)
-                await self.convention.flush(session, timeout)
+                for each in sessions:
+                    await self.convention.flush(each, timeout)
             except (ConfigError, ConnectionLost, BrokerError) as exc:
                 self._log.warning("rpc.drain_failed", error=str(exc)[:300])
             except Exception as exc:  # a callback misbehaved while draining

@@ -227,3 +227,54 @@ async def test_a_probe_the_permissions_refuse_ends_the_probe_not_the_successor()
 async def _until(predicate: Callable[[], bool]) -> None:
     while not predicate():
         await anyio.sleep(0.001)
+
+
+async def test_a_server_stopped_mid_move_drains_the_session_it_was_leaving() -> None:
+    """Stopped while its move off A waits for its probe: the session on A is drained as
+    well as its successor on B (every subscription ended, what A routed before its PONG
+    answered), not closed with what A still routes to it."""
+    seen: dict[str, Any] = {}
+    with anyio.fail_after(TIMEOUT):
+        async with cluster() as (a, b):
+            named = info_line(connect_urls=[f"127.0.0.1:{b.port}"])
+            async with (
+                anyio.create_task_group() as tg,
+                Connection(a.url(query="heartbeat=0"), backoff=NEVER) as conn,
+                Echo.start(conn, convention=nats("svc"), routing_keys=["svc.echo"]) as server,
+            ):
+                old = await next_peer(a, named)
+                subs_a = (await ops_until(old, b"PING"))[:-1]
+                await old.send(b"PONG\r\n")
+                group = next(op for op in subs_a if op.args[0] == b"svc.echo")
+                await old.send(ldm_info(b))
+                new = await next_peer(b)
+                subs_b = (await ops_until(new, b"PING"))[:-1]
+                await new.send(b"PONG\r\n")  # the successor is set up
+                await new.expect(b"SUB")  # the move's probe: never routed, so the move waits
+                await old.expect(b"PUB")
+                on_b: list[Op] = []
+
+                async def play_b() -> None:
+                    on_b.extend(await ops_until_closed(new))
+
+                tg.start_soon(play_b)
+                tg.start_soon(server.stop)  # stop the server now, mid-move
+                on_a: list[Op] = []
+                while sum(op.verb == b"UNSUB" for op in on_a) < len(subs_a):
+                    on_a.append(await old.op())  # its PINGs unanswered for now
+                # Before its PONGs, A still delivers to the subscriptions it was told to end.
+                request = msg(b"svc.echo", group.args[-1], b"hi", reply=b"_INBOX.c.1")
+                pongs = b"PONG\r\n" * sum(op.verb == b"PING" for op in on_a)
+                await old.send(request + pongs)
+                on_a += await ops_until_closed(old)
+                await conn.aclose()
+            # The answer may leave through either server: both route it to the caller.
+            answers = [(op.args[0], op.payload) for op in on_a + on_b if op.verb == b"PUB"]
+            seen["unsubscribed on A"] = sum(op.verb == b"UNSUB" for op in on_a) == len(subs_a)
+            seen["unsubscribed on B"] = sum(op.verb == b"UNSUB" for op in on_b) >= len(subs_b)
+            seen["answers"] = answers
+    assert seen == {
+        "unsubscribed on A": True,
+        "unsubscribed on B": True,
+        "answers": [(b"_INBOX.c.1", b"hi")],
+    }
