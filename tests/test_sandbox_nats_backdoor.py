@@ -309,6 +309,35 @@ async def test_lame_duck_mode_drains(broker: SandboxNatsBroker) -> None:
     assert (closed.text, closed.by) == ("the server closed the socket", "connection")
 
 
+async def test_a_retired_session_hands_its_queue_group_to_its_successor(
+    broker: SandboxNatsBroker,
+) -> None:
+    """retire(successor): the lame duck's session leaves the group, the successor (on a new
+    connection once the server is back up) takes every request, and the old still sends."""
+    with anyio.fail_after(5):
+        async with connect(broker.url) as conn:
+            old = await session(conn)
+            on_old = Inbox()
+            await old.subscribe("work", on_old, queue="g")
+            broker.lame_duck()
+            await old.wait_draining()
+            broker.up()
+            try:
+                async with connect(broker.url) as conn2:
+                    new = await session(conn2)
+                    on_new = Inbox()
+                    await new.subscribe("work", on_new, queue="g")
+                    await old.retire(new, 1.0)
+                    still_open = old.is_open
+                    await old.send([msg("work", b"%d" % n) for n in range(20)])
+                    got = [(await on_new.get()).body for _ in range(20)]
+                    await new.close()
+            finally:
+                await old.close()  # else leaving the lame duck's block waits for it
+    assert still_open
+    assert got == [b"%d" % n for n in range(20)] and on_old.pending() == []
+
+
 async def test_a_lame_duck_connection_waits_for_its_sessions_to_close(
     broker: SandboxNatsBroker,
 ) -> None:
