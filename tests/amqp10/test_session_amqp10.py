@@ -184,7 +184,7 @@ async def test_failure_inside_event_processing_ends_the_connection_loudly(
             session = await conn.open_session()
             assert isinstance(session, LinkSession)
             address = await session.open_receiver(None, lambda d: None, credit=5)
-            monkeypatch.setattr(_links.Receiver, "on_delivery", broken)
+            monkeypatch.setattr(_links.Receiver, "on_raw_delivery", broken)
             with capture_logs() as logs, anyio.fail_after(10):
                 await serving.send([Message("", address, b"boom")])
                 reason = await conn.wait_closed()

@@ -80,6 +80,8 @@ _wrap: Any = proton.Event.wrap  # untyped in proton
 # wraps the delivery, link, session, connection and transport of each event.
 _DELIVERY, _LINK_FLOW = E.DELIVERY.number, E.LINK_FLOW.number
 _event_delivery, _event_link = _cproton.pn_event_delivery, _cproton.pn_event_link
+_delivery_link, _link_attachments = _cproton.pn_delivery_link, _cproton.pn_link_attachments
+_record_get_py = _cproton.pn_record_get_py  # a wrapper's attributes (its ``owner``)
 _wrap_delivery: Any = proton.Delivery.wrap
 _wrap_link: Any = proton.Link.wrap
 
@@ -113,6 +115,10 @@ class EndpointOwner:
     def on_flow(self, link: proton.Link) -> None: ...
     def on_delivery(self, delivery: proton.Delivery) -> None: ...
     def on_connection_closed(self, reason: CloseReason) -> None: ...
+
+    def on_raw_delivery(self, delivery: Any) -> None:
+        """A delivery event, given the C delivery (a ``cproton`` handle)."""
+        self.on_delivery(_wrap_delivery(delivery))
 
 
 class Incoming:
@@ -312,10 +318,11 @@ class Engine:
                 try:
                     kind = _event_type(event)
                     if kind == _DELIVERY:
-                        delivery = _wrap_delivery(_event_delivery(event))
-                        owner = _owner(delivery.link)
-                        if owner is not None:
-                            owner.on_delivery(delivery)
+                        delivery = _event_delivery(event)
+                        attrs = _record_get_py(_link_attachments(_delivery_link(delivery)))
+                        owner = attrs.get("owner") if attrs else None
+                        if isinstance(owner, EndpointOwner):
+                            owner.on_raw_delivery(delivery)
                     elif kind == _LINK_FLOW:
                         link = _wrap_link(_event_link(event))
                         owner = _owner(link)

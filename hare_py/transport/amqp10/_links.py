@@ -21,6 +21,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -50,6 +51,13 @@ _REJECTED = proton.Delivery.REJECTED
 _RELEASED = proton.Delivery.RELEASED
 _MODIFIED = proton.Delivery.MODIFIED
 OnReturned = Callable[[ReturnedMessage], None]
+
+_cproton: Any = importlib.import_module("cproton")  # proton's C binding, untyped
+_aborted, _readable = _cproton.pn_delivery_aborted, _cproton.pn_delivery_readable
+_pending, _partial = _cproton.pn_delivery_pending, _cproton.pn_delivery_partial
+_settled, _settle = _cproton.pn_delivery_settled, _cproton.pn_delivery_settle
+_recv, _advance, _EOS = _cproton.pn_link_recv, _cproton.pn_link_advance, _cproton.PN_EOS
+_wrap_delivery: Any = proton.Delivery.wrap
 
 
 class Home(Protocol):
@@ -127,18 +135,24 @@ class Receiver(EndpointOwner):
             self.done.set()
 
     def on_delivery(self, delivery: proton.Delivery) -> None:
+        self.on_raw_delivery(delivery._impl)
+
+    def on_raw_delivery(self, delivery: Any) -> None:
+        # Through proton's C binding: a wrapper per delivery is most of the cost of one.
         link = self.link
-        if delivery.aborted:
+        if _aborted(delivery):
             self._reset()
-            delivery.settle()
+            _settle(delivery)
             self.grant()
             return
-        if not delivery.readable:
+        if not _readable(delivery):
             return
-        pending = delivery.pending
+        pending = _pending(delivery)
         if pending > 0:
-            data = link.recv(pending)
-            if data:
+            n, data = _recv(link._impl, pending)
+            if n < 0 and n != _EOS:
+                link._check(n)  # raises proton's error for it
+            if n > 0 and data:
                 self._size += len(data)
                 limit = self.session.max_body_size
                 if limit and self._size > limit + 64 * 1024:  # room for the sections around it
@@ -146,16 +160,16 @@ class Receiver(EndpointOwner):
                     self._parts.clear()
                 elif not self._over:
                     self._parts.append(data)
-        if delivery.partial:
+        if _partial(delivery):
             return
-        link.advance()
+        _advance(link._impl)
         over, size = self._over, self._size
         data = b"".join(self._parts)
         self._reset()
-        presettled = delivery.settled or self.mode == "at-most-once"
-        tag = self.session.track(delivery, self) if not presettled else 0
+        presettled = _settled(delivery) or self.mode == "at-most-once"
+        tag = 0 if presettled else self.session.track(_wrap_delivery(delivery), self)
         if presettled:
-            delivery.settle()
+            _settle(delivery)
         else:
             self.unsettled += 1
         address = self.address or ""
