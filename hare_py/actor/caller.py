@@ -95,13 +95,24 @@ class Caller:
             with trio.move_on_at(until):
                 await lowlevel.wait_task_rescheduled(abort)
             return
-        future = self._future = loop.create_future()
-        timer = loop.call_at(until, _wake, future) if until != math.inf else None
+        future, timer = self.arm(loop, until)
         try:
             await future
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def arm(
+        self, loop: asyncio.AbstractEventLoop, until: float
+    ) -> tuple[asyncio.Future[None], asyncio.TimerHandle | None]:
+        """On asyncio, what ``wait`` awaits: a future done once answered or at ``until``,
+        and its timer (cancel it after). A caller that awaits them itself saves the
+        coroutine frame of ``wait`` for as long as it waits."""
+        future = self._future = loop.create_future()
+        if self._value is not _UNSET:
+            future.set_result(None)
+        timer = loop.call_at(until, _wake, future) if until != math.inf else None
+        return future, timer
 
     def __repr__(self) -> str:
         return f"<Caller #{self.id}{' done' if self.done else ''}>"

@@ -21,6 +21,7 @@ expired (``_Settle``): a reply routed to the old server is delivered there.
 from __future__ import annotations
 
 import secrets
+from asyncio import _get_running_loop
 from collections.abc import Mapping
 from functools import partial
 from typing import Any, Generic, Self, TypedDict, Unpack
@@ -368,7 +369,16 @@ class RPCClient(Actor[S], Generic[S]):
             try:
                 # The actor answers at the deadline; the grace is the backstop
                 # for an actor stuck in a slow callback.
-                await caller.wait(deadline + self.deadline_grace)
+                loop = _get_running_loop()
+                if loop is None:  # trio
+                    await caller.wait(deadline + self.deadline_grace)
+                elif not caller.done:  # asyncio: the future itself, one frame less per call
+                    future, timer = caller.arm(loop, deadline + self.deadline_grace)
+                    try:
+                        await future
+                    finally:
+                        if timer is not None:
+                            timer.cancel()
             finally:
                 if not caller.done:
                     self._forget(caller)
