@@ -361,6 +361,7 @@ class RPCClient(Actor[S], Generic[S]):
         try:
             try:
                 self._post(_Request(caller, body))
+                body = None  # the actor has it now: not kept while this call waits
             except BaseException as exc:  # the client has stopped, or a wrong thread
                 if caller.trace is not None:
                     caller.trace, trace = None, caller.trace
