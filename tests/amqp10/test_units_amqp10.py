@@ -195,3 +195,106 @@ async def test_nobody_listening_is_connect_failed() -> None:
             pass
     assert "secret" not in str(caught.value)
     assert Connection(str(url)).wire_protocol == AMQP_1_0
+
+
+def _foreign(**fields: object) -> bytes:
+    """A message encoded by proton's own Message class, as another peer would send it."""
+    message = proton.Message(body=b"payload", inferred=True)
+    for name, value in fields.items():
+        setattr(message, name, value)
+    return bytes(message.encode())
+
+
+def _plain(value: object) -> object:
+    """proton's reading of an id as hare_py gives it: binary as bytes, ulong as int."""
+    if isinstance(value, memoryview):
+        return bytes(value)
+    if isinstance(value, int):
+        return int(value)
+    return value
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {
+            "id": "m-1",
+            "correlation_id": proton.ulong(7),
+            "reply_to": "/queue/r",
+            "content_type": "application/json",
+            "content_encoding": "gzip",
+            "subject": "s",
+            "user_id": b"guest",
+            "ttl": 2.5,
+            "durable": True,
+            "priority": 9,
+            "creation_time": 1_700_000_000.25,
+            "properties": {"a": 1, "b": "two", "c": True},
+        },
+        {"id": uuid.UUID(int=5), "correlation_id": b"\x00\x01"},
+    ],
+    ids=["bare", "every property", "uuid and binary ids"],
+)
+def test_decoding_reads_what_protons_own_message_reads(fields: dict[str, object]) -> None:
+    """The decoder reads sections through proton's C binding; each value is the one
+    proton's Message class reads from the same bytes (None where it reads nothing)."""
+    data = _foreign(**fields)
+    theirs = proton.Message()
+    theirs.decode(data)
+    delivery = decode(data, "svc", 1, "link", False)
+    assert delivery.undecodable is None and delivery.body == b"payload"
+    props = delivery.properties
+    assert isinstance(props, LinkProperties)
+    cid = _plain(theirs.correlation_id)
+    assert props.correlation == cid and type(props.correlation) is type(cid)
+    assert props.message_id == (None if theirs.id is None else str(theirs.id))
+    assert props.reply_to == theirs.reply_to
+    assert props.content_type == (fields.get("content_type"))
+    assert props.content_encoding == (fields.get("content_encoding"))
+    assert props.subject == theirs.subject
+    assert props.user_id == (bytes(theirs.user_id).decode() if theirs.user_id else None)
+    assert props.expiration == (str(round(theirs.ttl * 1000)) if theirs.ttl else None)
+    assert props.delivery_mode == (2 if theirs.durable else None)
+    assert props.priority == (theirs.priority if theirs.priority != 4 else None)
+    created = theirs.creation_time
+    assert (props.timestamp.timestamp() if props.timestamp else 0) == created
+    assert props.headers == (dict(theirs.properties) if theirs.properties else None)
+
+
+def test_a_body_that_is_no_bytes_or_text_is_undecodable() -> None:
+    """An amqp-value body of another type (a list here) arrives undecodable, saying so."""
+    message = proton.Message(body=[1, 2])
+    delivery = decode(bytes(message.encode()), "svc", 1, "link", False)
+    assert delivery.undecodable is not None and "amqp-value body" in delivery.undecodable
+
+
+def test_encoding_writes_what_protons_own_message_reads() -> None:
+    """Every property encoded through proton's C binding reads back, with its type,
+    through proton's own Message class, as another peer would read it."""
+    from datetime import UTC, datetime
+
+    props = LinkProperties(
+        content_type="application/json",
+        content_encoding="gzip",
+        headers={"a": 1, "b": "two", "c": True},
+        delivery_mode=2,
+        priority=9,
+        reply_to="/queue/r",
+        expiration="2500",
+        message_id="m-1",
+        timestamp=datetime.fromtimestamp(1_700_000_000.25, UTC),
+        user_id="guest",
+        subject="s",
+        correlation=uuid.UUID(int=9),
+    )
+    theirs = proton.Message()
+    theirs.decode(encode(Message("", "svc", b"\x00body", props), 0, 0))
+    assert bytes(theirs.body) == b"\x00body" and theirs.inferred
+    assert theirs.correlation_id == uuid.UUID(int=9)
+    assert (theirs.content_type, theirs.content_encoding) == ("application/json", "gzip")
+    assert theirs.properties == {"a": 1, "b": "two", "c": True}
+    assert theirs.durable and theirs.priority == 9 and theirs.ttl == 2.5
+    assert (theirs.reply_to, theirs.id, theirs.subject) == ("/queue/r", "m-1", "s")
+    assert theirs.creation_time == 1_700_000_000.25
+    assert bytes(theirs.user_id) == b"guest"

@@ -12,15 +12,16 @@ Rules this module keeps:
   section (proton decodes garbage as an empty message), or whose body is
   not bytes or text, arrives as a ``Delivery`` marked ``undecodable``.
 - Types are kept: a correlation-id comes back in ``LinkProperties.correlation``
-  as the string, ulong (int), uuid or binary it was; an absent content-type
-  (which proton reads back as ``symbol('None')``) is ``None``.
+  as the string, ulong (int), uuid or binary it was; an absent property is
+  ``None``.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 import proton
@@ -61,6 +62,8 @@ _CODES = {
 _HEADER_TYPES = (str, bool, int, float, bytes, UUID, type(None))
 _MAX_HEADERS = 256
 
+_c: Any = importlib.import_module("cproton")  # proton's C binding, untyped
+
 
 def reply_code(condition: str | None) -> int:
     """The AMQP 0-9-1 reply code for an AMQP 1.0 error condition (541 for others)."""
@@ -100,6 +103,59 @@ def _headers(headers: Mapping[str, Any], index: int) -> dict[str, Any]:
     return out
 
 
+def _set(failed: int | None) -> None:
+    """Check a proton setter's result (some return nothing, the rest an error code)."""
+    if failed is not None and failed < 0:
+        raise ValueError(f"proton error {failed}")
+
+
+def _encode(out: Any, body: bytes, props: Properties, index: int) -> bytes:
+    """``props`` and ``body`` into the C message ``out``, encoded (through proton's C
+    binding: proton's ``Message`` builds a wrapper per section and encodes into a
+    buffer doubled from 16 bytes until it fits)."""
+    _c.pn_message_set_inferred(out, True)  # bytes as a data section, not an amqp-value
+    section = _c.pn_message_body(out)
+    _set(_c.pn_data_put_binary(section, bytes(body)))
+    typed = props.correlation if isinstance(props, LinkProperties) else None
+    if isinstance(props, LinkProperties) and props.subject is not None:
+        _set(_c.pn_message_set_subject(out, props.subject))
+    correlation = typed if typed is not None else props.correlation_id
+    if correlation is not None:
+        _set(_c.pn_message_set_correlation_id(out, _typed_id(correlation, "correlation-id", index)))
+    if props.message_id is not None:
+        _set(_c.pn_message_set_id(out, props.message_id))
+    if props.reply_to is not None:
+        _set(_c.pn_message_set_reply_to(out, props.reply_to))
+    if props.content_type is not None:
+        _set(_c.pn_message_set_content_type(out, props.content_type))
+    if props.content_encoding is not None:
+        _set(_c.pn_message_set_content_encoding(out, props.content_encoding))
+    if props.user_id is not None:
+        _set(_c.pn_message_set_user_id(out, props.user_id.encode()))
+    if props.headers:
+        application = proton.Data(_c.pn_message_properties(out))
+        application.put_object(_headers(props.headers, index))
+    if props.expiration is not None:
+        try:
+            ttl = int(props.expiration)
+        except ValueError:
+            raise UnsendableMessage(index, "expiration is milliseconds, as digits") from None
+        _set(_c.pn_message_set_ttl(out, ttl))
+    if props.delivery_mode == 2:
+        _set(_c.pn_message_set_durable(out, True))
+    if props.priority is not None:
+        _set(_c.pn_message_set_priority(out, props.priority))
+    if props.timestamp is not None:
+        _set(_c.pn_message_set_creation_time(out, int(props.timestamp.timestamp() * 1000)))
+    size = len(body) + 512
+    while True:
+        failed, data = _c.pn_message_encode(out, size)
+        if failed != _c.PN_OVERFLOW:
+            _set(failed)
+            return bytes(data)
+        size *= 2
+
+
 def encode(message: Message, index: int, limit: int) -> bytes:
     """The transfer payload of ``message``; ``UnsendableMessage(index)`` if it cannot go."""
     exchange, address, body, props = message
@@ -111,40 +167,15 @@ def encode(message: Message, index: int, limit: int) -> bytes:
         raise UnsendableMessage(index, "an AMQP 1.0 message needs an address (the routing key)")
     if props.type is not None or props.app_id is not None:
         raise UnsendableMessage(index, "AMQP 1.0 has no type or app_id property: use a header")
-    out = proton.Message(body=bytes(body), inferred=True)
-    typed = props.correlation if isinstance(props, LinkProperties) else None
-    if isinstance(props, LinkProperties) and props.subject is not None:
-        out.subject = props.subject
-    correlation = typed if typed is not None else props.correlation_id
-    if correlation is not None:
-        out.correlation_id = _typed_id(correlation, "correlation-id", index)
-    if props.message_id is not None:
-        out.id = props.message_id
-    if props.reply_to is not None:
-        out.reply_to = props.reply_to
-    if props.content_type is not None:
-        out.content_type = props.content_type
-    if props.content_encoding is not None:
-        out.content_encoding = props.content_encoding
-    if props.user_id is not None:
-        out.user_id = props.user_id.encode()
-    if props.headers:
-        out.properties = cast(Any, _headers(props.headers, index))  # typed None by proton
-    if props.expiration is not None:
-        try:
-            out.ttl = int(props.expiration) / 1000
-        except ValueError:
-            raise UnsendableMessage(index, "expiration is milliseconds, as digits") from None
-    if props.delivery_mode == 2:
-        out.durable = True
-    if props.priority is not None:
-        out.priority = props.priority
-    if props.timestamp is not None:
-        out.creation_time = props.timestamp.timestamp()
+    out = _c.pn_message()
     try:
-        data: bytes = out.encode()
+        data = _encode(out, body, props, index)
+    except UnsendableMessage:
+        raise
     except (proton.MessageException, proton.DataException, OverflowError, ValueError) as exc:
         raise UnsendableMessage(index, f"cannot encode the message: {exc}") from None
+    finally:
+        _c.pn_message_free(out)
     if limit and len(data) > limit:
         raise UnsendableMessage(
             index, f"the message is {len(data)} bytes, over the peer's max-message-size {limit}"
@@ -152,69 +183,82 @@ def encode(message: Message, index: int, limit: int) -> bytes:
     return data
 
 
-def _text(value: object) -> str | None:
-    """A string property; proton reads an absent symbol back as ``symbol('None')``."""
-    if value is None or (value == "None" and isinstance(value, proton.symbol)):
-        return None
-    return str(value)
+def _body(data: Any) -> bytes:
+    """The body section: bytes (a data section, or an amqp-value of binary) or text."""
+    _c.pn_data_rewind(data)
+    if not _c.pn_data_next(data):
+        # proton's decoder is lenient: bytes that are no message decode as an empty
+        # one, and AMQP 1.0 asks for a body section anyway.
+        raise ValueError("no body section")
+    kind = _c.pn_data_type(data)
+    if kind == _c.PN_BINARY:
+        return bytes(_c.pn_data_get_binary(data))
+    if kind == _c.PN_STRING:
+        return str(_c.pn_data_get_string(data)).encode()
+    raise ValueError(f"an amqp-value body of AMQP type {kind}")
 
 
-def _body(body: object) -> bytes | None:
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, memoryview | bytearray):
-        return bytes(body)
-    if isinstance(body, str):
-        return body.encode()
-    return None
-
-
-def _correlation(value: object) -> CorrelationId | None:
-    if isinstance(value, str | bytes | UUID) or value is None:
+def _message_id(value: Any) -> CorrelationId | None:
+    """A message-id or correlation-id as its Python type (uuid arrives as a tuple)."""
+    if isinstance(value, tuple):
+        return UUID(bytes=bytes(value[1])) if value[0] == _c.PN_UUID else None
+    if value is None or isinstance(value, str | UUID):
         return value
     if isinstance(value, int):
         return int(value)  # ulong to a plain int
-    if isinstance(value, memoryview):
+    if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     return str(value)
 
 
+def _app_properties(data: Any) -> dict[str, Any] | None:
+    _c.pn_data_rewind(data)
+    if not _c.pn_data_next(data):
+        return None
+    headers = proton.Data(data).get_object()
+    if not isinstance(headers, dict):
+        raise ValueError("application-properties that are not a map")
+    return {str(k): v for k, v in headers.items()} if headers else None
+
+
 def decode(data: bytes, address: str, tag: int, link: str, redelivered: bool) -> Delivery:
-    """A received transfer as a seam ``Delivery`` (``undecodable`` when it does not decode)."""
-    message = proton.Message()
+    """A received transfer as a seam ``Delivery`` (``undecodable`` when it does not decode).
+
+    Read through proton's C binding, section by section: proton's ``Message``
+    would convert every section and property to Python objects first, at
+    three times the cost.
+    """
+    message = _c.pn_message()
     try:
-        message.decode(data)
-        if message.body is None:
-            # proton's decoder is lenient: bytes that are no message decode as an
-            # empty one, and AMQP 1.0 asks for a body section anyway.
-            raise ValueError("no body section")
-        body = _body(message.body)
-        if body is None:
-            raise ValueError(f"an amqp-value body of type {type(message.body).__name__}")
-        correlation = _correlation(message.correlation_id)
-        headers = message.properties
-        if headers is not None and not isinstance(headers, dict):
-            raise ValueError("application-properties that are not a map")
-        ttl = message.ttl
-        created = message.creation_time
-        user = message.user_id
+        failed = _c.pn_message_decode(message, data)
+        if failed < 0:
+            raise ValueError(f"not an AMQP 1.0 message (proton error {failed})")
+        body = _body(_c.pn_message_body(message))
+        correlation = _message_id(_c.pn_message_get_correlation_id(message))
+        ttl = _c.pn_message_get_ttl(message)
+        created = _c.pn_message_get_creation_time(message)
+        user = _c.pn_message_get_user_id(message)
+        message_id = _message_id(_c.pn_message_get_id(message))
+        priority = _c.pn_message_get_priority(message)
         props = LinkProperties(
-            content_type=_text(message.content_type),
-            content_encoding=_text(message.content_encoding),
-            headers={str(k): v for k, v in headers.items()} if headers else None,
-            delivery_mode=2 if message.durable else None,
-            priority=message.priority if message.priority != 4 else None,
+            content_type=_c.pn_message_get_content_type(message),
+            content_encoding=_c.pn_message_get_content_encoding(message),
+            headers=_app_properties(_c.pn_message_properties(message)),
+            delivery_mode=2 if _c.pn_message_is_durable(message) else None,
+            priority=priority if priority != 4 else None,
             correlation_id=correlation if isinstance(correlation, str) else None,
-            reply_to=_text(message.reply_to),
-            expiration=str(round(ttl * 1000)) if ttl else None,
-            message_id=_text(message.id),
-            timestamp=datetime.fromtimestamp(created, UTC) if created else None,
+            reply_to=_c.pn_message_get_reply_to(message),
+            expiration=str(ttl) if ttl else None,
+            message_id=str(message_id) if message_id is not None else None,
+            timestamp=datetime.fromtimestamp(created / 1000, UTC) if created else None,
             user_id=bytes(user).decode(errors="replace") if user else None,
-            subject=_text(message.subject),
+            subject=_c.pn_message_get_subject(message),
             correlation=correlation,
         )
     except Exception as exc:  # proton raises several kinds; none may escape
         return Delivery(
             b"", Properties(), "", address, tag, link, redelivered, f"{type(exc).__name__}: {exc}"
         )
+    finally:
+        _c.pn_message_free(message)
     return Delivery(body, props, "", address, tag, link, redelivered)
