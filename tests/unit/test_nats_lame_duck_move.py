@@ -126,6 +126,22 @@ async def test_replies_a_lame_duck_routes_to_the_old_session_still_reach_their_c
     assert seen == {"on A after the reply": [b"UNSUB"], "one inbox": True}
 
 
+async def begin_move(
+    a: FakeServer, b: FakeServer, named: bytes
+) -> tuple[Peer, Peer, list[Op], list[Op], Op]:
+    """A server's session on A set up, A in lame duck mode, its successor on B set up:
+    (old, new, A's SUBs, B's SUBs, the SUB of the svc.echo group on A)."""
+    old = await next_peer(a, named)
+    subs_a = (await ops_until(old, b"PING"))[:-1]
+    await old.send(b"PONG\r\n")
+    group = next(op for op in subs_a if op.args[0] == b"svc.echo")
+    await old.send(ldm_info(b))
+    new = await next_peer(b)
+    subs_b = (await ops_until(new, b"PING"))[:-1]
+    await new.send(b"PONG\r\n")  # the successor is set up
+    return old, new, subs_a, subs_b, group
+
+
 class Echo(RPCServer[None]):
     pass  # the default handle_request echoes
 
@@ -141,14 +157,7 @@ async def test_a_server_moves_its_queue_group_once_the_lame_duck_routes_to_its_s
                 Connection(a.url(query="heartbeat=0"), backoff=NEVER) as conn,
                 Echo.start(conn, convention=nats("svc"), routing_keys=["svc.echo"]) as server,
             ):
-                old = await next_peer(a, named)
-                subs_a = (await ops_until(old, b"PING"))[:-1]
-                await old.send(b"PONG\r\n")
-                group = next(op for op in subs_a if op.args[0] == b"svc.echo")
-                await old.send(ldm_info(b))
-                new = await next_peer(b)
-                subs_b = (await ops_until(new, b"PING"))[:-1]
-                await new.send(b"PONG\r\n")  # the successor is set up
+                old, new, subs_a, subs_b, group = await begin_move(a, b, named)
                 probe = await new.expect(b"SUB")
                 sent = await old.expect(b"PUB")  # published at A until it reaches B
                 await new.send(msg(probe.args[0], probe.args[1]))
@@ -242,14 +251,7 @@ async def test_a_server_stopped_mid_move_drains_the_session_it_was_leaving() -> 
                 Connection(a.url(query="heartbeat=0"), backoff=NEVER) as conn,
                 Echo.start(conn, convention=nats("svc"), routing_keys=["svc.echo"]) as server,
             ):
-                old = await next_peer(a, named)
-                subs_a = (await ops_until(old, b"PING"))[:-1]
-                await old.send(b"PONG\r\n")
-                group = next(op for op in subs_a if op.args[0] == b"svc.echo")
-                await old.send(ldm_info(b))
-                new = await next_peer(b)
-                subs_b = (await ops_until(new, b"PING"))[:-1]
-                await new.send(b"PONG\r\n")  # the successor is set up
+                old, new, subs_a, subs_b, group = await begin_move(a, b, named)
                 await new.expect(b"SUB")  # the move's probe: never routed, so the move waits
                 await old.expect(b"PUB")
                 on_b: list[Op] = []
