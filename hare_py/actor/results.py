@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeAlias, TypeVar
 
+from .._frozen import quick_init
+
 __all__ = [
     "NORMAL_REASONS",
     "NOTHING",
@@ -55,6 +57,7 @@ def is_normal(reason: object) -> bool:
     return reason is None or (isinstance(reason, str) and reason in NORMAL_REASONS)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Reply(Generic[S]):
     """Answer the caller with ``value`` and go on with ``state``."""
@@ -63,6 +66,7 @@ class Reply(Generic[S]):
     state: S
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class NoReply(Generic[S]):
     """Go on with ``state`` without answering now."""

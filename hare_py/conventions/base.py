@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+from .._frozen import quick_init
 from ..errors import ConfigError, RemoteError
 from ..transport._fieldtable import FieldTableError, encode_table
 from ..transport.base import (
@@ -59,6 +60,7 @@ __all__ = [
 Outgoing = Message
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IncomingReply:
     """A reply as the client sees it once unwrapped.
@@ -102,6 +104,7 @@ class EndpointStats:
         return f"<EndpointStats {self.requests} requests, {self.errors} errors>"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """A request as the server sees it once unwrapped.

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from .._frozen import quick_init
 from ..errors import RemoteError
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
 S = TypeVar("S")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Request:
     """A request on its way out; ``handle_request`` may ``replace()`` any field.
@@ -44,6 +46,7 @@ class Request:
         return dataclasses.replace(self, **changes)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Response:
     """A reply from the server, decoded by the client's codec.
@@ -78,6 +81,7 @@ class ConnectedMeta:
     connects: int  # 1 on the first channel, then one more per reopened channel
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Forward(Generic[S]):
     """From ``handle_request``: publish the request (``request`` rewrites it)."""

@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Literal, NamedTuple, TypeAlias
 from uuid import UUID
 
+from .._frozen import quick_init
 from ..errors import ConfigError
 from .url import BrokerURL
 
@@ -73,6 +74,7 @@ CHANNEL_ERROR = 504
 NOT_ALLOWED = 530
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Properties:
     """AMQP 0-9-1 basic properties. ``None`` means absent on the wire."""
@@ -98,6 +100,7 @@ EMPTY_PROPERTIES = Properties()
 CorrelationId: TypeAlias = str | int | UUID | bytes
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LinkProperties(Properties):
     """AMQP 1.0 properties that AMQP 0-9-1 lacks (see ``LinkSession``).
@@ -120,6 +123,7 @@ class Message(NamedTuple):
     properties: Properties = EMPTY_PROPERTIES
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """A message delivered to a consumer.

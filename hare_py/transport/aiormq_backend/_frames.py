@@ -42,6 +42,7 @@ from aiormq.exceptions import ProtocolSyntaxError
 from pamqp import commands
 from yarl import URL
 
+from ..._frozen import quick_init
 from .._amqp_codec import (
     HANDSHAKE_FRAME_MAX,
     UndecodableProperties,
@@ -135,6 +136,7 @@ class FrameRefused(ProtocolSyntaxError):
         self.text = text
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """What a content header said, as the channel takes it from the ``HeaderStore``."""

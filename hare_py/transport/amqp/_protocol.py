@@ -48,6 +48,7 @@ from pamqp.base import Frame
 from pamqp.exceptions import UnmarshalingException
 from pamqp.heartbeat import Heartbeat
 
+from ..._frozen import quick_init
 from .._amqp_codec import (
     FRAME_MAX_LIMIT,
     FRAME_MIN_SIZE,
@@ -249,6 +250,7 @@ class ChannelClosed:
     method_id: int = 0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MethodReceived:
     """Any other method on an open channel (declare-oks, acks, cancels, ...)."""
@@ -257,6 +259,7 @@ class MethodReceived:
     method: Frame
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ContentReceived:
     """A deliver/return/get-ok with its properties and its whole body.

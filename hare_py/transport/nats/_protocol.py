@@ -49,6 +49,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from ..._frozen import quick_init
 from ...errors import ConfigError, HareError
 from .. import subjects
 from ..subjects import InvalidSubject as InvalidSubject
@@ -234,6 +235,7 @@ class Connected:
     """The PONG to the handshake's PING: the server accepted CONNECT."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MsgReceived:
     """MSG or HMSG. ``headers`` is None for MSG; ``status`` is an HMSG's inline
