@@ -394,6 +394,7 @@ class Actor(Generic[S]):
         handlers = self._handlers
         loop = _get_running_loop()
         current_time = loop.time if loop is not None else now  # read per message: keep it cheap
+        handled = 0
         try:
             while True:
                 try:
@@ -413,7 +414,9 @@ class Actor(Generic[S]):
                             continue
                 self._current = message
                 await handlers[type(message)](message)
-                if self._next_deadline() <= current_time():
+                handled += 1
+                # A busy mailbox must not starve the timers; every few messages is enough.
+                if not handled & 7 and self._next_deadline() <= current_time():
                     await self._on_timers(current_time())
         except _StopSignal as signal:
             return signal.reason

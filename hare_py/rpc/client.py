@@ -20,7 +20,6 @@ expired (``_Settle``): a reply routed to the old server is delivered there.
 
 from __future__ import annotations
 
-import secrets
 from asyncio import _get_running_loop
 from collections.abc import Mapping
 from functools import partial
@@ -57,7 +56,7 @@ from ..transport.base import (
     ReturnedMessage,
     Session,
 )
-from .calls import Call, CallTable
+from .calls import Call, CallTable, correlation_ids
 from .channel import (
     ChannelDown,
     ChannelUp,
@@ -196,6 +195,7 @@ class RPCClient(Actor[S], Generic[S]):
             if request_ttl
             else float("inf"),
         )
+        self._correlation_ids = correlation_ids()
         self._unflushed = 0  # requests queued since the last flush
         self._channel: Session | None = None
         self._last_channel: Session | None = None
@@ -340,7 +340,7 @@ class RPCClient(Actor[S], Generic[S]):
         seconds = self.timeout if timeout is None else check_timeout(timeout)
         started = now()
         deadline = started + seconds
-        correlation_id = secrets.token_urlsafe(16)
+        correlation_id = next(self._correlation_ids)
         request = Request(
             payload,
             routing_key,

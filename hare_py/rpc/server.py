@@ -551,7 +551,8 @@ class RPCServer(Actor[S], Generic[S]):
                     self._count(pending, error)
                 raise
         self._count(pending, error)
-        await self._settle(pending.channel, pending.delivery, reject=reject)
+        if pending.channel.acks:
+            await self._settle(pending.channel, pending.delivery, reject=reject)
 
     def _count(self, pending: _Pending, error: BaseException | None) -> None:
         """The request is answered (``error``: its error reply, or why none left)."""

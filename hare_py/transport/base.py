@@ -245,6 +245,9 @@ class Session(ABC):
 
     #: The wire protocol, for matching conventions (``AMQP_0_9_1``, ...).
     wire_protocol: ClassVar[str]
+    #: False where the protocol has no acknowledgements: ``settle`` does nothing
+    #: then, and a server need not call it.
+    acks: ClassVar[bool] = True
 
     @property
     @abstractmethod
@@ -475,6 +478,7 @@ class NatsSession(Session):
     """
 
     wire_protocol: ClassVar[str] = NATS
+    acks: ClassVar[bool] = False
 
     @property
     @abstractmethod

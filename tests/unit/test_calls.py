@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
 from hare_py.actor.caller import Caller
-from hare_py.rpc.calls import CallTable
+from hare_py.rpc.calls import CallTable, correlation_ids
 from hare_py.rpc.messages import Request
 
 
@@ -289,3 +290,13 @@ def test_default_mode_pipelines_and_refuses_a_negative_grace() -> None:
     for bad in (-1.0, math.nan):
         with pytest.raises(ValueError, match="late_reply_grace"):
             CallTable(serial=True, late_reply_grace=bad)
+
+
+def test_correlation_ids_are_unique_url_safe_and_refilled() -> None:
+    ids = correlation_ids()
+    seen = [next(ids) for _ in range(1000)]  # several refills of 256
+    assert len(set(seen)) == len(seen)
+    assert all(len(cid) == 22 and re.fullmatch(r"[A-Za-z0-9_-]+", cid) for cid in seen)
+    # every character is random: all 64 appear among 22,000 of them
+    assert len(set("".join(seen))) == 64
+    assert next(correlation_ids()) not in seen  # a second iterator starts from new bytes

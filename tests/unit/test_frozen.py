@@ -79,7 +79,7 @@ def test_signature_of_the_library_classes(cls: type[Any]) -> None:
     params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     fields = dataclasses.fields(cls)
     assert [p.name for p in params] == [f.name for f in fields]
-    for p, f in zip(params, fields):
+    for p, f in zip(params, fields, strict=True):
         if f.default is not dataclasses.MISSING:
             assert p.default is f.default
         elif f.default_factory is dataclasses.MISSING:

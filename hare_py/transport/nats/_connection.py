@@ -265,6 +265,11 @@ class NatsConnection(TransportConnection):
     def wake_writer(self) -> None:
         self._wake.set()
 
+    @property
+    def backlogged(self) -> bool:
+        """Too much is queued for the socket: senders wait (``wait_writable``)."""
+        return self._out_size > HIGH_WATER
+
     async def wait_writable(self) -> None:
         """Wait while too much is queued for the socket (a slow server)."""
         while self._out_size > HIGH_WATER and self._wire_reason is None:

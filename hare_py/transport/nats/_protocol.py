@@ -386,6 +386,13 @@ def _number(token: bytes, digits: int, what: str) -> int:
     return int(token)
 
 
+def _check_received_subject(name: bytes, limits: NatsLimits) -> None:
+    if len(name) > limits.subject_bytes:
+        raise NatsProtocolError(f"a subject longer than {limits.subject_bytes} bytes")
+    if name.count(b".") >= limits.subject_tokens:
+        raise NatsProtocolError(f"a subject of over {limits.subject_tokens} tokens")
+
+
 def _parse_headers(block: bytes, limits: NatsLimits) -> tuple[Headers, int | None, str]:
     """(headers, status, description) of an HMSG header block, or NatsProtocolError."""
     if not block.startswith(_HEADER_LINE) or not block.endswith(b"\r\n\r\n"):
@@ -525,11 +532,16 @@ class NatsClientProtocol:
         All or nothing: ``InvalidSubject``, ``InvalidHeader`` or
         ``PayloadTooLarge`` before anything is queued.
         """
-        self._require_info("publish")
+        state = self.state
+        if state is ConnectionState.AWAIT_INFO or state is ConnectionState.CLOSED:
+            self._require_info("publish")
         limits = self.limits
-        head = check_publish_subject(subject, limits)
+        check = subjects.check_publish_subject
+        head = check(subject, max_bytes=limits.subject_bytes, max_tokens=limits.subject_tokens)
         if reply is not None:
-            head += b" " + check_publish_subject(reply, limits)
+            head += b" " + check(
+                reply, max_bytes=limits.subject_bytes, max_tokens=limits.subject_tokens
+            )
         size = len(payload)
         if headers is None:
             if size > self.max_payload:
@@ -698,8 +710,17 @@ class NatsClientProtocol:
         if len(args) not in (fixed, fixed + 1):
             raise NatsProtocolError(f"{op.decode()} with {len(args)} arguments")
         reply = args[2] if len(args) > fixed else None
-        sid = _number(args[1], _MAX_SID_DIGITS, "sid")
-        size = _number(args[-1], _MAX_DIGITS, "size")
+        sid_token, size_token = args[1], args[-1]
+        if (
+            sid_token.isdigit()
+            and size_token.isdigit()
+            and len(sid_token) <= _MAX_SID_DIGITS
+            and len(size_token) <= _MAX_DIGITS
+        ):  # the common case, without two calls per message
+            sid, size = int(sid_token), int(size_token)
+        else:
+            sid = _number(sid_token, _MAX_SID_DIGITS, "sid")
+            size = _number(size_token, _MAX_DIGITS, "size")
         header_size = _number(args[-2], _MAX_DIGITS, "header size") if has_headers else -1
         if size > self.max_payload:
             raise NatsProtocolError(
@@ -715,13 +736,9 @@ class NatsClientProtocol:
         limits = self.limits
         subject, reply = pending.subject, pending.reply
         try:
-            for name in (subject, reply):
-                if name is None:
-                    continue
-                if len(name) > limits.subject_bytes:
-                    raise NatsProtocolError(f"a subject longer than {limits.subject_bytes} bytes")
-                if name.count(b".") >= limits.subject_tokens:
-                    raise NatsProtocolError(f"a subject of over {limits.subject_tokens} tokens")
+            _check_received_subject(subject, limits)
+            if reply is not None:
+                _check_received_subject(reply, limits)
             try:
                 text = subject.decode()
                 reply_text = None if reply is None else reply.decode()

@@ -198,7 +198,7 @@ class NatsClientSession(NatsSession):
         self._subs.clear()
 
     def on_message(self, sub: Subscription, event: p.MsgReceived) -> None:
-        if event.no_responders:
+        if event.status is not None and event.no_responders:
             if self._on_return is None:
                 return
             returned = ReturnedMessage(
@@ -250,7 +250,9 @@ class NatsClientSession(NatsSession):
         self._check_open()
         connection = self._connection
         protocol = connection.protocol
-        connection.take_queued()  # keep what is queued already out of this batch
+        batch = len(messages) > 1  # one message is all or nothing by itself
+        if batch:
+            connection.take_queued()  # keep what is queued already out of this batch
         publish = protocol.publish
         try:
             for index, message in enumerate(messages):
@@ -259,25 +261,20 @@ class NatsClientSession(NatsSession):
                     raise UnsendableMessage(
                         index, f"NATS has no exchanges (exchange {exchange!r}): leave it ''"
                     )
-                if props is EMPTY_PROPERTIES:
-                    try:
-                        publish(subject, body)
-                    except ConfigError as exc:
-                        raise UnsendableMessage(index, str(exc)) from None
-                    except TypeError:
-                        raise UnsendableMessage(index, _NOT_BYTES) from None
-                    continue
-                other = _other_property(props)
-                if other is not None:
-                    raise UnsendableMessage(
-                        index, f"NATS cannot carry the {other} property: put it in a header"
-                    )
-                headers = props.headers
+                reply: str | None = None
+                headers: Mapping[str, Any] | None = None
+                if props is not EMPTY_PROPERTIES:
+                    other = _other_property(props)
+                    if other is not None:
+                        raise UnsendableMessage(
+                            index, f"NATS cannot carry the {other} property: put it in a header"
+                        )
+                    reply, headers = props.reply_to, props.headers
                 try:
                     publish(
                         subject,
                         body,
-                        reply=props.reply_to,
+                        reply=reply,
                         headers=None if headers is None else _header_items(headers),
                     )
                 except ConfigError as exc:
@@ -285,15 +282,18 @@ class NatsClientSession(NatsSession):
                 except TypeError:
                     raise UnsendableMessage(index, _NOT_BYTES) from None
         except p.NatsProtocolError:
-            protocol.data_to_send()
+            if batch:
+                protocol.data_to_send()
             connection.check_wire()
             raise ConnectionLost("the NATS connection is closing") from None
         except BaseException:
-            protocol.data_to_send()  # the batch leaves whole or not at all
+            if batch:
+                protocol.data_to_send()  # the batch leaves whole or not at all
             raise
         connection.take_queued()
         connection.wake_writer()
-        await connection.wait_writable()
+        if connection.backlogged:
+            await connection.wait_writable()
 
     async def settle(self, delivery: Delivery, outcome: Outcome) -> None:
         """NATS has no acknowledgements: nothing to do."""
