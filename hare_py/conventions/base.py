@@ -60,6 +60,16 @@ __all__ = [
 Outgoing = Message
 
 
+class _Undecoded:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNDECODED"
+
+
+UNDECODED: Any = _Undecoded()
+
+
 @quick_init
 @dataclass(frozen=True, slots=True)
 class IncomingReply:
@@ -75,6 +85,9 @@ class IncomingReply:
     headers: Mapping[str, Any] = field(default_factory=dict)
     error: RemoteError | None = None
     routing_key: str = ""  # for conventions without correlation ids (goamqp)
+    #: ``body`` decoded from JSON already, where the convention had to (an envelope's
+    #: payload): a JSON codec takes it as it is. ``UNDECODED`` otherwise.
+    value: Any = UNDECODED
 
 
 class EndpointStats:

@@ -39,6 +39,7 @@ from ..actor.results import CallResult, NoReply, NoticeResult, Reply
 from ..actor.runner import ActorRunner, ConnectionLike, supervised
 from ..codecs import BYTES, Codec, JSONCodec
 from ..conventions import Convention, hare
+from ..conventions.base import UNDECODED
 from ..errors import (
     ConfigError,
     ConnectionLost,
@@ -652,6 +653,8 @@ class RPCClient(Actor[S], Generic[S]):
             return
         if reply.error is not None:
             payload: Any = reply.body
+        elif reply.value is not UNDECODED and type(self.codec) is JSONCodec:
+            payload = reply.value  # the convention parsed it already
         else:
             try:
                 payload = self.codec.decode(reply.body, reply.content_type)

@@ -9,9 +9,9 @@ import json
 import pytest
 
 from hare_py import ConfigError
-from hare_py.conventions.base import Incoming
+from hare_py.conventions.base import UNDECODED, Incoming
 from hare_py.conventions.loom import _MAX_ROUTES, LoomClient, LoomServer
-from hare_py.transport.base import EMPTY_PROPERTIES
+from hare_py.transport.base import EMPTY_PROPERTIES, Delivery
 
 JSON_TYPE = "application/json"
 
@@ -75,3 +75,36 @@ def test_the_answer_envelope_in_loom_field_order() -> None:
     failed = server.wrap(_incoming(), b"", None, ValueError("boom"))
     assert failed is not None
     assert json.loads(failed.body) == {"ok": False, "payload": None, "error": "boom"}
+
+
+def _reply(body: bytes) -> Delivery:
+    return Delivery(body, EMPTY_PROPERTIES, "", "_INBOX.abc.cid7", 0, "1")
+
+
+@pytest.mark.parametrize(
+    "payload", [b'{"a":[1,"x"]}', b"null", b'"s"', b"3.5", b'{"ok":false,"error":"x"}']
+)
+def test_a_success_as_go_marshals_it_is_read_without_parsing_the_envelope(payload: bytes) -> None:
+    reply = LoomClient("svc", "c").unwrap(_reply(b'{"ok":true,"payload":%s,"error":""}' % payload))
+    assert (reply.correlation_id, reply.body, reply.error) == ("cid7", payload, None)
+    assert reply.value == json.loads(payload)  # a JSON codec takes this as it is
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        # The payload between is not one JSON value: the envelope says otherwise.
+        (b'{"ok":true,"payload":1,"ok":false,"error":""}', ""),
+        (b'{"ok":true,"payload":1,"error":"x","ok":false,"error":""}', ""),
+    ],
+)
+def test_an_envelope_that_only_looks_like_a_success_is_read_whole(body: bytes, error: str) -> None:
+    reply = LoomClient("svc", "c").unwrap(_reply(body))
+    assert json.loads(body)["ok"] is False
+    assert reply.error is not None and reply.error.message == error
+    assert reply.value is UNDECODED
+
+
+def test_other_successes_are_read_whole() -> None:
+    reply = LoomClient("svc", "c").unwrap(_reply(b'{"payload": [1, 2], "ok": true}'))
+    assert (reply.body, reply.error, reply.value) == (b"[1,2]", None, UNDECODED)
