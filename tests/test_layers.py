@@ -5,7 +5,7 @@
     conventions                     wire naming and envelopes
     actor                           the OTP-like runtime
     transport                       the seam and its backends
-    errors, codecs, _log, _clock    (the bottom: import nothing of hare_py's above them)
+    errors, codecs, _log, _clock, _frozen  (the bottom: import nothing of hare_py's above them)
 
 Inside ``transport``, a backend (a subpackage such as ``amqp`` or ``sandbox``)
 imports only its own modules and the transport's top-level modules (the seam,
@@ -31,6 +31,7 @@ LAYERS = {
     "codecs": 1,
     "_log": 1,
     "_clock": 1,
+    "_frozen": 1,
 }
 TOP = 6  # the package itself, cli, demo, testing, __main__
 

@@ -30,7 +30,12 @@ def _sample() -> type[Any]:
 
 def test_same_objects_as_the_dataclass_init() -> None:
     plain, quick = _sample(), quick_init(_sample())
-    for args, kwargs in [((1,), {}), ((1, {"k": 2}, "c"), {"d": 5}), ((), {"a": 1, "c": "x"})]:
+    cases: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((1,), {}),
+        ((1, {"k": 2}, "c"), {"d": 5}),
+        ((), {"a": 1, "c": "x"}),
+    ]
+    for args, kwargs in cases:
         want, got = plain(*args, **kwargs), quick(*args, **kwargs)
         assert dataclasses.asdict(got) == dataclasses.asdict(want)
     assert quick(1).b is not quick(1).b  # a fresh default per instance, as default_factory
@@ -39,7 +44,7 @@ def test_same_objects_as_the_dataclass_init() -> None:
     with pytest.raises(TypeError):
         quick()  # a is required
     with pytest.raises(dataclasses.FrozenInstanceError):
-        quick(1).a = 2  # type: ignore[misc]
+        quick(1).a = 2
 
 
 def test_refuses_what_it_cannot_copy() -> None:
