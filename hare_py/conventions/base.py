@@ -138,6 +138,9 @@ class Incoming:
     request_id: str | None = None
     trace_id: str | None = None  # the envelope's trace id, where the convention has one
     stats: EndpointStats | None = None
+    #: ``body`` decoded from JSON already (an envelope's payload), for a JSON codec
+    #: to take as it is; ``UNDECODED`` otherwise.
+    value: Any = UNDECODED
 
 
 class NotForThisServer(ValueError):

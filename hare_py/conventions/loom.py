@@ -61,7 +61,20 @@ _MAX_ROUTES = 1024  # routing keys whose subject and method a client keeps check
 JSON_TYPE = "application/json"
 _OK = b'{"ok":true,"payload":%s,"error":""}'  # Loom's field order, as Go marshals it
 _OK_HEAD, _OK_TAIL = _OK.split(b"%s")
-_DECODE = json.JSONDecoder().decode
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+# As json.loads, but NaN and Infinity are refused, as _dump refuses them.
+_DECODE = json.JSONDecoder(parse_constant=_not_json).decode
+_STRING = rb'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'  # a JSON string
+#: A request as Loom's Go caller and hare_py marshal it: method, caller_id, payload, trace_id.
+_REQUEST = re.compile(
+    rb'\{"method":(%s),"caller_id":(%s),"payload":(.+),"trace_id":(%s)\}' % ((_STRING,) * 3),
+    re.S,
+)
 # Compact, and NaN and Infinity refused: they are not JSON, and Go peers refuse them.
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 #: A W3C traceparent: version, trace id, parent id, flags (the trace id must not be all 0).
@@ -135,6 +148,28 @@ def _open_envelope(body: bytes, what: str) -> dict[str, Any]:
     if not isinstance(envelope, dict):
         raise ValueError(f"{what} envelope is not a JSON object")
     return envelope
+
+
+def _splice_request(body: bytes, method: str) -> tuple[bytes, Any, str] | None:
+    """(payload JSON, payload, trace id) of a request envelope in the field order
+    Loom's Go caller and hare_py marshal, without parsing the envelope; None for
+    any other (it is then read whole). The payload between must parse alone:
+    only then is the envelope exactly these four fields."""
+    if len(body) > _MAX_ENVELOPE:
+        return None
+    match = _REQUEST.fullmatch(body)
+    if match is None:
+        return None
+    named, caller, payload_json, trace = match.groups()
+    if named != b'"%s"' % method.encode() or b"\\" in named:
+        return None  # another method, or one spelled with escapes: read it whole
+    try:
+        caller.decode()  # the envelope is UTF-8 throughout
+        payload = _DECODE(payload_json.decode())
+        trace_id = trace[1:-1].decode() if b"\\" not in trace else _DECODE(trace.decode())
+    except (ValueError, RecursionError):
+        return None
+    return payload_json, payload, trace_id
 
 
 def _dump(value: Any) -> bytes:
@@ -268,6 +303,22 @@ class LoomServer(NatsServer):
             # Addressed to one instance, also seen through the compat wildcard group.
             # ('any' requests match both group subscriptions; the group delivers once.)
             raise NotForThisServer(delivery.routing_key)
+        props = delivery.properties
+        stats = endpoint.stats if endpoint is not None else None
+        spliced = _splice_request(delivery.body, method)
+        if spliced is not None:
+            body, value, trace_id = spliced
+            return Incoming(
+                body=body,
+                content_type=JSON_TYPE,
+                routing_key=method,
+                headers=dict(props.headers or {}),
+                correlation_id=None,
+                reply=props.reply_to,
+                trace_id=trace_id,
+                stats=stats,
+                value=value,
+            )
         envelope = _open_envelope(delivery.body, "request")
         named = envelope.get("method")
         if named is not None and named != method:
@@ -278,11 +329,11 @@ class LoomServer(NatsServer):
             body=_dump(payload) if payload is not None else b"null",
             content_type=JSON_TYPE,
             routing_key=method,
-            headers=dict(delivery.properties.headers or {}),
+            headers=dict(props.headers or {}),
             correlation_id=None,
-            reply=delivery.properties.reply_to,
+            reply=props.reply_to,
             trace_id=trace if isinstance(trace, str) else None,
-            stats=endpoint.stats if endpoint is not None else None,
+            stats=stats,
         )
 
     def wrap(

@@ -46,7 +46,7 @@ from ..actor.caller import Caller
 from ..actor.connection import Connection
 from ..actor.results import NOTHING, NoReply, Reply, Stop
 from ..actor.runner import ActorRunner, ConnectionLike, supervised
-from ..codecs import BYTES, Codec
+from ..codecs import BYTES, Codec, JSONCodec
 from ..conventions import (
     Convention,
     Incoming,
@@ -57,6 +57,7 @@ from ..conventions import (
     UndecodableRequest,
     hare,
 )
+from ..conventions.base import UNDECODED
 from ..errors import BrokerError, ConfigError, ConnectionLost
 from ..transport.base import Delivery, ExchangeType, Message, OnCancel, Session
 from .answers import Answer, AnswerCache
@@ -376,7 +377,9 @@ class RPCServer(Actor[S], Generic[S]):
         if self._otel is not None:
             pending.trace = self._otel.start(delivery, incoming)
         try:
-            payload = self.codec.decode(incoming.body, incoming.content_type)
+            payload = incoming.value
+            if payload is UNDECODED or type(self.codec) is not JSONCodec:
+                payload = self.codec.decode(incoming.body, incoming.content_type)
         except Exception as exc:
             # The caller is told at once rather than left to its timeout.
             self._reject_log("undecodable", exc, incoming.correlation_id)

@@ -11,7 +11,7 @@ import pytest
 from hare_py import ConfigError
 from hare_py.conventions.base import UNDECODED, Incoming
 from hare_py.conventions.loom import _MAX_ROUTES, LoomClient, LoomServer
-from hare_py.transport.base import EMPTY_PROPERTIES, Delivery
+from hare_py.transport.base import EMPTY_PROPERTIES, Delivery, Properties
 
 JSON_TYPE = "application/json"
 
@@ -108,3 +108,65 @@ def test_an_envelope_that_only_looks_like_a_success_is_read_whole(body: bytes, e
 def test_other_successes_are_read_whole() -> None:
     reply = LoomClient("svc", "c").unwrap(_reply(b'{"payload": [1, 2], "ok": true}'))
     assert (reply.body, reply.error, reply.value) == (b"[1,2]", None, UNDECODED)
+
+
+def _served(body: bytes) -> Incoming:
+    server = LoomServer("svc", "inst1", None, False)
+    delivery = Delivery(
+        body, Properties(reply_to="_INBOX.r.1"), "", "loom.rpc.svc.inst1.task.assign", 0, "9"
+    )
+    return server.unwrap(delivery)
+
+
+_SPLICED = [
+    b'{"method":"task.assign","caller_id":"c","payload":{"a":[1,"\\u00e9"]},"trace_id":"ab"}',
+    b'{"method":"task.assign","caller_id":"\\"q\\"","payload":null,"trace_id":""}',
+    b'{"method":"task.assign","caller_id":"c","payload":"x","trace_id":"a\\u0062"}',
+]
+
+
+@pytest.mark.parametrize("body", _SPLICED)
+def test_a_request_as_go_marshals_it_is_read_without_parsing_the_envelope(body: bytes) -> None:
+    envelope = json.loads(body)
+    incoming = _served(body)
+    assert incoming.value == envelope["payload"]  # a JSON codec takes this as it is
+    assert json.loads(incoming.body) == envelope["payload"]
+    assert (incoming.routing_key, incoming.trace_id) == ("task.assign", envelope["trace_id"])
+    assert (incoming.reply, incoming.content_type) == ("_INBOX.r.1", JSON_TYPE)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # The payload between is not one JSON value: the envelope has another field.
+        b'{"method":"task.assign","caller_id":"c","payload":1,"x":2,"trace_id":"t"}',
+        # Whitespace, another order, or a method spelled with an escape.
+        b'{"method": "task.assign", "caller_id": "c", "payload": 1, "trace_id": "t"}',
+        b'{"caller_id":"c","method":"task.assign","payload":1,"trace_id":"t"}',
+        b'{"method":"task\\u002eassign","caller_id":"c","payload":1,"trace_id":"t"}',
+    ],
+)
+def test_other_requests_are_read_whole(body: bytes) -> None:
+    incoming = _served(body)
+    assert incoming.value is UNDECODED
+    assert json.loads(incoming.body) == json.loads(body)["payload"]
+    assert incoming.trace_id == "t"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"method":"task.assign","caller_id":"c\\q","payload":1,"trace_id":"t"}',  # bad escape
+        b'{"method":"task.assign","caller_id":"\xff","payload":1,"trace_id":"t"}',  # not UTF-8
+        b'{"method":"other","caller_id":"c","payload":1,"trace_id":"t"}',
+        b'{"method":"task.assign","caller_id":"c","payload":NaN,"trace_id":"t"}',
+    ],
+)
+def test_a_request_the_full_parse_refuses_is_refused(body: bytes) -> None:
+    with pytest.raises(ValueError, match="envelope"):
+        _served(body)
+
+
+def test_a_success_with_nan_is_refused_as_before() -> None:
+    with pytest.raises(ValueError, match="envelope"):
+        LoomClient("svc", "c").unwrap(_reply(b'{"ok":true,"payload":NaN,"error":""}'))
