@@ -397,7 +397,6 @@ async def test_a_failing_callback_is_logged_and_delivery_goes_on(
 
 async def test_the_testing_pages_nats_example_runs() -> None:
     """docs/testing.md's Loom example passes on the sandbox: any instance takes the task."""
-    pytest.importorskip("hare_py.conventions.loom")  # runs once the Loom convention is in
     page = TESTING_PAGE.read_text()
     [code] = [b for b in re.findall(r"^```python\n(.*?)^```", page, re.M | re.S) if "Nats" in b]
     namespace: dict[str, Any] = {}
