@@ -5,7 +5,8 @@
     conventions                     wire naming and envelopes
     actor                           the OTP-like runtime
     transport                       the seam and its backends
-    errors, codecs, _log, _clock, _frozen  (the bottom: import nothing of hare_py's above them)
+    errors, codecs, _log, _clock,   (the bottom: import nothing of hare_py's above them)
+    _frozen, _ids
 
 Inside ``transport``, a backend (a subpackage such as ``amqp`` or ``sandbox``)
 imports only its own modules and the transport's top-level modules (the seam,
@@ -32,6 +33,7 @@ LAYERS = {
     "_log": 1,
     "_clock": 1,
     "_frozen": 1,
+    "_ids": 1,
 }
 TOP = 6  # the package itself, cli, demo, testing, __main__
 

@@ -32,12 +32,12 @@ subscriptions being the endpoints, and drains when it stops.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from .._ids import random_ids
 from ..errors import ConfigError, RemoteError
 from ..transport.base import EMPTY_PROPERTIES, Delivery, Message, Properties
 from ._nats_common import Endpoint, InboxClient, NatsServer, inbox_correlation, nats_headers
@@ -91,15 +91,6 @@ def _trace_id(headers: Mapping[str, Any], fresh: Iterator[str]) -> str:
         if match is not None:
             return match.group(1)
     return next(fresh)
-
-
-def _random_trace_ids() -> Iterator[str]:
-    """Random trace ids of 32 hex digits, cut from one block of ``os.urandom`` bytes
-    (one system call per 256 ids instead of one each)."""
-    while True:
-        text = os.urandom(16 * 256).hex()
-        for start in range(0, len(text), 32):
-            yield text[start : start + 32]
 
 
 def _token(value: object, what: str) -> str:
@@ -188,7 +179,7 @@ class LoomClient(InboxClient):
         self.exchange = f"{_PREFIX}.{service_type}"
         self._caller_json = _ENCODE(caller_id).encode()
         self._routes: dict[str, tuple[str, bytes]] = {}
-        self._trace_ids = _random_trace_ids()
+        self._trace_ids = random_ids(32, hex=True)  # as W3C trace ids
 
     def request_subject(self, routing_key: str) -> str:
         return f"{self.exchange}.{routing_key}"

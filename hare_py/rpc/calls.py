@@ -34,38 +34,24 @@ Deadlines live in heaps with lazy deletion; nothing here runs a timer.
 
 from __future__ import annotations
 
-import binascii
 import heapq
 import math
-import os
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from .._ids import random_ids
 from ..actor.caller import Caller
 
 __all__ = ["Call", "CallTable", "correlation_ids"]
 
 QUEUED, SENT, HELD, LATE, DONE = "queued", "sent", "held", "late", "done"
 
-_ID_CHARS = 22  # 132 random bits, as long as secrets.token_urlsafe(16)
-_ID_BLOCK = 33 * 128  # random bytes per refill: 256 ids, no base64 padding
-_URLSAFE = bytes.maketrans(b"+/", b"-_")
-
 
 def correlation_ids() -> Iterator[str]:
-    """Unguessable correlation ids, 22 URL-safe characters each.
-
-    Cut from one base64 encoding of a block of ``os.urandom`` bytes (each
-    character carries 6 random bits): a third of the cost of one
-    ``secrets.token_urlsafe(16)`` per id. One iterator per client: it is not
-    for use from two threads.
-    """
-    while True:
-        block = binascii.b2a_base64(os.urandom(_ID_BLOCK), newline=False)
-        text = block.translate(_URLSAFE).decode()
-        for start in range(0, len(text), _ID_CHARS):
-            yield text[start : start + _ID_CHARS]
+    """Unguessable correlation ids, 22 URL-safe characters (132 random bits) each;
+    one iterator per client."""
+    return random_ids(22)
 
 
 class Call:
