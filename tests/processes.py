@@ -11,6 +11,7 @@ serves.
 from __future__ import annotations
 
 import os
+import random
 import select
 import socket
 import subprocess
@@ -22,11 +23,38 @@ import pytest
 __all__ = ["free_port", "spawn", "start_ready", "stop_ready"]
 
 
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_START = _ephemeral_start()
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port free on 127.0.0.1 right now, below the ephemeral range.
+
+    A port the kernel picks (bind to 0) comes from the range it also gives every
+    outgoing connection, so a server started on it later can find it taken by a
+    client socket. Below that range only listeners bind; and no port is handed
+    out twice in one test run, as two servers started in a row might otherwise
+    get the same one before either binds it.
+    """
+    for _ in range(1000):
+        port = random.randrange(10_000, _EPHEMERAL_START)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free TCP port on 127.0.0.1 below the ephemeral range")
 
 
 def spawn(

@@ -79,7 +79,7 @@ from .telemetry import TelemetryOption, client_instrumentation
 __all__ = ["RPCClient"]
 
 #: Requests published in one write at most (and flushed at least this often).
-_BATCH = 64
+_BATCH = 32
 #: RabbitMQ's largest per-message TTL, in milliseconds (2**32 - 1).
 _MAX_TTL_MS = 4_294_967_295
 

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from processes import free_port
 from proton import Message
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
@@ -34,12 +35,6 @@ from rabbitmq import unavailable
 __all__ = ["BROKER_SCRIPT", "ForeignServer", "ProtonBroker", "foreign_call", "free_port"]
 
 BROKER_SCRIPT = Path("/usr/share/proton/examples/python/broker.py")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _accepts(port: int) -> bool:

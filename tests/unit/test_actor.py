@@ -6,6 +6,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.lowlevel import checkpoint
 
 from hare_py import (
     Actor,
@@ -293,3 +294,42 @@ async def test_stop_returns_after_terminate_has_run() -> None:
             assert actor.terminated == ["normal"]
             assert not actor.running
             await actor.stop()  # stopping a stopped actor is a no-op
+
+
+class Busy(Actor[int]):
+    """Handles casts without ever awaiting: only the loop itself can let others run."""
+
+    def __init__(self) -> None:
+        super().__init__(name="busy")
+        self.handled = 0
+
+    async def init(self, arg: Any) -> Any:
+        return 0
+
+    async def handle_cast(self, message: Any, state: int) -> Any:
+        self.handled += 1
+        return NoReply(state + 1)
+
+    async def handle_call(self, message: Any, caller: Caller, state: int) -> Any:
+        return Reply(state, state)
+
+
+async def test_a_busy_mailbox_lets_other_tasks_run() -> None:
+    """A long burst of messages does not keep every other task waiting until it is done."""
+    actor = Busy()
+    seen: list[int] = []
+
+    async def watch() -> None:
+        for _ in range(10_000):  # bounded: the burst takes far fewer turns
+            seen.append(actor.handled)
+            if actor.handled >= 500:
+                return
+            await checkpoint()
+
+    with anyio.fail_after(5):
+        async with run(actor), anyio.create_task_group() as tg:
+            for _ in range(500):
+                actor.cast(1)
+            tg.start_soon(watch)
+            assert await actor.call("get") == 500
+    assert any(0 < n < 500 for n in seen), seen
