@@ -26,6 +26,7 @@ from anyio.lowlevel import checkpoint
 from .._clock import now
 from .._log import get_logger
 from ..errors import ClientCrashed, ClientStopped, ConfigError, RequestTimeout
+from .backstop import Backstop
 from .caller import Caller
 from .results import (
     NOTHING,
@@ -135,6 +136,8 @@ class Actor(Generic[S]):
         self._held: set[Caller] = set()  # callers given NoReply, answered later by reply()
         self._current: Any = None  # the message being handled
         self._stopper: Caller | None = None  # the caller of stop(), if any
+        # Gives up on callers of a stuck actor (a behaviour whose callers need it).
+        self._backstop: Backstop | None = None
         # Where the actor runs: its mailbox and callers are not thread-safe.
         self._thread: int | None = None
         self._event_loop: object = None  # the asyncio loop; None on trio

@@ -7,6 +7,7 @@ import itertools
 import math
 import sys
 from asyncio import _get_running_loop
+from collections.abc import Awaitable
 from typing import Any
 
 __all__ = ["Caller"]
@@ -22,7 +23,8 @@ class Caller:
     answered at most once: later answers are ignored.
 
     The runtime's side of it: ``resolve(value)`` answers it, ``await
-    wait(until)`` waits for the answer until a loop time, ``give_up()`` marks a
+    wait(until)`` waits for the answer until a loop time (``await waiter()``
+    without a timer of its own), ``give_up()`` marks a
     caller that stopped waiting (it timed out or was cancelled), and
     ``value`` is the answer once ``done``.
     """
@@ -88,31 +90,35 @@ class Caller:
             lowlevel = trio.lowlevel
             self._task = lowlevel.current_task()
 
-            def abort(_: Any) -> Any:  # the deadline passed, or the caller was cancelled
-                self._task = None
-                return lowlevel.Abort.SUCCEEDED
-
-            with trio.move_on_at(until):
-                await lowlevel.wait_task_rescheduled(abort)
+            with trio.move_on_at(until):  # the deadline passes, or the caller is cancelled
+                await lowlevel.wait_task_rescheduled(self._abort)
             return
-        future, timer = self.arm(loop, until)
+        future = self._future = loop.create_future()
+        timer = loop.call_at(until, _wake, future) if until != math.inf else None
         try:
             await future
         finally:
             if timer is not None:
                 timer.cancel()
 
-    def arm(
-        self, loop: asyncio.AbstractEventLoop, until: float
-    ) -> tuple[asyncio.Future[None], asyncio.TimerHandle | None]:
-        """On asyncio, what ``wait`` awaits: a future done once answered or at ``until``,
-        and its timer (cancel it after). A caller that awaits them itself saves the
-        coroutine frame of ``wait`` for as long as it waits."""
-        future = self._future = loop.create_future()
-        if self._value is not _UNSET:
-            future.set_result(None)
-        timer = loop.call_at(until, _wake, future) if until != math.inf else None
-        return future, timer
+    def waiter(self) -> Awaitable[Any]:
+        """What to await for the answer, with no timer of its own: someone else
+        (a ``Backstop``) answers or gives up on the caller in time. On asyncio a
+        bare future, on trio the task parked: no coroutine frame of ours waits."""
+        loop = _get_running_loop()
+        if loop is not None:
+            future = self._future = loop.create_future()
+            if self._value is not _UNSET:
+                future.set_result(None)
+            return future
+        lowlevel = _trio().lowlevel
+        self._task = lowlevel.current_task()
+        parked: Awaitable[Any] = lowlevel.wait_task_rescheduled(self._abort)
+        return parked
+
+    def _abort(self, _: Any) -> Any:  # trio: the waiting task was cancelled
+        self._task = None
+        return _trio().lowlevel.Abort.SUCCEEDED
 
     def __repr__(self) -> str:
         return f"<Caller #{self.id}{' done' if self.done else ''}>"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any, Generic, TypeAlias, TypeVar
+
+import anyio
 
 from ..errors import ClientStopped, ConfigError, RestartIntensityExceeded
 from ..transport.url import BrokerURL
@@ -93,6 +95,8 @@ class ActorRunner(Generic[A]):
         async with AsyncExitStack() as stack:
             if self._owned is not None:
                 await stack.enter_async_context(self._owned)
+            if self.actor._backstop is not None:  # left after the supervisor: for its callers too
+                await stack.enter_async_context(_Beside(self.actor._backstop.run))
             try:
                 await stack.enter_async_context(self.supervisor)
             except InitRefused as exc:
@@ -114,3 +118,23 @@ class ActorRunner(Generic[A]):
         finally:
             if self.actor._status != "stopped":
                 self.actor._finish_for_good("shutdown")
+
+
+class _Beside:
+    """Runs a task beside the block until the block ends, cancelling it then; an
+    exception of the block passes through unwrapped (not in an exception group)."""
+
+    def __init__(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._run = run
+        self._tg = anyio.create_task_group()
+
+    async def __aenter__(self) -> None:
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._run)
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
+        self._tg.cancel_scope.cancel()
+        if exc is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+            await self._tg.__aexit__(None, None, None)
+            return False
+        return await self._tg.__aexit__(exc_type, exc, tb)

@@ -20,7 +20,6 @@ expired (``_Settle``): a reply routed to the old server is delivered there.
 
 from __future__ import annotations
 
-from asyncio import _get_running_loop
 from collections.abc import Mapping
 from functools import partial
 from typing import Any, Generic, Self, TypedDict, Unpack
@@ -33,6 +32,7 @@ from .._clock import now
 from .._log import debug_enabled
 from ..actor.actor import Actor, check_timeout
 from ..actor.backoff import Backoff
+from ..actor.backstop import Backstop
 from ..actor.caller import Caller
 from ..actor.connection import Connection
 from ..actor.results import CallResult, NoReply, NoticeResult, Reply
@@ -143,6 +143,7 @@ class RPCClient(Actor[S], Generic[S]):
     #: Extra time a caller waits past its deadline for the actor to run
     #: ``handle_timeout``, in case the actor is busy in a slow callback.
     deadline_grace: float = 0.1
+    _backstop: Backstop
 
     def __init__(
         self,
@@ -188,6 +189,7 @@ class RPCClient(Actor[S], Generic[S]):
         self._rewrites = type(self).handle_request is not RPCClient.handle_request
         self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
         self._slots = anyio.Semaphore(max_in_flight)
+        self._backstop = Backstop(self.deadline_grace)
         grace = self.convention.late_reply_grace
         self._calls = CallTable(
             serial=self.convention.serial_per_routing_key,
@@ -368,23 +370,18 @@ class RPCClient(Actor[S], Generic[S]):
                     caller.trace, trace = None, caller.trace
                     trace.finish(None, exc)
                 raise
+            # The actor answers at the deadline; the backstop gives up on the
+            # caller at the deadline plus the grace if the actor is stuck.
+            backstop = self._backstop
+            backstop.add(caller)
             try:
-                # The actor answers at the deadline; the grace is the backstop
-                # for an actor stuck in a slow callback.
-                loop = _get_running_loop()
-                if loop is None:  # trio
-                    await caller.wait(deadline + self.deadline_grace)
-                elif not caller.done:  # asyncio: the future itself, one frame less per call
-                    future, timer = caller.arm(loop, deadline + self.deadline_grace)
-                    try:
-                        await future
-                    finally:
-                        if timer is not None:
-                            timer.cancel()
-            finally:
                 if not caller.done:
-                    self._forget(caller)
+                    await caller.waiter()
+            finally:
+                if not caller.done or caller.gave_up:  # cancelled, or the backstop's
                     caller.give_up()
+                    self._forget(caller)
+                backstop.leave(caller)
         finally:
             slots.release()
             self._log_request(caller, started)

@@ -514,6 +514,49 @@ async def test_init_ignore_gives_a_stopped_client(broker: SandboxBroker) -> None
 # -- callers -------------------------------------------------------------------------------
 
 
+class Stuck(Recording):
+    """Stuck in a slow callback when told to be."""
+
+    async def handle_info(self, message: Any, state: Any) -> Any:
+        if message == "stuck":
+            await anyio.sleep(3)
+            return NoReply(state)
+        return await super().handle_info(message, state)
+
+
+async def test_a_stuck_actor_keeps_no_caller_past_its_deadline_plus_the_grace(
+    broker: SandboxBroker,
+) -> None:
+    """The actor cannot run handle_timeout while stuck: the caller gives up on its own."""
+
+    async def silent(delivery: Delivery) -> bytes | None:
+        return None
+
+    async with (
+        echo_server(broker.url, handler=silent),
+        Stuck.start(broker.url, timeout=0.2) as client,
+    ):
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                ended: list[float] = []
+
+                async def one() -> None:
+                    with pytest.raises(RequestTimeout):
+                        await client.request(b"x", "echo")
+                    ended.append(anyio.current_time())
+
+                start = anyio.current_time()
+                for _ in range(3):
+                    tg.start_soon(one)
+                await wait_for(lambda: client.pending == 3)
+                client.send("stuck")
+            assert len(ended) == 3
+            for end in ended:  # deadline 0.2 s, grace 0.1 s; the actor is stuck for 3 s
+                assert 0.2 <= end - start < 0.2 + client.deadline_grace + 0.5
+            assert client.timeouts == 0  # not handle_timeout: the actor never got to it
+            assert client.pending == 0
+
+
 async def test_cancelled_request_leaves_no_pending_entry(broker: SandboxBroker) -> None:
     """Cancelling request() removes its entry; its late reply is dropped."""
 
