@@ -11,6 +11,7 @@ and all servers use the same prefetch. The NATS contenders
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -553,11 +554,11 @@ class HareNats:
     name, label, queue, concurrent = "hare_nats", "hare_py on NATS, asyncio", "b1.echo", True
     loop = "asyncio"
 
-    @property
+    @functools.cached_property  # read per call: a property would build it each time
     def hold_target(self) -> str:
         return f"hold-{self.name}.echo"  # the loom routing key: instance and method
 
-    @property
+    @functools.cached_property
     def hold_subject(self) -> str:
         return f"loom.rpc.{SERVICE}.{self.hold_target}"
 

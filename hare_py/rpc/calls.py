@@ -29,7 +29,8 @@ Queued calls wait in line per key, oldest first, within their own deadlines.
 Only ``lose_channel()`` frees keys at once: a reply queue lost with its
 channel receives no late reply.
 
-Deadlines live in heaps with lazy deletion; nothing here runs a timer.
+Deadlines wait in a line when they come in order (one timeout for all), in
+a heap otherwise, both with lazy deletion; nothing here runs a timer.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class CallTable:
         self._by_caller: dict[Caller, Call] = {}
         self._by_cid: dict[str, Call] = {}
         self._queue: deque[Call] = deque()
+        # Deadlines: in order in the line (O(1), no entry of its own), else in the heap.
+        self._line: deque[Call] = deque()
         self._heap: list[tuple[float, int, Call]] = []
         self._seq = 0
         # Serial mode only: queued calls per key, keys that may send, key holders.
@@ -288,13 +291,21 @@ class CallTable:
     def expire(self, now: float) -> list[Call]:
         """Remove and return every call whose deadline is at or before ``now``;
         free the keys of late calls whose quarantine has ended."""
-        heap = self._heap
+        by_caller, line, heap = self._by_caller, self._line, self._heap
         expired: list[Call] = []
-        while heap and heap[0][0] <= now:
-            call = heapq.heappop(heap)[2]
-            if self._by_caller.get(call.caller) is call:
+        while line and line[0].caller.deadline <= now:
+            call = line.popleft()
+            if by_caller.get(call.caller) is call:
                 self.remove(call.caller)
                 expired.append(call)
+        in_line = len(expired)
+        while heap and heap[0][0] <= now:
+            call = heapq.heappop(heap)[2]
+            if by_caller.get(call.caller) is call:
+                self.remove(call.caller)
+                expired.append(call)
+        if 0 < in_line < len(expired):  # both had some: in deadline order, as one heap would
+            expired.sort(key=_deadline)
         quarantine = self._quarantine
         while quarantine and quarantine[0][0] <= now:
             call = heapq.heappop(quarantine)[2]
@@ -305,13 +316,17 @@ class CallTable:
     def next_deadline(self) -> float:
         """The earliest deadline of a call still in the table, or end of a quarantine
         (``inf`` if none)."""
-        heap = self._heap
-        while heap and self._by_caller.get(heap[0][2].caller) is not heap[0][2]:
+        by_caller, line, heap = self._by_caller, self._line, self._heap
+        while line and by_caller.get(line[0].caller) is not line[0]:
+            line.popleft()
+        while heap and by_caller.get(heap[0][2].caller) is not heap[0][2]:
             heapq.heappop(heap)
         quarantine = self._quarantine
         while quarantine and quarantine[0][2].state != LATE:
             heapq.heappop(quarantine)
-        first = heap[0][0] if heap else math.inf
+        first = line[0].caller.deadline if line else math.inf
+        if heap and heap[0][0] < first:
+            first = heap[0][0]
         return min(first, quarantine[0][0]) if quarantine else first
 
     def clear(self) -> list[Call]:
@@ -326,6 +341,7 @@ class CallTable:
         self._by_caller.clear()
         self._by_cid.clear()
         self._queue.clear()
+        self._line.clear()
         self._heap.clear()
         self._lines.clear()
         self._ready.clear()
@@ -399,12 +415,21 @@ class CallTable:
         deadline = call.caller.deadline
         if deadline == math.inf:
             return
-        self._seq += 1
-        heapq.heappush(self._heap, (deadline, self._seq, call))
-        if len(self._heap) > 2 * len(self._by_caller) + 1024:
+        line = self._line
+        if not line or line[-1].caller.deadline <= deadline:
+            line.append(call)
+        else:
+            self._seq += 1
+            heapq.heappush(self._heap, (deadline, self._seq, call))
+        if len(line) + len(self._heap) > 2 * len(self._by_caller) + 1024:
             self._compact()
 
     def _compact(self) -> None:
         by_caller = self._by_caller
+        self._line = deque(c for c in self._line if by_caller.get(c.caller) is c)
         self._heap = [e for e in self._heap if by_caller.get(e[2].caller) is e[2]]
         heapq.heapify(self._heap)
+
+
+def _deadline(call: Call) -> float:
+    return call.caller.deadline

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
+from types import MappingProxyType
 from typing import Any, Generic, Self, TypedDict, Unpack
 
 import anyio
@@ -80,6 +81,8 @@ __all__ = ["RPCClient"]
 
 #: Requests published in one write at most (and flushed at least this often).
 _BATCH = 32
+#: The headers of a request made without any: one shared, read-only mapping.
+_NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
 #: RabbitMQ's largest per-message TTL, in milliseconds (2**32 - 1).
 _MAX_TTL_MS = 4_294_967_295
 
@@ -347,7 +350,7 @@ class RPCClient(Actor[S], Generic[S]):
         request = Request(
             payload,
             routing_key,
-            headers if headers is not None else {},
+            headers if headers is not None else _NO_HEADERS,
             correlation_id,
             deadline,
             idempotent,

@@ -99,14 +99,35 @@ def test_unsend_puts_the_call_back_first() -> None:
     assert table.pop_reply("a") is None
 
 
-def test_heap_is_compacted_when_callers_leave() -> None:
-    """Many answered callers do not leave an ever-growing deadline heap."""
+def test_deadlines_in_and_out_of_order_expire_in_deadline_order() -> None:
+    """Calls that come in deadline order and calls that do not expire together, earliest
+    first, and the next deadline is the earliest of both."""
     table = CallTable()
+    deadlines = [10.0, 20.0, 30.0, 15.0, 40.0, 5.0, 25.0]
+    callers = [make(str(i), d) for i, d in enumerate(deadlines)]
+    for caller in callers:
+        table.add(caller, caller.request)
+    assert table.next_deadline() == 5.0
+    assert [c.caller.deadline for c in table.expire(22.0)] == [5.0, 10.0, 15.0, 20.0]
+    table.remove(callers[6])  # 25.0, out of order, gone
+    assert table.next_deadline() == 30.0
+    assert [c.caller.deadline for c in table.expire(100.0)] == [30.0, 40.0]
+    assert table.next_deadline() == math.inf
+    assert len(table) == 0
+
+
+@pytest.mark.parametrize("step", [1.0, -1.0], ids=["in-order", "out-of-order"])
+def test_deadlines_are_compacted_when_callers_leave(step: float) -> None:
+    """Many answered callers leave no ever-growing deadline line or heap."""
+    table = CallTable()
+    keep = make("keep", 1.0)  # in the table the whole time, first in line
+    table.add(keep, keep.request)
     for i in range(5000):
-        caller = make(str(i), 100.0 + i)
+        caller = make(str(i), 1.0e5 + step * i)
         table.add(caller, caller.request)
         table.remove(caller)
-    assert len(table._heap) <= 1024 + 2
+    assert len(table._line) + len(table._heap) <= 2 + 1024 + 1
+    assert table.next_deadline() == 1.0
 
 
 def keyed(cid: str, key: str) -> Caller:

@@ -211,6 +211,7 @@ class AmqpConnection(TransportConnection):
                 data = protocol.data_to_send()
                 if data:
                     await send(data)
+                    del data  # not kept while idle: a burst can be large
                     self._last_sent = now()
                 if not self._writable.is_set() and protocol.bytes_to_send < HIGH_WATER:
                     self._writable.set()

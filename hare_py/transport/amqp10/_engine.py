@@ -272,6 +272,7 @@ class Engine:
                     if data:
                         await send(data)
                         transport.pop(len(data))
+                        del data  # not kept while idle: a burst can be large
                     self._room.set()
                     continue
                 if not self._writable.is_set():

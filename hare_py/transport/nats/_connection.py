@@ -230,6 +230,7 @@ class NatsConnection(TransportConnection):
                     self._out.clear()
                     self._out_size = 0
                     await send(data)
+                    del data  # not kept while idle: a burst can be large
                 if not self._writable.is_set() and self._out_size < HIGH_WATER:
                     self._writable.set()
                 if self._last_words and not self._out and not self._protocol.bytes_to_send:
