@@ -144,7 +144,8 @@ class RPCClient(Actor[S], Generic[S]):
     """
 
     #: Extra time a caller waits past its deadline for the actor to run
-    #: ``handle_timeout``, in case the actor is busy in a slow callback.
+    #: ``handle_timeout``, in case the actor is busy in a slow callback (read
+    #: when the client is built: set it on the class).
     deadline_grace: float = 0.1
     _backstop: Backstop
 
