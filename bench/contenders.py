@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import json
 import logging
 import os
 import sys
@@ -491,7 +492,6 @@ CONTENDERS: dict[str, Contender] = {
 # holder's answer to one request, in the contender's envelope).
 
 SERVICE = "bench"  # the loom service type
-INSTANCE = "b1"  # the loom echo server's instance id
 
 
 class NatsPyClient:
@@ -548,6 +548,57 @@ class NatsPy:
             await nc.close()
 
 
+class NatsPyLoomClient(NatsPyClient):
+    """``nc.request()`` in Loom's envelopes, as a nats-py user would write a Loom caller
+    (an empty ``trace_id``, as Loom's own Go caller sends)."""
+
+    async def call(self, subject: str, payload: Any) -> Any:
+        method = subject.split(".", 4)[4]  # loom.rpc.{svc}.{instance}.{method}
+        envelope = {"method": method, "caller_id": "natspy", "payload": payload, "trace_id": ""}
+        sent = json.dumps(envelope, separators=(",", ":")).encode()
+        reply = json.loads((await self.nc.request(subject, sent, timeout=TIMEOUT)).data)
+        if not reply["ok"]:
+            raise RuntimeError(reply["error"])
+        return reply["payload"]
+
+
+class NatsPyLoom(NatsPy):
+    """nats-py speaking Loom's envelopes both ways: the like-for-like baseline of
+    hare_py's loom convention (the plain ``natspy`` echo does no JSON at all)."""
+
+    name, label = "natspy_loom", "nats-py request(), Loom envelopes"
+    queue = f"loom.rpc.{SERVICE}.natspy.echo"
+    hold_subject = hold_target = f"loom.rpc.{SERVICE}.hold-natspy_loom.echo"
+
+    def payload(self, size: int) -> Any:
+        return "x" * (size - 2)  # a JSON string of ``size`` bytes, as HareNats sends
+
+    def hold_reply(self, request: bytes) -> bytes:
+        return HareNats.hold_reply(HareNats(), request)
+
+    def client(self, url: str) -> Any:
+        return NatsPyLoomClient(url)
+
+    async def serve(self, url: str, queue: str, ready: Ready) -> None:
+        """A nats-py Loom responder: the request envelope parsed, its payload echoed."""
+        import nats
+
+        nc = await nats.connect(url, max_reconnect_attempts=0)
+        try:
+
+            async def echo(msg: Any) -> None:
+                request = json.loads(msg.data)
+                reply = {"ok": True, "payload": request["payload"], "error": ""}
+                await msg.respond(json.dumps(reply, separators=(",", ":")).encode())
+
+            await nc.subscribe(queue, cb=echo)
+            await nc.flush()
+            ready()
+            await asyncio.Event().wait()
+        finally:
+            await nc.close()
+
+
 class HareNats:
     """hare_py's NATS transport: an ``RPCServer`` on the loom convention echoes."""
 
@@ -569,8 +620,6 @@ class HareNats:
         return payload
 
     def hold_reply(self, request: bytes) -> bytes:
-        import json
-
         payload = json.loads(request)["payload"]
         return json.dumps({"ok": True, "payload": payload, "error": ""}).encode()
 
@@ -588,7 +637,9 @@ class HareNats:
             url,
             ready,
             codec=hare_py.JSON,
-            convention=loom(SERVICE, instance_id=INSTANCE),
+            # Each loom contender's server is its own instance: two servers of one
+            # instance would both answer every request.
+            convention=loom(SERVICE, instance_id=queue.partition(".")[0]),
             routing_keys=[queue.partition(".")[2]],
             prefetch=PREFETCH,
         )
@@ -597,7 +648,7 @@ class HareNats:
 class HareNatsTrio(HareNats):
     """The same client and server, on trio."""
 
-    name, label = "hare_nats_trio", "hare_py on NATS, trio"
+    name, label, queue = "hare_nats_trio", "hare_py on NATS, trio", "b2.echo"
     loop = "trio"
 
 
@@ -619,7 +670,24 @@ class HareNatsPlain(NatsPy):
         await serve_echo(url, ready, convention=nats(SERVICE), queue=queue, prefetch=PREFETCH)
 
 
+class HareNatsPlainTrio(HareNatsPlain):
+    """The same, on trio."""
+
+    name, label = "hare_nats_plain_trio", "hare_py on NATS, nats() convention, trio"
+    queue = "bench.plain_trio"
+    hold_subject = hold_target = "bench.hold.hare_nats_plain_trio"
+    loop = "trio"
+
+
 NATS_BASELINE = "natspy"
 NATS_CONTENDERS: dict[str, Any] = {
-    c.name: c for c in (NatsPy(), HareNats(), HareNatsTrio(), HareNatsPlain())
+    c.name: c
+    for c in (
+        NatsPy(),
+        NatsPyLoom(),
+        HareNats(),
+        HareNatsTrio(),
+        HareNatsPlain(),
+        HareNatsPlainTrio(),
+    )
 }

@@ -80,8 +80,8 @@ class Results:
         values = [r[metric] for r in self.load.get((name, case), [])]
         return statistics.median(values) if values else math.nan
 
-    def ratio(self, name: str, case: Case, metric: str) -> float:
-        base = self.median(self.baseline, case, metric)
+    def ratio(self, name: str, case: Case, metric: str, baseline: str | None = None) -> float:
+        base = self.median(baseline or self.baseline, case, metric)
         return self.median(name, case, metric) / base if base else math.nan
 
     def hold_median(self, name: str, metric: str) -> float:
@@ -459,10 +459,12 @@ def write_nats(
         f"{settings.warmup:g} s warm-up and {settings.duration:g} s measured per "
         f"measurement, a fresh client process each; every figure is the median over rounds, "
         f"in parentheses its ratio to nats-py's median in the same run. nats-py's "
-        f"`request()` calls a nats-py echo responder (`msg.respond(msg.data)`, raw bytes); "
-        f"hare_py's `RPCClient` on the loom convention (JSON payloads in Loom's envelopes, "
-        f"one muxed inbox) calls an `RPCServer` on the loom convention; the client and "
-        f"its server run on the loop named, each in its own process.",
+        f"`request()` calls a nats-py echo responder (`msg.respond(msg.data)`, raw bytes), "
+        f"as hare_py's `RPCClient` on the nats() convention calls an `RPCServer` on it; "
+        f"with Loom envelopes, nats-py's caller and responder wrap and unwrap Loom's JSON "
+        f"envelopes with `json`, as hare_py's loom convention does (JSON payloads, one "
+        f"muxed inbox). Each target compares contenders doing the same work. Each client "
+        f"and its server run on the loop named, each in its own process.",
         "",
         report.table(results, settings),
         "",

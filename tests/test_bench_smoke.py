@@ -32,6 +32,20 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def test_each_nats_contender_has_a_server_of_its_own() -> None:
+    """Two echo servers on one subject (or of one Loom instance) would both answer every
+    request: the client would pay for a reply flood the baseline never sees."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench.contenders import NATS_CONTENDERS
+    finally:
+        sys.path.remove(str(ROOT))
+    queues = [c.queue for c in NATS_CONTENDERS.values()]
+    assert len(set(queues)) == len(queues), queues
+    holds = [c.hold_subject for c in NATS_CONTENDERS.values()]
+    assert len(set(holds)) == len(holds), holds
+
+
 async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
     """Every contender runs every case without an error; every table, plot and target is
     written."""
@@ -108,6 +122,8 @@ async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
         "hare_py on NATS, asyncio",
         "hare_py on NATS, trio",
         "hare_py on NATS, nats() convention, asyncio",
+        "hare_py on NATS, nats() convention, trio",
+        "nats-py request(), Loom envelopes",
     ):
         assert f"| {label} |" in nats_table
     for png in ("nats-latency.png", "nats-throughput.png"):
@@ -115,9 +131,16 @@ async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
         assert data.startswith(b"\x89PNG") and len(data) > 10_000
     nats = json.loads((tmp_path / "nats.json").read_text())
     assert nats["baseline"] == "natspy"
-    names = {"natspy", "hare_nats", "hare_nats_trio", "hare_nats_plain"}
+    names = {
+        "natspy",
+        "natspy_loom",
+        "hare_nats",
+        "hare_nats_trio",
+        "hare_nats_plain",
+        "hare_nats_plain_trio",
+    }
     assert {entry["contender"] for entry in nats["load"]} == names
-    assert len(nats["load"]) == 4 * 4  # every contender in every case
+    assert len(nats["load"]) == 6 * 4  # every contender in every case
     for entry in nats["load"]:
         for run in entry["rounds"]:
             assert run["errors"] == 0, (entry["contender"], run["first_error"])
@@ -129,4 +152,4 @@ async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
             assert run["errors"] == 0 and run["held"] == run["n"], (name, run)
             assert run["heap_bytes_per_request"] > 0
     # Each target computed (met or not: that is a finding, not a failure).
-    assert len(nats["targets"]) == 5
+    assert len(nats["targets"]) == 10
