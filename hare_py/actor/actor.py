@@ -23,7 +23,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.lowlevel import checkpoint
 
-from .._clock import now
+from .._clock import clock, now
 from .._log import get_logger
 from ..errors import ClientCrashed, ClientStopped, ConfigError, RequestTimeout
 from .backstop import Backstop
@@ -141,6 +141,7 @@ class Actor(Generic[S]):
         # Where the actor runs: its mailbox and callers are not thread-safe.
         self._thread: int | None = None
         self._event_loop: object = None  # the asyncio loop; None on trio
+        self._now = now  # the loop's clock once an incarnation runs: read per request
         self._log = log.bind(actor=self.name)
         self._handlers: dict[type, Any] = {
             _Call: self._on_call,
@@ -267,6 +268,7 @@ class Actor(Generic[S]):
             self._open_mailbox()
         self._status = "restarting"
         self._thread, self._event_loop = get_ident(), _get_running_loop()
+        self._now = clock()
         result = await self.init(arg)
         if isinstance(result, Ignore):
             self._log.info("actor.ignored")
@@ -399,8 +401,7 @@ class Actor(Generic[S]):
     async def _loop(self) -> Any:
         recv = self._recv
         handlers = self._handlers
-        loop = _get_running_loop()
-        current_time = loop.time if loop is not None else now  # read per message: keep it cheap
+        current_time = self._now  # read per message: keep it cheap
         handled = 0
         try:
             while True:

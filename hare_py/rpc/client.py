@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
+from threading import get_ident
 from types import MappingProxyType
 from typing import Any, Generic, Self, TypedDict, Unpack
 
@@ -345,7 +346,8 @@ class RPCClient(Actor[S], Generic[S]):
             if headers:  # before the actor sees them: a bad header fails this call alone
                 self.convention.check_headers(headers)
         seconds = self.timeout if timeout is None else check_timeout(timeout)
-        started = now()
+        # The actor's loop clock, unless this is another thread (which _post refuses).
+        started = self._now() if get_ident() == self._thread else now()
         deadline = started + seconds
         correlation_id = next(self._correlation_ids)
         request = Request(
@@ -606,7 +608,7 @@ class RPCClient(Actor[S], Generic[S]):
             return None
         expiration = None
         if self.request_ttl:
-            ms = (request.deadline - now()) * 1000
+            ms = (request.deadline - self._now()) * 1000
             if ms < _MAX_TTL_MS:  # a longer TTL is refused by RabbitMQ (406): send none
                 expiration = str(max(1, int(ms)))
         trace = caller.trace

@@ -494,6 +494,24 @@ def test_builders_check_subjects_replies_and_queue_groups() -> None:
     assert proto.bytes_to_send == 0
 
 
+def test_a_subject_is_checked_once_and_a_bad_one_every_time() -> None:
+    """Publish subjects are remembered once checked (a bounded number of them); a bad
+    subject, or a value that is not a string, is refused on every publish."""
+    proto = connected()
+    for i in range(1000):
+        proto.publish(f"s.{i}", b"")
+        proto.publish("s.again", b"", reply=f"r.{i}")
+    assert proto.data_to_send().count(b"PUB s.again r.") == 1000
+    assert len(proto._checked) <= 256
+    for _ in range(2):
+        with pytest.raises(InvalidSubject):
+            proto.publish("a.*", b"")
+        with pytest.raises(InvalidSubject):
+            proto.publish(["a"], b"")  # type: ignore[arg-type]
+    assert "a.*" not in proto._checked
+    assert proto.bytes_to_send == 0
+
+
 # -- bounds and broken streams ----------------------------------------------------------
 
 
@@ -760,6 +778,49 @@ def test_mutated_streams_make_events_or_the_typed_error(
     for _ in range(stream[2]):
         proto.ping()
     _only_events_or_the_typed_error(proto, split(bytes(data), cuts))
+
+
+def _outcome(proto: NatsClientProtocol, chunks: Iterable[bytes]) -> tuple[list[Any], str | None]:
+    """The events (a bad message as its fields and error text) and the error that ended it."""
+    seen: list[Any] = []
+    try:
+        for chunk in chunks:
+            for event in proto.receive_data(chunk):
+                if isinstance(event, BadMsgReceived):
+                    seen.append(("bad", event.sid, event.subject, event.reply, str(event.error)))
+                else:
+                    seen.append(event)
+    except NatsProtocolError as exc:
+        return seen, str(exc)
+    return seen, None
+
+
+@given(
+    server_stream(),
+    st.lists(st.tuples(st.integers(0, 5000), st.binary(min_size=0, max_size=3)), max_size=6),
+)
+@settings(max_examples=300)
+def test_a_mutated_stream_parses_alike_whole_and_byte_by_byte(
+    stream: tuple[bytes, list[Event], int], edits: list[tuple[int, bytes]]
+) -> None:
+    """Whole, a MSG whose payload is in the buffer takes the one-step path; byte by byte,
+    never: both must accept, drop and refuse exactly the same messages."""
+    data = bytearray(stream[0])
+    for at, replacement in edits:
+        at = min(at, len(data))
+        data[at : at + 1] = replacement
+    limits = NatsLimits(headers=3, header_block=64, subject_bytes=16, subject_tokens=3)
+    whole, single = connected(limits=limits), connected(limits=limits)
+    for proto in (whole, single):
+        for _ in range(stream[2]):
+            proto.ping()
+    whole_events, whole_error = _outcome(whole, [bytes(data)])
+    single_events, single_error = _outcome(
+        single, (bytes(data[i : i + 1]) for i in range(len(data)))
+    )
+    assert whole_error == single_error
+    if whole_error is None:  # a whole buffer that fails returns none of its events
+        assert whole_events == single_events
 
 
 class CountingBuffer(bytearray):

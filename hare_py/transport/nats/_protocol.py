@@ -423,6 +423,10 @@ def _parse_headers(block: bytes, limits: NatsLimits) -> tuple[Headers, int | Non
     return tuple(pairs), status, description
 
 
+#: How many checked publish subjects a connection keeps (it starts over when full).
+_CHECKED_SUBJECTS = 256
+
+
 @dataclass(slots=True)
 class _Pending:
     """A MSG/HMSG control line whose payload has not all arrived."""
@@ -488,6 +492,8 @@ class NatsClientProtocol:
         self._pending: _Pending | None = None
         self._out: list[bytes] = []
         self._out_size = 0
+        # Subjects published to, checked and encoded: a client sends to a few again and again.
+        self._checked: dict[str, bytes] = {}
 
     def __repr__(self) -> str:
         return f"<NatsClientProtocol {self.state.value}>"
@@ -537,7 +543,13 @@ class NatsClientProtocol:
             self._require_info("publish")
         limits = self.limits
         check = subjects.check_publish_subject
-        head = check(subject, max_bytes=limits.subject_bytes, max_tokens=limits.subject_tokens)
+        checked = self._checked
+        head = checked.get(subject) if type(subject) is str else None
+        if head is None:
+            head = check(subject, max_bytes=limits.subject_bytes, max_tokens=limits.subject_tokens)
+            if len(checked) >= _CHECKED_SUBJECTS:
+                checked.clear()
+            checked[subject] = head
         if reply is not None:
             head += b" " + check(
                 reply, max_bytes=limits.subject_bytes, max_tokens=limits.subject_tokens
@@ -642,8 +654,53 @@ class NatsClientProtocol:
             line = bytes(view[pos:eol])
             pos = eol + 2
             self._scan = pos
+            if line[:4] == b"MSG " and self.state is not ConnectionState.AWAIT_INFO:
+                after = self._whole_msg(line, buf, view, pos, events)
+                if after >= 0:
+                    pos = after
+                    continue
             self._control_line(line, events)
         return pos
+
+    def _whole_msg(
+        self, line: bytes, buf: bytearray, view: memoryview, start: int, events: list[Event]
+    ) -> int:
+        """The common case, a valid MSG whose payload has arrived, in one step: append
+        its event and return where the next operation starts. -1 for anything else,
+        which the general path then parses (and refuses) as before, from the same line."""
+        args = line[4:].split()
+        count = len(args)
+        if count != 3 and count != 4:
+            return -1
+        sid_token, size_token = args[1], args[-1]
+        if not (
+            sid_token.isdigit()
+            and size_token.isdigit()
+            and len(sid_token) <= _MAX_SID_DIGITS
+            and len(size_token) <= _MAX_DIGITS
+        ):
+            return -1
+        stop = start + int(size_token)
+        if stop - start > self.max_payload or len(buf) < stop + 2:
+            return -1
+        if buf[stop] != 13 or buf[stop + 1] != 10:
+            return -1
+        limits = self.limits
+        subject = args[0]
+        reply = args[2] if count == 4 else None
+        if len(subject) > limits.subject_bytes or subject.count(b".") >= limits.subject_tokens:
+            return -1
+        if reply is not None and (
+            len(reply) > limits.subject_bytes or reply.count(b".") >= limits.subject_tokens
+        ):
+            return -1
+        try:
+            text = subject.decode()
+            reply_text = None if reply is None else reply.decode()
+        except UnicodeDecodeError:
+            return -1
+        events.append(MsgReceived(int(sid_token), text, reply_text, bytes(view[start:stop])))
+        return stop + 2
 
     def _control_line(self, line: bytes, events: list[Event]) -> None:
         op, _, rest = line.partition(b" ")
