@@ -87,9 +87,18 @@ def start_ready(command: Sequence[str], timeout: float = 30.0) -> subprocess.Pop
     ready, _, _ = select.select([process.stdout], [], [], timeout)
     line = process.stdout.readline() if ready else ""
     if line.strip() != "ready":
-        process.kill()
+        try:
+            code = process.wait(timeout=0.5)  # it printed something else: did it exit?
+            status = f"exited with {code}"
+        except subprocess.TimeoutExpired:
+            process.kill()
+            status = "still running: killed"
         _, err = process.communicate(timeout=10)
-        pytest.fail(f"echo server did not start: {line!r}\n{err[-2000:]}")
+        shown = " ".join(command)[:200]
+        pytest.fail(
+            f"{shown!r} did not print 'ready' within {timeout:g} s ({status}; "
+            f"first line {line!r})\n{err[-2000:]}"
+        )
     return process
 
 
