@@ -159,7 +159,7 @@ def broker() -> Iterator[str]:
         yield external
         return
     sys.path.insert(0, str(ROOT / "tests"))
-    from rabbitmq import RabbitMQNode  # type: ignore[import-not-found]  # the tests' node
+    from rabbitmq import RabbitMQNode  # the tests' node
 
     node = RabbitMQNode()
     node.start()
@@ -191,7 +191,7 @@ def nats_server() -> Iterator[str]:
         yield external
         return
     sys.path.insert(0, str(ROOT / "tests"))
-    from natsserver import NatsServer  # type: ignore[import-not-found]  # the tests' server
+    from natsserver import NatsServer  # the tests' server
 
     server = NatsServer()
     server.start()
@@ -586,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 else "a private RabbitMQ node started by the run"
             )
             results = measure(amqp, url)
-            profiles = [
+            profiles: list[tuple[str, str | None]] = [
                 (name, profile(url, amqp, name))
                 for name in ("hare", "hare_anyio")
                 if amqp.profile and name in amqp.contenders

@@ -709,9 +709,9 @@ async def drive(
                 result["callers_stopped_s"] = round(time.monotonic() - stop_at, 3)
                 result["hung_callers"] = not finished
                 if not finished:
-                    result["tasks_at_hang"] = sorted(t.name for t in anyio.get_running_tasks())[
-                        :200
-                    ]
+                    result["tasks_at_hang"] = sorted(
+                        str(t.name) for t in anyio.get_running_tasks()
+                    )[:200]
                 result["pending_after_load"] = client.pending
                 tg.cancel_scope.cancel()
         await anyio.sleep(0.5)  # closed connections' fds and tasks are released
