@@ -530,17 +530,22 @@ class NatsPy:
     def client(self, url: str) -> Any:
         return NatsPyClient(url)
 
+    def answer(self, data: bytes) -> bytes:
+        """The reply to a request's bytes: the bytes themselves."""
+        return data
+
     async def serve(self, url: str, queue: str, ready: Ready) -> None:
-        """A nats-py echo responder: ``msg.respond(msg.data)``."""
+        """A nats-py responder: ``msg.respond(self.answer(msg.data))``."""
         import nats
 
         nc = await nats.connect(url, max_reconnect_attempts=0)
         try:
+            answer = self.answer
 
-            async def echo(msg: Any) -> None:
-                await msg.respond(msg.data)
+            async def respond(msg: Any) -> None:
+                await msg.respond(answer(msg.data))
 
-            await nc.subscribe(queue, cb=echo)
+            await nc.subscribe(queue, cb=respond)
             await nc.flush()
             ready()
             await asyncio.Event().wait()
@@ -579,24 +584,11 @@ class NatsPyLoom(NatsPy):
     def client(self, url: str) -> Any:
         return NatsPyLoomClient(url)
 
-    async def serve(self, url: str, queue: str, ready: Ready) -> None:
-        """A nats-py Loom responder: the request envelope parsed, its payload echoed."""
-        import nats
-
-        nc = await nats.connect(url, max_reconnect_attempts=0)
-        try:
-
-            async def echo(msg: Any) -> None:
-                request = json.loads(msg.data)
-                reply = {"ok": True, "payload": request["payload"], "error": ""}
-                await msg.respond(json.dumps(reply, separators=(",", ":")).encode())
-
-            await nc.subscribe(queue, cb=echo)
-            await nc.flush()
-            ready()
-            await asyncio.Event().wait()
-        finally:
-            await nc.close()
+    def answer(self, data: bytes) -> bytes:
+        """A Loom reply: the request envelope parsed, its payload echoed."""
+        request = json.loads(data)
+        reply = {"ok": True, "payload": request["payload"], "error": ""}
+        return json.dumps(reply, separators=(",", ":")).encode()
 
 
 class HareNats:
