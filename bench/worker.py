@@ -342,24 +342,25 @@ class Spawner:
         self.tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Spawner:
-        import anyio
-
         if self.loop != "asyncio":
-            self.tg = anyio.create_task_group()
-            await self.tg.__aenter__()
+            import trio
+
+            # trio's own nursery: anyio's task group adds a task handle per task.
+            self.nursery_cm = trio.open_nursery()
+            self.nursery = await self.nursery_cm.__aenter__()
         return self
 
     def spawn(self, func: Any) -> None:
         if self.loop == "asyncio":
             self.tasks.append(asyncio.create_task(func()))
         else:
-            self.tg.start_soon(func)
+            self.nursery.start_soon(func)
 
     async def __aexit__(self, *exc: Any) -> Any:
         if self.loop == "asyncio":
             await asyncio.wait_for(asyncio.gather(*self.tasks), timeout=120)
             return None
-        return await self.tg.__aexit__(*exc)
+        return await self.nursery_cm.__aexit__(*exc)
 
 
 async def _held_nats(
@@ -431,7 +432,7 @@ async def hold_nats(job: dict[str, Any]) -> dict[str, Any]:
             bare = await (
                 _bare_task_bytes(small)
                 if contender.loop == "asyncio"
-                else _bare_anyio_task_bytes(small)
+                else _bare_trio_task_bytes(small)
             )
     finally:
         await admin.aclose()
@@ -447,17 +448,17 @@ async def hold_nats(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _bare_anyio_task_bytes(n: int) -> float:
+async def _bare_trio_task_bytes(n: int) -> float:
     """Python heap per trio task that just waits for an event: the caller's own share."""
-    import anyio
+    import trio
 
-    event = anyio.Event()
+    event = trio.Event()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    async with anyio.create_task_group() as tg:
+    async with trio.open_nursery() as nursery:
         for _ in range(n):
-            tg.start_soon(event.wait)
-        await anyio.sleep(0.05)
+            nursery.start_soon(event.wait)
+        await trio.sleep(0.05)
         after = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
         event.set()
