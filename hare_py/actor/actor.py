@@ -14,6 +14,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import asyncio
 import math
 from asyncio import _get_running_loop
 from threading import get_ident
@@ -140,7 +141,7 @@ class Actor(Generic[S]):
         self._backstop: Backstop | None = None
         # Where the actor runs: its mailbox and callers are not thread-safe.
         self._thread: int | None = None
-        self._event_loop: object = None  # the asyncio loop; None on trio
+        self._event_loop: asyncio.AbstractEventLoop | None = None  # None on trio
         self._now = now  # the loop's clock once an incarnation runs: read per request
         self._log = log.bind(actor=self.name)
         self._handlers: dict[type, Any] = {
@@ -224,7 +225,10 @@ class Actor(Generic[S]):
 
     def _post(self, message: Any) -> None:
         if self._status in ("running", "restarting"):
-            if get_ident() != self._thread or _get_running_loop() is not self._event_loop:
+            loop = self._event_loop
+            # One loop runs on a thread at a time: on the actor's thread, with its loop
+            # running, this is its loop (without asking asyncio, a getpid() on 3.11).
+            if get_ident() != self._thread or (loop is not None and not loop.is_running()):
                 self._wrong_thread()
             self._send.send_nowait(message)
         elif self._status == "new":

@@ -23,7 +23,7 @@ class Caller:
     answered at most once: later answers are ignored.
 
     The runtime's side of it: ``resolve(value)`` answers it, ``await
-    wait(until)`` waits for the answer until a loop time (``await waiter()``
+    wait(until)`` waits for the answer until a loop time (``await waiter(loop)``
     without a timer of its own), ``give_up()`` marks a
     caller that stopped waiting (it timed out or was cancelled), and
     ``value`` is the answer once ``done``.
@@ -101,11 +101,11 @@ class Caller:
             if timer is not None:
                 timer.cancel()
 
-    def waiter(self) -> Awaitable[Any]:
+    def waiter(self, loop: asyncio.AbstractEventLoop | None) -> Awaitable[Any]:
         """What to await for the answer, with no timer of its own: someone else
-        (a ``Backstop``) answers or gives up on the caller in time. On asyncio a
-        bare future, on trio the task parked: no coroutine frame of ours waits."""
-        loop = _get_running_loop()
+        (a ``Backstop``) answers or gives up on the caller in time. On asyncio
+        (``loop``, the running one) a bare future, on trio (``None``) the task
+        parked: no coroutine frame of ours waits."""
         if loop is not None:
             future = self._future = loop.create_future()
             if self._value is not _UNSET:

@@ -192,6 +192,7 @@ class RPCClient(Actor[S], Generic[S]):
         self.codec: Codec = codec or BYTES
         # An own handle_request may change a payload in place: encode it when sending.
         self._rewrites = type(self).handle_request is not RPCClient.handle_request
+        self._default_response = type(self).handle_response is RPCClient.handle_response
         self.backoff = backoff or Backoff(initial=0.05, maximum=5.0)
         self._slots = anyio.Semaphore(max_in_flight)
         self._backstop = Backstop(self.deadline_grace)
@@ -334,12 +335,13 @@ class RPCClient(Actor[S], Generic[S]):
             codec.check(payload)
         if not isinstance(routing_key, str):
             raise ConfigError(f"routing_key must be a string, got {type(routing_key).__name__}")
-        try:
-            size = len(routing_key.encode())
-        except UnicodeEncodeError:  # a lone surrogate
-            raise ConfigError(f"routing_key {routing_key[:40]!r} is not valid UTF-8") from None
-        if size > 255:
-            raise ConfigError(f"routing_key {routing_key[:40]!r}... is longer than 255 bytes")
+        if not routing_key.isascii() or len(routing_key) > 255:  # else valid: no encoding
+            try:
+                size = len(routing_key.encode())
+            except UnicodeEncodeError:  # a lone surrogate
+                raise ConfigError(f"routing_key {routing_key[:40]!r} is not valid UTF-8") from None
+            if size > 255:
+                raise ConfigError(f"routing_key {routing_key[:40]!r}... is longer than 255 bytes")
         if headers is not None:
             if not isinstance(headers, Mapping):
                 raise ConfigError(f"headers must be a mapping, got {type(headers).__name__}")
@@ -382,7 +384,7 @@ class RPCClient(Actor[S], Generic[S]):
             backstop.add(caller)
             try:
                 if not caller.done:
-                    await caller.waiter()
+                    await caller.waiter(self._event_loop)  # _post checked it is running
             finally:
                 if not caller.done or caller.gave_up:  # cancelled, or the backstop's
                     caller.give_up()
@@ -505,22 +507,23 @@ class RPCClient(Actor[S], Generic[S]):
         caller = message.caller
         if caller.done:
             return
-        request = caller.request
-        result = await self.handle_request(request, caller, self._state)
-        if type(result) is not Forward:
-            self._apply(result, "handle_request", caller)
-            return
-        self._state = result.state
-        if result.request is not None:
-            if not isinstance(result.request, Request):
-                raise TypeError(
-                    f"{type(self).__name__}.handle_request returned Forward with "
-                    f"{result.request!r}; expected a Request"
-                )
-            caller.request = result.request
-        call = self._calls.add(caller, caller.request)
-        if message.body is not None and not self._rewrites and caller.request is request:
-            call.body = message.body
+        if self._rewrites:  # the default sends it unchanged: not called
+            request = caller.request
+            result = await self.handle_request(request, caller, self._state)
+            if type(result) is not Forward:
+                self._apply(result, "handle_request", caller)
+                return
+            self._state = result.state
+            if result.request is not None:
+                if not isinstance(result.request, Request):
+                    raise TypeError(
+                        f"{type(self).__name__}.handle_request returned Forward with "
+                        f"{result.request!r}; expected a Request"
+                    )
+                caller.request = result.request
+            self._calls.add(caller, caller.request)  # encoded again: it may have changed
+        else:
+            self._calls.add(caller, caller.request).body = message.body
         self._unflushed += 1
         if self._unflushed >= _BATCH:
             await self._flush()  # a busy mailbox must not hold requests back
@@ -669,6 +672,10 @@ class RPCClient(Actor[S], Generic[S]):
                     else RemoteError("UndecodableReply", f"{self.codec!r} could not decode: {exc}")
                 )
                 return
+        if self._default_response:  # what the default handle_response does, without a call
+            self._forget(caller)
+            caller.resolve(reply.error if reply.error is not None else payload)
+            return
         response = Response(
             payload, reply.headers, call.request.correlation_id, reply.content_type, reply.error
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,7 +34,7 @@ async def running(backstop: Backstop) -> AsyncIterator[Backstop]:
 async def wait(caller: Caller) -> float:
     """Wait for ``caller`` the way ``request()`` does; return when it ended."""
     if not caller.done:
-        await caller.waiter()
+        await caller.waiter(asyncio._get_running_loop())  # None on trio
     return anyio.current_time()
 
 
