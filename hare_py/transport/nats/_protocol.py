@@ -49,7 +49,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from ..._frozen import quick_init
 from ...errors import ConfigError, HareError
 from .. import subjects
 from ..subjects import InvalidSubject as InvalidSubject
@@ -235,8 +234,7 @@ class Connected:
     """The PONG to the handshake's PING: the server accepted CONNECT."""
 
 
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per message, and a frozen init costs 3x
 class MsgReceived:
     """MSG or HMSG. ``headers`` is None for MSG; ``status`` is an HMSG's inline
     status (``NATS/1.0 503``: no responders), with its ``description``."""
