@@ -75,7 +75,7 @@ NOT_ALLOWED = 530
 
 
 @quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: a field left at its default costs nothing to build
 class Properties:
     """AMQP 0-9-1 basic properties. ``None`` means absent on the wire."""
 

@@ -17,8 +17,8 @@ from hare_py.transport.base import Delivery, LinkProperties, Properties
 from hare_py.transport.nats._protocol import MsgReceived
 
 
-def _sample() -> type[Any]:
-    @dataclass(frozen=True, slots=True)
+def _sample(slots: bool = True) -> type[Any]:
+    @dataclass(frozen=True, slots=slots)
     class Sample:
         a: int
         b: dict[str, int] = field(default_factory=dict)
@@ -28,8 +28,9 @@ def _sample() -> type[Any]:
     return Sample
 
 
-def test_same_objects_as_the_dataclass_init() -> None:
-    plain, quick = _sample(), quick_init(_sample())
+@pytest.mark.parametrize("slots", [True, False], ids=["slots", "dict"])
+def test_same_objects_as_the_dataclass_init(slots: bool) -> None:
+    plain, quick = _sample(slots), quick_init(_sample(slots))
     cases: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
         ((1,), {}),
         ((1, {"k": 2}, "c"), {"d": 5}),
@@ -45,6 +46,13 @@ def test_same_objects_as_the_dataclass_init() -> None:
         quick()  # a is required
     with pytest.raises(dataclasses.FrozenInstanceError):
         quick(1).a = 2
+
+
+def test_without_slots_only_the_fields_not_at_their_default_are_stored() -> None:
+    quick = quick_init(_sample(slots=False))
+    assert quick(1).__dict__ == {"a": 1, "b": {}}  # b's factory runs: each gets its own
+    assert quick(1, c="x", d=3).__dict__ == {"a": 1, "b": {}, "c": "x"}
+    assert quick(1, d=4).d == 4 and quick(1).d == 3 and quick(1).c is None
 
 
 def test_refuses_what_it_cannot_copy() -> None:
