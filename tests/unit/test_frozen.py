@@ -18,14 +18,13 @@ from hare_py.transport.nats._protocol import MsgReceived
 
 
 def _sample(slots: bool = True) -> type[Any]:
-    @dataclass(frozen=True, slots=slots)
     class Sample:
         a: int
         b: dict[str, int] = field(default_factory=dict)
         c: str | None = None
         d: int = field(default=3, kw_only=True)
 
-    return Sample
+    return dataclass(frozen=True, slots=slots)(Sample)
 
 
 @pytest.mark.parametrize("slots", [True, False], ids=["slots", "dict"])
