@@ -29,7 +29,17 @@ class Caller:
     ``value`` is the answer once ``done``.
     """
 
-    __slots__ = ("_future", "_task", "_value", "deadline", "id", "request", "trace")
+    __slots__ = (
+        "_future",
+        "_task",
+        "_value",
+        "deadline",
+        "done",
+        "gave_up",
+        "id",
+        "request",
+        "trace",
+    )
 
     def __init__(self, deadline: float = math.inf, request: Any = None) -> None:
         self.id = next(_ids)
@@ -39,16 +49,9 @@ class Caller:
         self._task: Any = None  # the waiting trio task
         self._future: asyncio.Future[None] | None = None  # the waiter on asyncio
         self._value: Any = _UNSET
-
-    @property
-    def done(self) -> bool:
-        """True once answered (or abandoned by a cancelled caller)."""
-        return self._value is not _UNSET
-
-    @property
-    def gave_up(self) -> bool:
-        """True if the caller stopped waiting before it was answered."""
-        return self._value is _GAVE_UP
+        # Read several times per request: plain attributes, set once by resolve().
+        self.done = False  # answered (or abandoned by a cancelled caller)
+        self.gave_up = False  # stopped waiting before it was answered
 
     @property
     def value(self) -> Any:
@@ -63,9 +66,11 @@ class Caller:
 
     def resolve(self, value: Any) -> bool:
         """Answer the caller; False if it was answered already."""
-        if self._value is not _UNSET:
+        if self.done:
             return False
         self._value = value
+        self.done = True
+        self.gave_up = value is _GAVE_UP
         future = self._future
         if future is not None:
             if not future.done():
@@ -82,7 +87,7 @@ class Caller:
         parked in one trio cancel scope: per request, an anyio ``CancelScope`` and
         ``Event`` cost several times the memory and CPU.
         """
-        if self._value is not _UNSET:
+        if self.done:
             return
         loop = _get_running_loop()
         if loop is None:  # trio
@@ -108,7 +113,7 @@ class Caller:
         parked: no coroutine frame of ours waits."""
         if loop is not None:
             future = self._future = loop.create_future()
-            if self._value is not _UNSET:
+            if self.done:
                 future.set_result(None)
             return future
         lowlevel = _trio().lowlevel
