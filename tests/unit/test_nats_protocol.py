@@ -512,6 +512,31 @@ def test_a_subject_is_checked_once_and_a_bad_one_every_time() -> None:
     assert proto.bytes_to_send == 0
 
 
+def test_a_reply_under_a_known_prefix_is_still_checked_whole() -> None:
+    """A reply subject's prefix is remembered once a reply under it passed; the last
+    token of the next ones is still checked, and so are the bounds of the whole."""
+    proto = connected(limits=NatsLimits(subject_bytes=16, subject_tokens=4))
+    proto.publish("s", b"", reply="_INBOX.ab.c-1_Z")  # 15 bytes, 3 tokens: valid
+    proto.publish("s", b"", reply="_INBOX.ab.d")
+    assert proto.data_to_send() == b"PUB s _INBOX.ab.c-1_Z 0\r\n\r\nPUB s _INBOX.ab.d 0\r\n\r\n"
+    for bad, why in [
+        ("_INBOX.ab.*", "wildcards"),
+        ("_INBOX.ab.>", "wildcards"),
+        ("_INBOX.ab.x y", "whitespace"),
+        ("_INBOX.ab.", "whitespace"),
+        ("_INBOX.ab.abcdefg", "longer than 16 bytes"),
+        ("_INBOX.ab.éééé", "longer than 16 bytes"),  # 14 characters, 18 bytes
+        ("_INBOX.ab.c.d.e", "more than 4 tokens"),
+    ]:
+        with pytest.raises(InvalidSubject, match=why):
+            proto.publish("s", b"", reply=bad)
+    with pytest.raises(InvalidSubject):
+        proto.publish("s", b"", reply=b"_INBOX.ab.c")  # type: ignore[arg-type]
+    assert proto.bytes_to_send == 0
+    proto.publish("s", b"", reply="_INBOX.ab.é")  # any other valid token: checked whole
+    assert proto.data_to_send() == "PUB s _INBOX.ab.é 0\r\n\r\n".encode()
+
+
 # -- bounds and broken streams ----------------------------------------------------------
 
 

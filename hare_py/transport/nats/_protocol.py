@@ -83,6 +83,7 @@ _HEADER_LINE = b"NATS/1.0"
 _DEFAULT_MAX_PAYLOAD = 1 << 20  # nats-server's default, when INFO leaves it out
 _MAX_DIGITS = 10  # sizes: a 64 MiB cap needs 8
 _MAX_SID_DIGITS = 19
+_PLAIN_TOKEN = re.compile(r"[0-9A-Za-z_-]{1,64}").fullmatch  # a valid token, in ASCII
 
 _HEADER_KEY = re.compile(rb"[!-9;-~]+")  # printable ASCII but ':'
 _HEADER_VALUE = re.compile(rb"(?:[^\x00-\x20\x7f][^\x00-\x08\x0a-\x1f\x7f]*)?")
@@ -492,6 +493,8 @@ class NatsClientProtocol:
         self._out_size = 0
         # Subjects published to, checked and encoded: a client sends to a few again and again.
         self._checked: dict[str, bytes] = {}
+        # reply subject prefixes checked: (encoded with the dot, its length, its dots)
+        self._reply_prefixes: dict[str, tuple[bytes, int, int]] = {}
 
     def __repr__(self) -> str:
         return f"<NatsClientProtocol {self.state.value}>"
@@ -549,9 +552,7 @@ class NatsClientProtocol:
                 checked.clear()
             checked[subject] = head
         if reply is not None:
-            head += b" " + check(
-                reply, max_bytes=limits.subject_bytes, max_tokens=limits.subject_tokens
-            )
+            head += b" " + self._reply_subject(reply)
         size = len(payload)
         if headers is None:
             if size > self.max_payload:
@@ -565,6 +566,33 @@ class NatsClientProtocol:
         if total > self.max_payload:
             raise PayloadTooLarge(total, self.max_payload)
         self._queue(b"HPUB %s %d %d\r\n%s%s\r\n" % (head, len(block), total, block, payload))
+
+    def _reply_subject(self, reply: str) -> bytes:
+        """``reply`` checked and encoded. Most are an inbox prefix checked before plus
+        a token of ASCII letters, digits, ``-`` and ``_`` (a correlation id): only
+        the token is checked then."""
+        limits = self.limits
+        if type(reply) is not str:  # refused by the check below, as any subject
+            prefix, dot, token = "", "", ""
+        else:
+            prefix, dot, token = reply.rpartition(".")
+        known = self._reply_prefixes.get(prefix) if dot else None
+        if (
+            known is not None
+            and _PLAIN_TOKEN(token) is not None
+            and known[1] + len(token) <= limits.subject_bytes
+            and known[2] < limits.subject_tokens
+        ):
+            return known[0] + token.encode()
+        encoded = subjects.check_publish_subject(
+            reply, max_bytes=limits.subject_bytes, max_tokens=limits.subject_tokens
+        )
+        if dot:
+            if len(self._reply_prefixes) >= _CHECKED_SUBJECTS:
+                self._reply_prefixes.clear()
+            head = encoded[: len(encoded) - len(token.encode())]  # the prefix and its dot
+            self._reply_prefixes[prefix] = (head, len(head), head.count(b"."))
+        return encoded
 
     def subscribe(self, subject: str, queue: str | None = None) -> int:
         """Queue SUB (in queue group ``queue`` if given); return the new sid."""
