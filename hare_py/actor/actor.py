@@ -425,7 +425,11 @@ class Actor(Generic[S]):
                             await self._on_timers(current_time())
                             continue
                 self._current = message
-                await handlers[type(message)](message)
+                # A handler is a coroutine function, or a plain one that returns None
+                # or what is left to await: the common message costs no coroutine.
+                pending = handlers[type(message)](message)
+                if pending is not None:
+                    await pending
                 handled += 1
                 if not handled & 7:
                     # A busy mailbox must not starve the timers; every few messages is enough.

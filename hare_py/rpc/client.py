@@ -20,7 +20,7 @@ expired (``_Settle``): a reply routed to the old server is delivered there.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from functools import partial
 from threading import get_ident
 from types import MappingProxyType
@@ -39,7 +39,7 @@ from ..actor.caller import Caller
 from ..actor.connection import Connection
 from ..actor.results import CallResult, NoReply, NoticeResult, Reply
 from ..actor.runner import ActorRunner, ConnectionLike, supervised
-from ..codecs import BYTES, Codec, JSONCodec
+from ..codecs import BYTES, BytesCodec, Codec, JSONCodec
 from ..conventions import Convention, hare
 from ..conventions.base import UNDECODED
 from ..errors import (
@@ -331,6 +331,8 @@ class RPCClient(Actor[S], Generic[S]):
         body = None
         if type(codec) is JSONCodec:  # checking is encoding: keep the body for sending
             body = codec.encode(payload)
+        elif type(payload) is bytes and type(codec) is BytesCodec:
+            body = payload  # what it sends
         else:
             codec.check(payload)
         if not isinstance(routing_key, str):
@@ -503,30 +505,41 @@ class RPCClient(Actor[S], Generic[S]):
             )
         )
 
-    async def _on_request(self, message: _Request) -> None:
+    def _on_request(self, message: _Request) -> Awaitable[None] | None:
         caller = message.caller
         if caller.done:
+            return None
+        if self._rewrites:
+            return self._rewrite_request(caller)
+        # The default handle_request sends it unchanged: not called.
+        self._calls.add(caller, caller.request).body = message.body
+        return self._queued()
+
+    async def _rewrite_request(self, caller: Caller) -> None:
+        request = caller.request
+        result = await self.handle_request(request, caller, self._state)
+        if type(result) is not Forward:
+            self._apply(result, "handle_request", caller)
             return
-        if self._rewrites:  # the default sends it unchanged: not called
-            request = caller.request
-            result = await self.handle_request(request, caller, self._state)
-            if type(result) is not Forward:
-                self._apply(result, "handle_request", caller)
-                return
-            self._state = result.state
-            if result.request is not None:
-                if not isinstance(result.request, Request):
-                    raise TypeError(
-                        f"{type(self).__name__}.handle_request returned Forward with "
-                        f"{result.request!r}; expected a Request"
-                    )
-                caller.request = result.request
-            self._calls.add(caller, caller.request)  # encoded again: it may have changed
-        else:
-            self._calls.add(caller, caller.request).body = message.body
+        self._state = result.state
+        if result.request is not None:
+            if not isinstance(result.request, Request):
+                raise TypeError(
+                    f"{type(self).__name__}.handle_request returned Forward with "
+                    f"{result.request!r}; expected a Request"
+                )
+            caller.request = result.request
+        self._calls.add(caller, caller.request)  # encoded again: it may have changed
+        pending = self._queued()
+        if pending is not None:
+            await pending
+
+    def _queued(self) -> Awaitable[None] | None:
+        """One more request queued: the flush to await once a batch is full."""
         self._unflushed += 1
         if self._unflushed >= _BATCH:
-            await self._flush()  # a busy mailbox must not hold requests back
+            return self._flush()  # a busy mailbox must not hold requests back
+        return None
 
     async def _on_idle(self) -> bool:
         if self._settling:
@@ -634,15 +647,15 @@ class RPCClient(Actor[S], Generic[S]):
             trace.sent(message)
         return message
 
-    async def _on_delivery(self, delivery: Delivery) -> None:
+    def _on_delivery(self, delivery: Delivery) -> Awaitable[None] | None:
         if delivery.undecodable is not None:
             self._drops.drop("undecodable", error=delivery.undecodable[:200])
-            return
+            return None
         try:
             reply = self.convention.unwrap(delivery)
         except ValueError as exc:
             self._drops.drop("malformed", error=str(exc)[:200])
-            return
+            return None
         cid = reply.correlation_id
         if cid:
             call = self._calls.pop_reply(cid)
@@ -653,10 +666,10 @@ class RPCClient(Actor[S], Generic[S]):
         if call is None:
             reason = "unknown or late correlation id" if cid else "no correlation id"
             self._drops.drop(reason, correlation_id=cid[:100] if cid else cid)
-            return
-        caller = call.caller
+            return None
+        caller = call.caller  # out of the call table now, and never held
         if caller.done:
-            return
+            return None
         if reply.error is not None:
             payload: Any = reply.body
         elif reply.value is not UNDECODED and type(self.codec) is JSONCodec:
@@ -671,14 +684,16 @@ class RPCClient(Actor[S], Generic[S]):
                     if isinstance(exc, HareError)
                     else RemoteError("UndecodableReply", f"{self.codec!r} could not decode: {exc}")
                 )
-                return
+                return None
         if self._default_response:  # what the default handle_response does, without a call
-            self._forget(caller)
             caller.resolve(reply.error if reply.error is not None else payload)
-            return
+            return None
         response = Response(
             payload, reply.headers, call.request.correlation_id, reply.content_type, reply.error
         )
+        return self._respond(response, caller)
+
+    async def _respond(self, response: Response, caller: Caller) -> None:
         self._deciding = caller
         result = await self.handle_response(response, caller, self._state)
         self._apply(result, "handle_response", caller)
