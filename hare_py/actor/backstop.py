@@ -28,7 +28,7 @@ class Backstop:
     front of the line, otherwise by a sweep when answered ones pile up.
     """
 
-    __slots__ = ("_heap", "_line", "_scope", "_waiting", "grace")
+    __slots__ = ("_heap", "_line", "_scope", "_waiting", "_wake_at", "grace")
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
@@ -36,6 +36,7 @@ class Backstop:
         self._heap: list[tuple[float, int, Caller]] = []
         self._waiting = 0  # added and not left
         self._scope: anyio.CancelScope | None = None  # run()'s sleep, until the next give-up
+        self._wake_at = math.inf  # its deadline, read per add() (the scope's is a property)
 
     def __len__(self) -> int:
         """Callers the backstop still holds (answered ones not yet dropped included)."""
@@ -52,9 +53,11 @@ class Backstop:
             line.append(caller)
         else:
             heapq.heappush(self._heap, (deadline, caller.id, caller))
-        scope = self._scope
-        if scope is not None and deadline + self.grace < scope.deadline:
-            scope.deadline = deadline + self.grace
+        due = deadline + self.grace
+        if due < self._wake_at:
+            scope = self._scope
+            if scope is not None:
+                scope.deadline = self._wake_at = due
         if len(line) + len(self._heap) > 2 * self._waiting + _SLACK:
             self._sweep()
 
@@ -69,11 +72,11 @@ class Backstop:
         """Give up on overdue callers until cancelled."""
         while True:
             with anyio.CancelScope(deadline=self._next()) as scope:
-                self._scope = scope
+                self._scope, self._wake_at = scope, scope.deadline
                 try:
                     await anyio.sleep_forever()
                 finally:
-                    self._scope = None
+                    self._scope, self._wake_at = None, math.inf
             if scope.cancelled_caught:
                 self._give_up_until(anyio.current_time())
 

@@ -671,7 +671,8 @@ class NatsClientProtocol:
             if pos >= end:
                 return pos
             limit = limits.info_line if buf[pos] in b"Ii" else limits.control_line
-            eol = buf.find(_CRLF, max(self._scan, pos), pos + limit + 2)
+            scan = self._scan
+            eol = buf.find(_CRLF, scan if scan > pos else pos, pos + limit + 2)
             if eol < 0:
                 if end - pos >= limit + 2:
                     raise NatsProtocolError(f"a control line longer than {limit} bytes")
