@@ -107,8 +107,13 @@ _others = attrgetter(*_OTHER_PROPERTIES)
 _NONE = (None,) * len(_OTHER_PROPERTIES)
 
 
+_CARRIED = frozenset({"headers", "reply_to"})
+
+
 def _other_property(props: Properties) -> str | None:
     """The first property NATS cannot carry, or None."""
+    if type(props) is Properties and props.__dict__.keys() <= _CARRIED:
+        return None  # a Properties keeps exactly its fields that are not None in its dict
     values = _others(props)
     if values == _NONE:
         return None
