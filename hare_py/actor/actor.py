@@ -29,6 +29,7 @@ from .._log import get_logger
 from ..errors import ClientCrashed, ClientStopped, ConfigError, RequestTimeout
 from .backstop import Backstop
 from .caller import Caller
+from .mailbox import Mailbox
 from .results import (
     NOTHING,
     CallResult,
@@ -347,7 +348,7 @@ class Actor(Generic[S]):
         self._drain_mailbox(reason)
 
     def _open_mailbox(self) -> None:
-        self._send, self._recv = anyio.create_memory_object_stream[Any](math.inf)
+        self._send = self._recv = Mailbox()
         self._mailbox_open = True
 
     def _enqueue(self, message: Any) -> None:
