@@ -394,7 +394,8 @@ class RPCClient(Actor[S], Generic[S]):
                 backstop.leave(caller)
         finally:
             slots.release()
-            self._log_request(caller, started)
+            if debug_enabled(self._log):  # the canonical event is debug: built only if shown
+                self._log_request(caller, started)
             if caller.trace is not None:
                 caller.trace.finish(caller)
         if caller.gave_up:
@@ -422,8 +423,6 @@ class RPCClient(Actor[S], Generic[S]):
             raise
 
     def _log_request(self, caller: Caller, started: float) -> None:
-        if not debug_enabled(self._log):
-            return  # the canonical event is debug: skip building it when filtered out
         ended = now()
         if not caller.done:
             outcome = "not sent"  # refused before it reached the actor
