@@ -26,7 +26,9 @@ class Caller:
     wait(until)`` waits for the answer until a loop time (``await waiter(loop)``
     without a timer of its own), ``give_up()`` marks a
     caller that stopped waiting (it timed out or was cancelled), and
-    ``value`` is the answer once ``done``.
+    ``value`` is the answer once ``done``. ``done`` (answered, or abandoned)
+    and ``gave_up`` (it stopped waiting first) are attributes that only
+    ``resolve()`` sets: read them, do not assign them.
     """
 
     __slots__ = (
