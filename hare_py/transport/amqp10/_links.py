@@ -57,6 +57,8 @@ _aborted, _readable = _cproton.pn_delivery_aborted, _cproton.pn_delivery_readabl
 _pending, _partial = _cproton.pn_delivery_pending, _cproton.pn_delivery_partial
 _settled, _settle = _cproton.pn_delivery_settled, _cproton.pn_delivery_settle
 _recv, _advance, _EOS = _cproton.pn_link_recv, _cproton.pn_link_advance, _cproton.PN_EOS
+_new_delivery, _send = _cproton.pn_delivery, _cproton.pn_link_send
+_updated, _remote_state = _cproton.pn_delivery_updated, _cproton.pn_delivery_remote_state
 _wrap_delivery: Any = proton.Delivery.wrap
 
 
@@ -246,15 +248,19 @@ class Sender(EndpointOwner):
     ) -> None:
         """Queue one transfer; a mandatory one is unsettled until its outcome, which
         goes to ``on_return`` (default: the session's) unless it is accepted."""
-        link = self.link
+        # Through proton's C binding, as a receiver reads: its wrappers were most of
+        # the cost of a transfer. Unsettled ones are known by their C pointer.
+        link = self.link._impl
         self._tags += 1
-        delivery = link.delivery(str(self._tags))
-        link.stream(data)
-        link.advance()
+        delivery = _new_delivery(link, str(self._tags))
+        sent = _send(link, data)
+        if sent < 0:
+            self.link._check(sent)  # raises proton's error for it
+        _advance(link)
         if mandatory:
             self.unsettled[delivery] = _Sent(message, True, on_return)
         else:
-            delivery.settle()
+            _settle(delivery)
 
     def on_flow(self, link: proton.Link) -> None:
         if link.credit > 0:
@@ -265,16 +271,23 @@ class Sender(EndpointOwner):
             self.credited = True
 
     def on_delivery(self, delivery: proton.Delivery) -> None:
+        self.on_raw_delivery(delivery._impl)
+
+    def on_raw_delivery(self, delivery: Any) -> None:
         self.credited = True
-        if not delivery.updated:
+        if not _updated(delivery):
             return
-        state = delivery.remote_state
-        if state not in (_ACCEPTED, _REJECTED, _RELEASED, _MODIFIED) and not delivery.settled:
+        state = _remote_state(delivery)
+        if state not in (_ACCEPTED, _REJECTED, _RELEASED, _MODIFIED) and not _settled(delivery):
             return  # received, or no outcome yet
         sent = self.unsettled.pop(delivery, None)
-        delivery.settle()
         if sent is None or state == _ACCEPTED:
+            _settle(delivery)
             return
+        self._outcome(sent, state, _wrap_delivery(delivery))
+
+    def _outcome(self, sent: _Sent, state: int, delivery: proton.Delivery) -> None:
+        """A transfer not accepted: read why before settling it, then return it."""
         if state == _REJECTED:
             condition = delivery.remote.condition
             name = str(condition.name) if condition is not None else "amqp:rejected"
@@ -286,6 +299,7 @@ class Sender(EndpointOwner):
             code, text = NO_ROUTE, "modified: not delivered"
         else:
             code, text = NO_ROUTE, "released: nobody took it"
+        delivery.settle()
         self._return(sent, code, text[:500])
 
     def _return(self, sent: _Sent, code: int, text: str) -> None:
