@@ -101,7 +101,7 @@ CorrelationId: TypeAlias = str | int | UUID | bytes
 
 
 @quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots, as Properties: slots would shadow its class defaults
 class LinkProperties(Properties):
     """AMQP 1.0 properties that AMQP 0-9-1 lacks (see ``LinkSession``).
 

@@ -103,6 +103,27 @@ def _headers(headers: Mapping[str, Any], index: int) -> dict[str, Any]:
     return out
 
 
+# C messages to reuse: making and freeing one costs four times clearing it. A list's
+# pop and append are atomic, so threads with loops of their own may share it.
+_SPARE: list[Any] = []
+_SPARE_MAX = 8
+
+
+def _take_message() -> Any:
+    try:
+        return _SPARE.pop()
+    except IndexError:
+        return _c.pn_message()
+
+
+def _give_back(message: Any) -> None:
+    if len(_SPARE) < _SPARE_MAX:
+        _c.pn_message_clear(message)
+        _SPARE.append(message)
+    else:
+        _c.pn_message_free(message)
+
+
 def _set(failed: int | None) -> None:
     """Check a proton setter's result (some return nothing, the rest an error code)."""
     if failed is not None and failed < 0:
@@ -167,7 +188,7 @@ def encode(message: Message, index: int, limit: int) -> bytes:
         raise UnsendableMessage(index, "an AMQP 1.0 message needs an address (the routing key)")
     if props.type is not None or props.app_id is not None:
         raise UnsendableMessage(index, "AMQP 1.0 has no type or app_id property: use a header")
-    out = _c.pn_message()
+    out = _take_message()
     try:
         data = _encode(out, body, props, index)
     except UnsendableMessage:
@@ -175,7 +196,7 @@ def encode(message: Message, index: int, limit: int) -> bytes:
     except (proton.MessageException, proton.DataException, OverflowError, ValueError) as exc:
         raise UnsendableMessage(index, f"cannot encode the message: {exc}") from None
     finally:
-        _c.pn_message_free(out)
+        _give_back(out)
     if limit and len(data) > limit:
         raise UnsendableMessage(
             index, f"the message is {len(data)} bytes, over the peer's max-message-size {limit}"
@@ -228,7 +249,7 @@ def decode(data: bytes, address: str, tag: int, link: str, redelivered: bool) ->
     would convert every section and property to Python objects first, at
     three times the cost.
     """
-    message = _c.pn_message()
+    message = _take_message()
     try:
         failed = _c.pn_message_decode(message, data)
         if failed < 0:
@@ -260,5 +281,5 @@ def decode(data: bytes, address: str, tag: int, link: str, redelivered: bool) ->
             b"", Properties(), "", address, tag, link, redelivered, f"{type(exc).__name__}: {exc}"
         )
     finally:
-        _c.pn_message_free(message)
+        _give_back(message)
     return Delivery(body, props, "", address, tag, link, redelivered)
