@@ -59,6 +59,12 @@ _settled, _settle = _cproton.pn_delivery_settled, _cproton.pn_delivery_settle
 _recv, _advance, _EOS = _cproton.pn_link_recv, _cproton.pn_link_advance, _cproton.PN_EOS
 _new_delivery, _send = _cproton.pn_delivery, _cproton.pn_link_send
 _updated, _remote_state = _cproton.pn_delivery_updated, _cproton.pn_delivery_remote_state
+_link_state, _link_credit, _link_flow = (
+    _cproton.pn_link_state,
+    _cproton.pn_link_credit,
+    _cproton.pn_link_flow,
+)
+_LOCAL_ACTIVE, _remote_max_size = _cproton.PN_LOCAL_ACTIVE, _cproton.pn_link_remote_max_message_size
 _wrap_delivery: Any = proton.Delivery.wrap
 
 
@@ -104,12 +110,13 @@ class Receiver(EndpointOwner):
 
     def grant(self) -> None:
         """Give credit back up to the bound, in batches of at least half of it."""
-        link = self.link
-        if not link.state & proton.Endpoint.LOCAL_ACTIVE:
+        link = self.link._impl  # per message: through the C binding, not the wrapper
+        if not _link_state(link) & _LOCAL_ACTIVE:
             return
-        room = self.credit - link.credit - self.unsettled
-        if room > 0 and (room >= self.credit // 2 or link.credit == 0):
-            link.flow(room)
+        credit = _link_credit(link)
+        room = self.credit - credit - self.unsettled
+        if room > 0 and (room >= self.credit // 2 or credit == 0):
+            _link_flow(link, room)
 
     def on_link_opened(self, link: proton.Link) -> None:
         source = link.remote_source
@@ -240,7 +247,7 @@ class Sender(EndpointOwner):
 
     @property
     def max_message_size(self) -> int:
-        size = self.link.remote_max_message_size
+        size = _remote_max_size(self.link._impl)  # read per message sent
         return int(size) if size else 0
 
     def send(
