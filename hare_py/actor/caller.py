@@ -25,7 +25,8 @@ class Caller:
     The runtime's side of it: ``resolve(value)`` answers it, ``await
     wait(until)`` waits for the answer until a loop time (``await waiter(loop)``
     without a timer of its own), ``give_up()`` marks a
-    caller that stopped waiting (it timed out or was cancelled), and
+    caller that stopped waiting (it timed out or was cancelled), ``started``
+    is when the wait began (0.0 where it is not known), and
     ``value`` is the answer once ``done``. ``done`` (answered, or abandoned)
     and ``gave_up`` (it stopped waiting first) are attributes that only
     ``resolve()`` sets: read them, do not assign them.
@@ -40,13 +41,17 @@ class Caller:
         "gave_up",
         "id",
         "request",
+        "started",
         "trace",
     )
 
-    def __init__(self, deadline: float = math.inf, request: Any = None) -> None:
+    def __init__(
+        self, deadline: float = math.inf, request: Any = None, started: float = 0.0
+    ) -> None:
         self.id = next(_ids)
         self.deadline = deadline
         self.request = request
+        self.started = started  # when the wait began (loop clock), where it is known
         self.trace: Any = None  # what tracing keeps for this request (None when off)
         self._task: Any = None  # the waiting trio task
         self._future: asyncio.Future[None] | None = None  # the waiter on asyncio

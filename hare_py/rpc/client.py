@@ -327,6 +327,49 @@ class RPCClient(Actor[S], Generic[S]):
         reconnect), ``ClientStopped``/``ClientCrashed`` when the client ends,
         and any exception a callback chose as the reply.
         """
+        # The checks and objects are built in _new_call: this frame waits for the
+        # reply, and every local of it is kept per request in flight.
+        caller, body = self._new_call(payload, routing_key, timeout, headers, idempotent)
+        try:
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._wait_for_slot(caller)
+        try:
+            self._submit(caller, body)
+            body = None  # the actor has it now: not kept while this call waits
+            # The actor answers at the deadline; the backstop gives up on the
+            # caller at the deadline plus the grace if the actor is stuck.
+            self._backstop.add(caller)
+            try:
+                if not caller.done:
+                    await caller.waiter(self._event_loop)  # _submit checked it is running
+            finally:
+                if not caller.done or caller.gave_up:  # cancelled, or the backstop's
+                    caller.give_up()
+                    self._forget(caller)
+                self._backstop.leave(caller)
+        finally:
+            self._slots.release()
+            if debug_enabled(self._log):  # the canonical event is debug: built only if shown
+                self._log_request(caller)
+            if caller.trace is not None:
+                caller.trace.finish(caller)
+        if caller.gave_up:
+            raise self._timeout_error(caller)
+        if isinstance(caller.value, BaseException):
+            raise caller.value
+        return caller.value
+
+    def _new_call(
+        self,
+        payload: Any,
+        routing_key: str,
+        timeout: float | None,
+        headers: Mapping[str, Any] | None,
+        idempotent: bool,
+    ) -> tuple[Caller, bytes | None]:
+        """Check a request and build its caller, with the body when checking it
+        encoded it already."""
         codec = self.codec
         body = None
         if type(codec) is JSONCodec:  # checking is encoding: keep the body for sending
@@ -362,59 +405,33 @@ class RPCClient(Actor[S], Generic[S]):
             deadline,
             idempotent,
         )
-        caller = Caller(deadline, request)
+        caller = Caller(deadline, request, started)
         otel = self._otel
         if otel is not None:  # the span starts here, in the caller's task (its parent)
             caller.trace = otel.start(routing_key, correlation_id)
-        slots = self._slots
+        return caller, body
+
+    def _submit(self, caller: Caller, body: bytes | None) -> None:
+        """Hand a request to the actor; its span ends if the actor refuses it."""
         try:
-            slots.acquire_nowait()
-        except anyio.WouldBlock:
-            await self._wait_for_slot(caller, seconds)
-        try:
-            try:
-                self._post(_Request(caller, body))
-                body = None  # the actor has it now: not kept while this call waits
-            except BaseException as exc:  # the client has stopped, or a wrong thread
-                if caller.trace is not None:
-                    caller.trace, trace = None, caller.trace
-                    trace.finish(None, exc)
-                raise
-            # The actor answers at the deadline; the backstop gives up on the
-            # caller at the deadline plus the grace if the actor is stuck.
-            backstop = self._backstop
-            backstop.add(caller)
-            try:
-                if not caller.done:
-                    await caller.waiter(self._event_loop)  # _post checked it is running
-            finally:
-                if not caller.done or caller.gave_up:  # cancelled, or the backstop's
-                    caller.give_up()
-                    self._forget(caller)
-                backstop.leave(caller)
-        finally:
-            slots.release()
-            if debug_enabled(self._log):  # the canonical event is debug: built only if shown
-                self._log_request(caller, started)
+            self._post(_Request(caller, body))
+        except BaseException as exc:  # the client has stopped, or a wrong thread
             if caller.trace is not None:
-                caller.trace.finish(caller)
-        if caller.gave_up:
-            raise self._timeout_error(caller)
-        value = caller.value
-        if isinstance(value, BaseException):
-            raise value
-        return value
+                caller.trace, trace = None, caller.trace
+                trace.finish(None, exc)
+            raise
 
     # -- runtime -------------------------------------------------------------------
 
-    async def _wait_for_slot(self, caller: Caller, seconds: float) -> None:
+    async def _wait_for_slot(self, caller: Caller) -> None:
         """Wait for one of ``max_in_flight`` slots, within the request's deadline."""
         try:
             with anyio.CancelScope(deadline=caller.deadline) as waiting:
                 await self._slots.acquire()
             if waiting.cancelled_caught:  # not acquired: nothing to release
                 raise RequestTimeout(
-                    f"request to {caller.request.routing_key!r} waited {seconds:g} s for one "
+                    f"request to {caller.request.routing_key!r} waited "
+                    f"{caller.deadline - caller.started:g} s for one "
                     f"of max_in_flight={self.max_in_flight} slots"
                 ) from None
         except BaseException as exc:
@@ -422,7 +439,7 @@ class RPCClient(Actor[S], Generic[S]):
                 caller.trace.finish(None, exc)
             raise
 
-    def _log_request(self, caller: Caller, started: float) -> None:
+    def _log_request(self, caller: Caller) -> None:
         ended = now()
         if not caller.done:
             outcome = "not sent"  # refused before it reached the actor
@@ -436,7 +453,7 @@ class RPCClient(Actor[S], Generic[S]):
         self._log.debug(
             "rpc.request",
             outcome=outcome,
-            duration_ms=round((ended - started) * 1000, 3),
+            duration_ms=round((ended - caller.started) * 1000, 3),
             routing_key=request.routing_key,
             correlation_id=request.correlation_id,
         )
