@@ -537,6 +537,29 @@ def test_a_reply_under_a_known_prefix_is_still_checked_whole() -> None:
     assert proto.data_to_send() == "PUB s _INBOX.ab.é 0\r\n\r\n".encode()
 
 
+def test_a_subject_under_a_known_prefix_is_checked_whole_and_not_kept() -> None:
+    """A server publishes each reply to a new subject: its prefix is known after the
+    first, the rest is checked as for a reply subject, and the subjects themselves are
+    not kept (so they do not push out the subjects a client sends to again and again)."""
+    proto = connected(limits=NatsLimits(subject_bytes=16, subject_tokens=4))
+    proto.publish("_INBOX.ab.c-1_Z", b"")  # checked whole: kept, its prefix known
+    for n in range(300):
+        proto.publish(f"_INBOX.ab.{n}", b"")
+    assert list(proto._checked) == ["_INBOX.ab.c-1_Z"]
+    assert proto.data_to_send().count(b"PUB _INBOX.ab.") == 301
+    for bad, why in [
+        ("_INBOX.ab.*", "wildcards"),
+        ("_INBOX.ab.>", "wildcards"),
+        ("_INBOX.ab.x y", "whitespace"),
+        ("_INBOX.ab.", "whitespace"),
+        ("_INBOX.ab.abcdefg", "longer than 16 bytes"),
+        ("_INBOX.ab.c.d.e", "more than 4 tokens"),
+    ]:
+        with pytest.raises(InvalidSubject, match=why):
+            proto.publish(bad, b"")
+    assert proto.bytes_to_send == 0
+
+
 # -- bounds and broken streams ----------------------------------------------------------
 
 

@@ -493,8 +493,8 @@ class NatsClientProtocol:
         self._out_size = 0
         # Subjects published to, checked and encoded: a client sends to a few again and again.
         self._checked: dict[str, bytes] = {}
-        # reply subject prefixes checked: (encoded with the dot, its length, its dots)
-        self._reply_prefixes: dict[str, tuple[bytes, int, int]] = {}
+        # Prefixes of subjects checked: (encoded with the dot, its length, its dots).
+        self._prefixes: dict[str, tuple[bytes, int, int]] = {}
 
     def __repr__(self) -> str:
         return f"<NatsClientProtocol {self.state.value}>"
@@ -542,15 +542,16 @@ class NatsClientProtocol:
         state = self.state
         if state is ConnectionState.AWAIT_INFO or state is ConnectionState.CLOSED:
             self._require_info("publish")
-        limits = self.limits
-        check = subjects.check_publish_subject
         checked = self._checked
         head = checked.get(subject) if type(subject) is str else None
         if head is None:
-            head = check(subject, max_bytes=limits.subject_bytes, max_tokens=limits.subject_tokens)
-            if len(checked) >= _CHECKED_SUBJECTS:
-                checked.clear()
-            checked[subject] = head
+            # A reply subject is new each time (a server answering): known by its prefix.
+            head = self._under_known_prefix(subject)
+            if head is None:
+                head = self._check_subject(subject)
+                if len(checked) >= _CHECKED_SUBJECTS:
+                    checked.clear()
+                checked[subject] = head
         if reply is not None:
             head += b" " + self._reply_subject(reply)
         size = len(payload)
@@ -561,37 +562,47 @@ class NatsClientProtocol:
             return
         if self.server_info is not None and not self.server_info.headers:
             raise InvalidHeader("the server does not support headers")
-        block = _encode_headers(headers, limits)
+        block = _encode_headers(headers, self.limits)
         total = len(block) + size
         if total > self.max_payload:
             raise PayloadTooLarge(total, self.max_payload)
         self._queue(b"HPUB %s %d %d\r\n%s%s\r\n" % (head, len(block), total, block, payload))
 
     def _reply_subject(self, reply: str) -> bytes:
-        """``reply`` checked and encoded. Most are an inbox prefix checked before plus
-        a token of ASCII letters, digits, ``-`` and ``_`` (a correlation id): only
-        the token is checked then."""
-        limits = self.limits
-        if type(reply) is not str:  # refused by the check below, as any subject
-            prefix, dot, token = "", "", ""
-        else:
-            prefix, dot, token = reply.rpartition(".")
-        known = self._reply_prefixes.get(prefix) if dot else None
+        """``reply`` checked and encoded."""
+        head = self._under_known_prefix(reply)
+        return head if head is not None else self._check_subject(reply)
+
+    def _under_known_prefix(self, subject: str) -> bytes | None:
+        """``subject`` encoded, if it is a prefix checked before plus a token of ASCII
+        letters, digits, ``-`` and ``_`` (a correlation id, say): only the token is
+        checked then, against the bounds of the whole subject. Else None."""
+        if type(subject) is not str:
+            return None
+        prefix, dot, token = subject.rpartition(".")
+        known = self._prefixes.get(prefix) if dot else None
         if (
             known is not None
             and _PLAIN_TOKEN(token) is not None
-            and known[1] + len(token) <= limits.subject_bytes
-            and known[2] < limits.subject_tokens
+            and known[1] + len(token) <= self.limits.subject_bytes
+            and known[2] < self.limits.subject_tokens
         ):
             return known[0] + token.encode()
+        return None
+
+    def _check_subject(self, subject: str) -> bytes:
+        """``subject`` checked in full and encoded; its prefix is known from then on."""
+        limits = self.limits
         encoded = subjects.check_publish_subject(
-            reply, max_bytes=limits.subject_bytes, max_tokens=limits.subject_tokens
+            subject, max_bytes=limits.subject_bytes, max_tokens=limits.subject_tokens
         )
+        prefix, dot, token = subject.rpartition(".")
         if dot:
-            if len(self._reply_prefixes) >= _CHECKED_SUBJECTS:
-                self._reply_prefixes.clear()
+            prefixes = self._prefixes
+            if len(prefixes) >= _CHECKED_SUBJECTS:
+                prefixes.clear()
             head = encoded[: len(encoded) - len(token.encode())]  # the prefix and its dot
-            self._reply_prefixes[prefix] = (head, len(head), head.count(b"."))
+            prefixes[prefix] = (head, len(head), head.count(b"."))
         return encoded
 
     def subscribe(self, subject: str, queue: str | None = None) -> int:
