@@ -266,6 +266,32 @@ async def test_handler_errors_travel_in_the_service_error_headers(url: str, svc:
             assert await client.request(b'"fine"', f"{svc}.x") == b'"fine"'
 
 
+class Big(RPCServer[None]):
+    """Answers b'big' with a reply over the server's max_payload, anything else with itself."""
+
+    async def handle_request(self, request: Request, caller: Caller, state: Any) -> Any:
+        if request.payload == b"big":
+            return Reply(b"x" * (1024 * 1024 + 1), state)
+        return Reply(request.payload, state)
+
+
+async def test_a_reply_over_max_payload_becomes_an_error_reply_and_serving_goes_on(
+    url: str, svc: str
+) -> None:
+    """The reply cannot go on the wire: the caller gets an error reply at once, naming
+    max_payload, and the next requests are answered as before."""
+    async with (
+        serving(url, 1, Big, convention=nats(svc), routing_keys=[f"{svc}.x"]),
+        calling(url) as client,
+    ):
+        with anyio.fail_after(5):
+            assert await client.request(b"before", f"{svc}.x", timeout=60) == b"before"
+            with pytest.raises(RemoteError, match="max_payload"):
+                await client.request(b"big", f"{svc}.x", timeout=60)
+            answers = [await client.request(str(i).encode(), f"{svc}.x") for i in range(20)]
+    assert answers == [str(i).encode() for i in range(20)]
+
+
 # -- the service API ---------------------------------------------------------------
 
 

@@ -486,3 +486,51 @@ async def test_flush_raises_connection_lost_when_no_pong_comes_in_time() -> None
             with pytest.raises(ConnectionLost, match="did not answer a PING"):
                 await session.flush(0.1)
             assert conn.is_open
+
+
+# -- backpressure -----------------------------------------------------------------------
+
+
+async def test_a_server_that_stops_reading_blocks_senders_near_the_high_water_mark(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One message at a time, a sender waits once what is queued for the socket (in the
+    connection and in the protocol) passes HIGH_WATER; it goes on when the server reads."""
+    high_water = 256 * 1024
+    monkeypatch.setattr(_connection, "HIGH_WATER", high_water)
+    body = bytes(32 * 1024)
+    limit = 1500  # 48 MB: beyond any socket buffer; sending this far means no backpressure
+    sent = 0
+    peak = 0
+    with anyio.fail_after(TIMEOUT * 2):
+        async with connected(info=info_line(max_payload=1024 * 1024)) as (conn, peer):
+            session = await session_of(conn)
+
+            def queued() -> int:
+                return conn._out_size + conn.protocol.bytes_to_send
+
+            async def sender() -> None:
+                nonlocal sent, peak
+                while sent < limit:
+                    await session.send([Message("", "out.bulk", body)])
+                    sent += 1
+                    peak = max(peak, queued())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sender)
+                last, since = sent, anyio.current_time()
+                while anyio.current_time() - since < 0.3:  # until sending stalls
+                    await anyio.sleep(0.02)
+                    if sent != last:
+                        last, since = sent, anyio.current_time()
+                assert sent < limit, "sending never blocked"
+                wire = len(body) + 64
+                assert 0 < peak <= high_water + wire, peak
+                stalled_at = sent
+                received = 0
+                while sent < stalled_at + 100:  # the server reads: sending goes on
+                    op = await peer.expect(b"PUB")
+                    assert op.payload == body
+                    received += 1
+                tg.cancel_scope.cancel()
+    assert received > 0 and peak <= high_water + wire

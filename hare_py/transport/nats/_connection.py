@@ -106,6 +106,7 @@ class NatsConnection(TransportConnection):
         self._wire_closed = anyio.Event()
         self._sessions_changed = anyio.Event()
         self._wake = anyio.Event()
+        self._woken = False  # _wake is set: the writer has work
         self._writable = anyio.Event()
         self._writable.set()
         self._scope = anyio.CancelScope()
@@ -121,7 +122,7 @@ class NatsConnection(TransportConnection):
         )
         self.take_queued()  # PONGs to PINGs that came with the handshake
         if self._out:
-            self._wake.set()
+            self.wake_writer()
 
     def __repr__(self) -> str:
         state = "open" if self._close_reason is None else f"closed: {self._close_reason}"
@@ -223,7 +224,7 @@ class NatsConnection(TransportConnection):
         try:
             while True:
                 await self._wake.wait()
-                self._wake = anyio.Event()
+                self._wake, self._woken = anyio.Event(), False
                 self.take_queued()
                 if self._out:
                     data = b"".join(self._out)
@@ -264,16 +265,18 @@ class NatsConnection(TransportConnection):
             self._out_size += len(data)
 
     def wake_writer(self) -> None:
-        self._wake.set()
+        if not self._woken:  # once per wake-up, not per message
+            self._woken = True
+            self._wake.set()
 
     @property
     def backlogged(self) -> bool:
         """Too much is queued for the socket: senders wait (``wait_writable``)."""
-        return self._out_size > HIGH_WATER
+        return self._out_size + self._protocol.bytes_to_send > HIGH_WATER
 
     async def wait_writable(self) -> None:
         """Wait while too much is queued for the socket (a slow server)."""
-        while self._out_size > HIGH_WATER and self._wire_reason is None:
+        while self.backlogged and self._wire_reason is None:
             if self._writable.is_set():  # the first to wait arms it; the writer sets it
                 self._writable = anyio.Event()
             self.wake_writer()

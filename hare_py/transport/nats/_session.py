@@ -295,7 +295,8 @@ class NatsClientSession(NatsSession):
             if batch:
                 protocol.data_to_send()  # the batch leaves whole or not at all
             raise
-        connection.take_queued()
+        # Left in the protocol's queue: the writer takes it, and a batch first moves
+        # it out of the way of its own rollback.
         connection.wake_writer()
         if connection.backlogged:
             await connection.wait_writable()
