@@ -42,7 +42,8 @@ test-fast: $(STAMP)
 
 # hare_py against raw aiormq, aio-pika and FastStream on a private RabbitMQ
 # (or HARE_BENCH_AMQP_URL), and against nats-py on a private nats-server (or
-# HARE_BENCH_NATS_URL): tables and plots into bench/results/, ~12 minutes.
+# HARE_BENCH_NATS_URL): tables and plots into bench/results/ (docs/performance.md
+# gives how long each family of contenders takes; a full run is all of them).
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
