@@ -65,6 +65,7 @@ class Contender(Protocol):
     queue: str
     #: False when the library cannot have more than one request in flight.
     concurrent: bool
+    #: (optional, default True) False when its calls do not pass the run's broker.
 
     def payload(self, size: int) -> Any: ...
     def echoed(self, payload: Any) -> Any: ...  # what raw_echo's reply decodes to
@@ -318,6 +319,7 @@ class HareAmqp10P2P(HareAmqp10):
     ``HARE_BENCH_P2P_PORT`` (a free port the run picks) and clients dial it; no broker."""
 
     name, label, queue = "hare_amqp10_p2p", "hare_py AMQP 1.0 peer to peer", "bench.p2p"
+    brokered = False  # the run's broker is idle meanwhile: no broker CPU per call
 
     def client(self, url: str) -> Any:
         from hare_py.conventions import amqp10

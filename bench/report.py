@@ -20,6 +20,7 @@ COLUMNS = (
     ("cpu_s_per_10k", "client CPU s/10k calls", "{:.2f}"),
     ("peak_rss_mib", "client peak RSS MiB", "{:.1f}"),
     ("server_cpu_s_per_10k", "server CPU s/10k calls", "{:.2f}"),
+    ("broker_cpu_s_per_10k", "broker CPU s/10k calls", "{:.2f}"),
 )
 
 

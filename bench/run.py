@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -174,6 +175,23 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def broker_process(url: str) -> psutil.Process | None:
+    """The process listening on ``url``'s loopback port (the run's RabbitMQ node or
+    nats-server), to measure its CPU; None for a broker elsewhere."""
+    parsed = urlsplit(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost") or parsed.port is None:
+        return None
+    try:
+        listening = psutil.net_connections("tcp")
+    except psutil.AccessDenied:  # other users' sockets: not everywhere without root
+        return None
+    for conn in listening:
+        port = getattr(conn.laddr, "port", None)  # an empty tuple for some sockets
+        if conn.status == psutil.CONN_LISTEN and port == parsed.port and conn.pid:
+            return psutil.Process(conn.pid)
+    return None
+
+
 # --- the run ---------------------------------------------------------------------------
 
 
@@ -232,6 +250,7 @@ def measure(settings: Settings, url: str, baseline: str = BASELINE) -> Results:
     names = settings.contenders
     holder = nats_holder(url) if baseline == NATS_BASELINE else contextlib.nullcontext()
     with servers(url, names) as procs, holder:
+        brokers = broker_process(url)
         for r in range(settings.rounds):
             order = rotated(names, r)
             for case in settings.cases:
@@ -247,14 +266,17 @@ def measure(settings: Settings, url: str, baseline: str = BASELINE) -> Results:
                         "warmup": settings.warmup,
                         "duration": settings.duration,
                     }
+                    broker = brokers if getattr(contender, "brokered", True) else None
                     cpu0 = cpu_seconds(procs[name])
+                    broker0 = cpu_seconds(broker) if broker is not None else math.nan
                     result = run_job(job)
                     calls = result["calls"]
                     server_cpu = cpu_seconds(procs[name]) - cpu0
+                    broker_cpu = cpu_seconds(broker) - broker0 if broker is not None else math.nan
                     # The server also served the warm-up and drain: per call served.
-                    result["server_cpu_s_per_10k"] = (
-                        server_cpu / result["served"] * 10_000 if result.get("served") else math.nan
-                    )
+                    served = result.get("served") or math.nan
+                    result["server_cpu_s_per_10k"] = server_cpu / served * 10_000
+                    result["broker_cpu_s_per_10k"] = broker_cpu / served * 10_000
                     results.load.setdefault((name, case), []).append(result)
                     print(
                         f"[round {r + 1}/{settings.rounds}] {contender.label:<24} "

@@ -79,6 +79,7 @@ async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
     ):
         assert f"| {label} |" in table
     assert "aio-pika patterns.RPC" in table and "FastStream request/reply" in table
+    assert "| broker CPU s/10k calls |" in table
     for png in ("latency.png", "throughput.png"):
         data = (tmp_path / png).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000
@@ -106,6 +107,13 @@ async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
                 assert math.isfinite(run[key]) and run[key] > 0, (entry["contender"], key)
             assert run["p50_ms"] <= run["p99_ms"] <= run["p999_ms"]
             assert run["peak_rss_mib"] > 0
+            # The session's node is on loopback: its CPU is measured, except where
+            # the calls do not pass it.
+            broker = run["broker_cpu_s_per_10k"]
+            if entry["contender"] == "hare_amqp10_p2p":
+                assert math.isnan(broker)
+            else:
+                assert math.isfinite(broker) and broker >= 0, entry["contender"]
     for name, runs in results["hold"].items():
         for run in runs:
             assert run["errors"] == 0 and run["held"] == run["n"], (name, run)
@@ -146,6 +154,7 @@ async def test_bench_smoke(rabbitmq_url: str, tmp_path: Path) -> None:
             assert run["errors"] == 0, (entry["contender"], run["first_error"])
             assert run["calls"] > 0 and math.isfinite(run["calls_per_s"])
             assert math.isfinite(run["cpu_s_per_10k"]) and run["cpu_s_per_10k"] > 0
+            assert math.isfinite(run["broker_cpu_s_per_10k"]), entry["contender"]
     assert set(nats["hold"]) == names
     for name, runs in nats["hold"].items():
         for run in runs:
