@@ -250,7 +250,7 @@ def measure(settings: Settings, url: str, baseline: str = BASELINE) -> Results:
     names = settings.contenders
     holder = nats_holder(url) if baseline == NATS_BASELINE else contextlib.nullcontext()
     with servers(url, names) as procs, holder:
-        brokers = broker_process(url)
+        the_broker = broker_process(url)
         for r in range(settings.rounds):
             order = rotated(names, r)
             for case in settings.cases:
@@ -266,7 +266,7 @@ def measure(settings: Settings, url: str, baseline: str = BASELINE) -> Results:
                         "warmup": settings.warmup,
                         "duration": settings.duration,
                     }
-                    broker = brokers if getattr(contender, "brokered", True) else None
+                    broker = the_broker if getattr(contender, "brokered", True) else None
                     cpu0 = cpu_seconds(procs[name])
                     broker0 = cpu_seconds(broker) if broker is not None else math.nan
                     result = run_job(job)
