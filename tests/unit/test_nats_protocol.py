@@ -512,6 +512,17 @@ def test_a_subject_is_checked_once_and_a_bad_one_every_time() -> None:
     assert proto.bytes_to_send == 0
 
 
+#: Subjects under the known prefix ``_INBOX.ab.`` that a 16-byte, 4-token limit refuses.
+BAD_UNDER_KNOWN_PREFIX = [
+    ("_INBOX.ab.*", "wildcards"),
+    ("_INBOX.ab.>", "wildcards"),
+    ("_INBOX.ab.x y", "whitespace"),
+    ("_INBOX.ab.", "whitespace"),
+    ("_INBOX.ab.abcdefg", "longer than 16 bytes"),
+    ("_INBOX.ab.c.d.e", "more than 4 tokens"),
+]
+
+
 def test_a_reply_under_a_known_prefix_is_still_checked_whole() -> None:
     """A reply subject's prefix is remembered once a reply under it passed; the last
     token of the next ones is still checked, and so are the bounds of the whole."""
@@ -520,13 +531,8 @@ def test_a_reply_under_a_known_prefix_is_still_checked_whole() -> None:
     proto.publish("s", b"", reply="_INBOX.ab.d")
     assert proto.data_to_send() == b"PUB s _INBOX.ab.c-1_Z 0\r\n\r\nPUB s _INBOX.ab.d 0\r\n\r\n"
     for bad, why in [
-        ("_INBOX.ab.*", "wildcards"),
-        ("_INBOX.ab.>", "wildcards"),
-        ("_INBOX.ab.x y", "whitespace"),
-        ("_INBOX.ab.", "whitespace"),
-        ("_INBOX.ab.abcdefg", "longer than 16 bytes"),
+        *BAD_UNDER_KNOWN_PREFIX,
         ("_INBOX.ab.éééé", "longer than 16 bytes"),  # 14 characters, 18 bytes
-        ("_INBOX.ab.c.d.e", "more than 4 tokens"),
     ]:
         with pytest.raises(InvalidSubject, match=why):
             proto.publish("s", b"", reply=bad)
@@ -547,14 +553,7 @@ def test_a_subject_under_a_known_prefix_is_checked_whole_and_not_kept() -> None:
         proto.publish(f"_INBOX.ab.{n}", b"")
     assert list(proto._checked) == ["_INBOX.ab.c-1_Z"]
     assert proto.data_to_send().count(b"PUB _INBOX.ab.") == 301
-    for bad, why in [
-        ("_INBOX.ab.*", "wildcards"),
-        ("_INBOX.ab.>", "wildcards"),
-        ("_INBOX.ab.x y", "whitespace"),
-        ("_INBOX.ab.", "whitespace"),
-        ("_INBOX.ab.abcdefg", "longer than 16 bytes"),
-        ("_INBOX.ab.c.d.e", "more than 4 tokens"),
-    ]:
+    for bad, why in BAD_UNDER_KNOWN_PREFIX:
         with pytest.raises(InvalidSubject, match=why):
             proto.publish(bad, b"")
     assert proto.bytes_to_send == 0
